@@ -1,0 +1,451 @@
+//! The CPU reference backend: plain Rust, f32 arithmetic, every op's output rounded to the
+//! activation dtype (spec §8: nothing rounded for an f32 checkpoint; bf16 rounding at every op
+//! boundary for a bf16 one, with RMSNorm and RoPE computed in fp32 and logits in the activation
+//! dtype). It is the twin every device kernel is compared with, so it favours clarity over speed:
+//! the only optimisations are row blocking and threads over output rows, neither of which changes
+//! a single bit of the result (each output element is always the same dot product).
+
+#![allow(clippy::needless_range_loop)] // index loops read like the kernels they twin
+
+use std::thread;
+
+use half::{bf16, f16};
+
+use super::{Backend, DType, Heads, Sampling, Select, Step, Window};
+use crate::decode::select::{self, Candidate};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::TensorView;
+
+pub struct Cpu {
+    dtype: DType,
+    threads: usize,
+}
+
+/// A row-major f32 matrix (values rounded to the activation dtype where the dtype says so).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuTensor {
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols, "CpuTensor data does not match its shape");
+        CpuTensor { rows, cols, data }
+    }
+    fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// Per block position: the drawn token and its float64 confidence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CpuCands {
+    pub tokens: Vec<u32>,
+    pub conf: Vec<f64>,
+}
+
+impl Cpu {
+    /// `threads`: worker threads for the large ops (None: all cores).
+    pub fn new(dtype: DType, threads: Option<usize>) -> Self {
+        let threads = threads
+            .unwrap_or_else(|| thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .max(1);
+        Cpu { dtype, threads }
+    }
+
+    /// Round one value to the activation dtype.
+    #[inline]
+    pub fn round(&self, x: f32) -> f32 {
+        round_to(self.dtype, x)
+    }
+
+    /// Run `f(first_row, rows_chunk)` over `out` split into row chunks, on up to `threads`
+    /// threads when the work (`cost` flops or so) is worth it.
+    fn par_rows<F>(&self, out: &mut [f32], cols: usize, cost: usize, f: F)
+    where
+        F: Fn(usize, &mut [f32]) + Sync,
+    {
+        let rows = out.len().checked_div(cols).unwrap_or(0);
+        let threads = if cost < (1 << 18) { 1 } else { self.threads.min(rows).max(1) };
+        if threads == 1 {
+            f(0, out);
+            return;
+        }
+        let per = rows.div_ceil(threads);
+        thread::scope(|s| {
+            for (i, chunk) in out.chunks_mut(per * cols).enumerate() {
+                let f = &f;
+                s.spawn(move || f(i * per, chunk));
+            }
+        });
+    }
+}
+
+#[inline]
+pub fn round_to(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::F32 => x,
+        DType::Bf16 => bf16::from_f32(x).to_f32(),
+        DType::F16 => f16::from_f32(x).to_f32(),
+    }
+}
+
+/// Dot product in f32 with 8 interleaved partial sums combined pairwise: a fixed order, so the
+/// same inputs give the same bits whatever the batch, window or thread count.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+fn check(cond: bool, what: &str) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Device(format!("cpu backend: {what}")))
+    }
+}
+
+/// Position of canvas index `p` inside batch row `b`, counted from its first real token.
+#[inline]
+fn row_position(p: usize, pad: u32) -> usize {
+    p.saturating_sub(pad as usize)
+}
+
+impl Backend for Cpu {
+    type Tensor = CpuTensor;
+    type Ids = Vec<u32>;
+    type Cands = CpuCands;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads, {} activations)", self.threads, self.dtype.name())
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn tensor(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
+        Ok(CpuTensor::new(rows, cols, vec![0.0; rows * cols]))
+    }
+
+    fn upload(&self, parts: &[TensorView<'_>], rows: usize, cols: usize) -> Result<CpuTensor> {
+        let mut data = Vec::with_capacity(rows * cols);
+        for p in parts {
+            // Values of a bf16 checkpoint are exact in f32; rounding keeps an f32 checkpoint run
+            // in bf16 (for tests) honest.
+            data.extend(p.to_f32().into_iter().map(|x| self.round(x)));
+        }
+        check(data.len() == rows * cols, "upload: parts do not fill the matrix")?;
+        Ok(CpuTensor::new(rows, cols, data))
+    }
+
+    fn upload_f32(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
+        check(data.len() == rows * cols, "upload_f32: data does not match its shape")?;
+        Ok(CpuTensor::new(rows, cols, data.to_vec()))
+    }
+
+    fn ids(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+
+    fn cands(&self, len: usize) -> Result<CpuCands> {
+        Ok(CpuCands { tokens: vec![0; len], conf: vec![0.0; len] })
+    }
+
+    fn write_ids(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
+        check(dst.len() >= src.len(), "write_ids: destination too small")?;
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn read_ids(&self, src: &Vec<u32>, dst: &mut [u32]) -> Result<()> {
+        check(src.len() >= dst.len(), "read_ids: source too small")?;
+        dst.copy_from_slice(&src[..dst.len()]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuTensor, canvas: &Vec<u32>, step: Step, out: &mut CpuTensor) -> Result<()> {
+        let d = table.cols;
+        check(out.cols == d && out.rows >= step.rows(), "embed: output shape")?;
+        for b in 0..step.batch {
+            for t in 0..step.win.len {
+                let id = canvas[b * step.canvas + step.win.start + t] as usize;
+                check(id < table.rows, "embed: token id outside the table")?;
+                let r = b * step.win.len + t;
+                out.data[r * d..(r + 1) * d].copy_from_slice(table.row(id));
+            }
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32, rows: usize, out: &mut CpuTensor) -> Result<()> {
+        let d = x.cols;
+        check(w.data.len() == d && out.cols == d && x.rows >= rows && out.rows >= rows, "rmsnorm: shapes")?;
+        for r in 0..rows {
+            let xr = x.row(r);
+            let var = dot(xr, xr) / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            let o = &mut out.data[r * d..(r + 1) * d];
+            for i in 0..d {
+                // spec §2: normalise in fp32, cast to the activation dtype, then scale.
+                o[i] = self.round(self.round(xr[i] * inv) * w.data[i]);
+            }
+        }
+        Ok(())
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor, rows: usize, out: &mut CpuTensor) -> Result<()> {
+        let (k, n) = (w.cols, w.rows);
+        check(x.cols == k && out.cols == n && x.rows >= rows && out.rows >= rows, "linear: shapes")?;
+        let xd = &x.data[..rows * k];
+        let dtype = self.dtype;
+        self.par_rows(&mut out.data[..rows * n], n, rows * n * k, |r0, chunk| {
+            let m = chunk.len() / n;
+            // four rows at a time share each weight row while it is in cache
+            for rb in (0..m).step_by(4) {
+                let re = (rb + 4).min(m);
+                for o in 0..n {
+                    let wr = &w.data[o * k..(o + 1) * k];
+                    for r in rb..re {
+                        let xr = &xd[(r0 + r) * k..(r0 + r + 1) * k];
+                        chunk[r * n + o] = round_to(dtype, dot(xr, wr));
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn rope_store_kv(
+        &self,
+        qkv: &mut CpuTensor,
+        cos: &CpuTensor,
+        sin: &CpuTensor,
+        pads: &Vec<u32>,
+        step: Step,
+        heads: Heads,
+        k_cache: &mut CpuTensor,
+        v_cache: &mut CpuTensor,
+    ) -> Result<()> {
+        let hd = heads.head_dim;
+        let (qd, kvd) = (heads.q_dim(), heads.kv_dim());
+        check(qkv.cols == qd + 2 * kvd && cos.cols == hd && sin.cols == hd, "rope: shapes")?;
+        check(k_cache.cols == kvd && v_cache.cols == kvd, "rope: cache shapes")?;
+        check(k_cache.rows >= step.batch * step.canvas, "rope: cache rows")?;
+        let half = hd / 2;
+        let mut tmp = vec![0f32; hd];
+        for b in 0..step.batch {
+            for t in 0..step.win.len {
+                let p = step.win.start + t;
+                let pos = row_position(p, pads[b]);
+                check(pos < cos.rows, "rope: position beyond the table")?;
+                let (c, s) = (cos.row(pos), sin.row(pos));
+                let r = b * step.win.len + t;
+                let row = &mut qkv.data[r * qkv.cols..(r + 1) * qkv.cols];
+                // rotate_half layout (spec §2): [x1 | x2] -> [x1 cos - x2 sin | x2 cos + x1 sin]
+                let mut rotate = |x: &mut [f32]| {
+                    for i in 0..half {
+                        tmp[i] = x[i] * c[i] - x[i + half] * s[i];
+                        tmp[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+                    }
+                    for i in 0..hd {
+                        x[i] = round_to(self.dtype, tmp[i]);
+                    }
+                };
+                for h in 0..heads.n_heads + heads.n_kv_heads {
+                    rotate(&mut row[h * hd..(h + 1) * hd]);
+                }
+                let cr = (b * step.canvas + p) * kvd;
+                k_cache.data[cr..cr + kvd].copy_from_slice(&row[qd..qd + kvd]);
+                v_cache.data[cr..cr + kvd].copy_from_slice(&row[qd + kvd..qd + 2 * kvd]);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: &CpuTensor,
+        k_cache: &CpuTensor,
+        v_cache: &CpuTensor,
+        pads: &Vec<u32>,
+        step: Step,
+        heads: Heads,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let hd = heads.head_dim;
+        let (qd, kvd) = (heads.q_dim(), heads.kv_dim());
+        let group = heads.n_heads / heads.n_kv_heads;
+        check(out.cols == qd && out.rows >= step.rows(), "attention: output shape")?;
+        check(pads.iter().take(step.batch).all(|&p| (p as usize) < step.canvas), "attention: pad covers the row")?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let l = step.canvas;
+        let dtype = self.dtype;
+        let cost = step.rows() * l * qd * 2;
+        self.par_rows(&mut out.data[..step.rows() * qd], qd, cost, |r0, chunk| {
+            let mut p = vec![0f32; l];
+            let mut acc = vec![0f32; hd];
+            for (ri, o) in chunk.chunks_mut(qd).enumerate() {
+                let r = r0 + ri;
+                let b = r / step.win.len;
+                let q = &qkv.data[r * qkv.cols..r * qkv.cols + qd];
+                let first = pads[b] as usize; // keys before the row's first real token are masked
+                for h in 0..heads.n_heads {
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    let kvo = (h / group) * hd;
+                    let mut max = f32::NEG_INFINITY;
+                    for j in first..l {
+                        let kr = (b * l + j) * kvd + kvo;
+                        let s = dot(qh, &k_cache.data[kr..kr + hd]) * scale;
+                        p[j] = s;
+                        max = max.max(s);
+                    }
+                    let mut sum = 0f32;
+                    for pj in &mut p[first..l] {
+                        *pj = (*pj - max).exp();
+                        sum += *pj;
+                    }
+                    acc.fill(0.0);
+                    for j in first..l {
+                        let w = p[j] / sum;
+                        let vr = (b * l + j) * kvd + kvo;
+                        for (a, v) in acc.iter_mut().zip(&v_cache.data[vr..vr + hd]) {
+                            *a += w * v;
+                        }
+                    }
+                    for (oi, a) in o[h * hd..(h + 1) * hd].iter_mut().zip(&acc) {
+                        *oi = round_to(dtype, *a);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn swiglu(&self, gate_up: &CpuTensor, rows: usize, out: &mut CpuTensor) -> Result<()> {
+        let m = out.cols;
+        check(gate_up.cols == 2 * m && gate_up.rows >= rows && out.rows >= rows, "swiglu: shapes")?;
+        for r in 0..rows {
+            let gu = gate_up.row(r);
+            let o = &mut out.data[r * m..(r + 1) * m];
+            for i in 0..m {
+                let g = gu[i];
+                let silu = self.round(g / (1.0 + (-g).exp()));
+                o[i] = self.round(silu * gu[m + i]);
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&self, h: &mut CpuTensor, x: &CpuTensor, rows: usize) -> Result<()> {
+        check(h.cols == x.cols && h.rows >= rows && x.rows >= rows, "add: shapes")?;
+        let n = rows * h.cols;
+        for (a, b) in h.data[..n].iter_mut().zip(&x.data[..n]) {
+            *a = self.round(*a + b);
+        }
+        Ok(())
+    }
+
+    fn gather_block(&self, h: &CpuTensor, step: Step, block: Window, out: &mut CpuTensor) -> Result<()> {
+        let d = h.cols;
+        check(out.cols == d && out.rows >= step.batch * block.len, "gather_block: output shape")?;
+        check(
+            block.start >= step.win.start && block.start + block.len <= step.win.start + step.win.len,
+            "gather_block: the block is outside the window",
+        )?;
+        let off = block.start - step.win.start;
+        for b in 0..step.batch {
+            for i in 0..block.len {
+                let src = b * step.win.len + off + i;
+                let dst = b * block.len + i;
+                out.data[dst * d..(dst + 1) * d].copy_from_slice(h.row(src));
+            }
+        }
+        Ok(())
+    }
+
+    fn argmax_confidence(
+        &self,
+        logits: &CpuTensor,
+        pads: &Vec<u32>,
+        block: Window,
+        batch: usize,
+        sampling: Sampling<'_>,
+        out: &mut CpuCands,
+    ) -> Result<()> {
+        let rows = batch * block.len;
+        check(logits.rows >= rows && out.tokens.len() >= rows, "argmax_confidence: shapes")?;
+        let greedy = sampling.temperature == 0.0;
+        for r in 0..rows {
+            let b = r / block.len;
+            let l = logits.row(r);
+            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            // spec §4.2: the softmax denominator in float64, over the whole vocabulary
+            let sum: f64 = l.iter().map(|&x| (x as f64 - max).exp()).sum();
+            let pos = row_position(block.start + r % block.len, pads[b]) as u64;
+            let mut best = (f64::NEG_INFINITY, 0usize);
+            for (v, &x) in l.iter().enumerate() {
+                // The mask token is never drawn: committing it would leave the position masked
+                // (docs/spec-notes.md). Everything else: first maximum wins (lowest id).
+                if v == sampling.mask_id as usize {
+                    continue;
+                }
+                let score = if greedy {
+                    x as f64
+                } else {
+                    x as f64 / sampling.temperature
+                        + select::gumbel(sampling.seeds[b], sampling.counters[b], pos, v as u64)
+                };
+                if score > best.0 {
+                    best = (score, v);
+                }
+            }
+            out.tokens[r] = best.1 as u32;
+            out.conf[r] = (l[best.1] as f64 - max).exp() / sum;
+        }
+        Ok(())
+    }
+
+    fn select(&self, cands: &CpuCands, canvas: &mut Vec<u32>, canvas_len: usize, sel: Select<'_>) -> Result<Vec<u32>> {
+        let bl = sel.block.len;
+        let mut counts = vec![0u32; sel.active.len()];
+        let mut row: Vec<Candidate> = Vec::with_capacity(bl);
+        let mut confs: Vec<f64> = Vec::with_capacity(bl);
+        for (b, &active) in sel.active.iter().enumerate() {
+            if !active {
+                continue;
+            }
+            row.clear();
+            for i in 0..bl {
+                let p = sel.block.start + i;
+                if canvas[b * canvas_len + p] == sel.mask_id {
+                    let c = b * bl + i;
+                    row.push(Candidate { pos: p, token: cands.tokens[c], conf: cands.conf[c] });
+                }
+            }
+            select::rank(&mut row);
+            confs.clear();
+            confs.extend(row.iter().map(|c| c.conf));
+            let k = select::commit_count(sel.rule, &confs, sel.quota[b]);
+            for c in &row[..k] {
+                canvas[b * canvas_len + c.pos] = c.token;
+            }
+            counts[b] = k as u32;
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,182 @@
+//! The op set the transformer graph and the decoder are written over. The CPU backend
+//! ([`cpu::Cpu`]) is the reference every other backend is checked against.
+//!
+//! Conventions, shared by every backend:
+//! - A [`Backend::Tensor`] is a row-major matrix. Activations are `[batch × window, cols]`: row
+//!   `b * win.len + t` is canvas position `win.start + t` of batch row `b`. Ops take the number of
+//!   rows they touch; buffers are allocated once for the largest window and reused.
+//! - The KV cache of a layer is `[batch × canvas, kv_dim]`, post-RoPE keys (spec §2).
+//! - A batch row `b` is left-padded by `pads[b]` tokens: its keys `< pads[b]` are masked and its
+//!   positions count from its first real token (spec §6), so every row decodes exactly as it
+//!   would alone.
+//! - Set-up calls allocate; the ops never do (so a device step can be captured as a graph).
+
+pub mod cpu;
+
+pub use crate::model::checkpoint::DType;
+use crate::error::Result;
+use crate::model::checkpoint::TensorView;
+
+/// The canvas rows a forward computes: queries at positions `[start, start + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// Shape of one forward: `batch` rows of a `canvas`-token canvas, queries in `win`.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub batch: usize,
+    pub canvas: usize,
+    pub win: Window,
+}
+
+impl Step {
+    /// Activation rows of this step.
+    pub fn rows(&self) -> usize {
+        self.batch * self.win.len
+    }
+}
+
+/// Attention geometry (GQA: query head `h` reads KV head `h / (n_heads / n_kv_heads)`, spec §2).
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// How the argmax token of a masked position is drawn (spec §4.1, §4.3).
+#[derive(Clone, Copy, Debug)]
+pub struct Sampling<'a> {
+    /// 0 = greedy (no random numbers drawn).
+    pub temperature: f64,
+    /// Per batch row: the row's seed and how many forwards the row has taken part in. With the
+    /// token's position inside the row and its id they key a counter-based RNG, so a row's
+    /// noise is the same in any batch and on any backend.
+    pub seeds: &'a [u64],
+    pub counters: &'a [u64],
+    /// Never drawn: committing the mask token would leave its position masked
+    /// (docs/spec-notes.md).
+    pub mask_id: u32,
+}
+
+/// Which masked positions of the current block to commit (spec §4.4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// The `quota[b]` most confident (the LLaDA low-confidence schedule).
+    Quota,
+    /// Every candidate with confidence ≥ τ, and always the most confident one.
+    Threshold(f64),
+    /// Fast-dLLM's factor rule, reference quirk included.
+    Factor(f64),
+}
+
+/// Per-step arguments of [`Backend::select`].
+#[derive(Clone, Copy, Debug)]
+pub struct Select<'a> {
+    pub rule: Rule,
+    /// Per batch row: false for rows that must not change (their block is done).
+    pub active: &'a [bool],
+    /// Per batch row: how many to commit under [`Rule::Quota`].
+    pub quota: &'a [u32],
+    pub mask_id: u32,
+    /// The current block, canvas positions `[start, start + len)`.
+    pub block: Window,
+}
+
+pub trait Backend {
+    /// A row-major matrix in device memory.
+    type Tensor;
+    /// A device array of u32 (the canvas, the pads).
+    type Ids;
+    /// Per block position of every batch row: the drawn token and its confidence.
+    type Cands;
+
+    fn name(&self) -> String;
+    /// The activation dtype (spec §8): every op's output is rounded to it.
+    fn dtype(&self) -> DType;
+
+    // ---- set-up: the only calls that allocate
+    fn tensor(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// A weight matrix from checkpoint tensors stacked along rows (e.g. q|k|v), in the
+    /// activation dtype.
+    fn upload(&self, parts: &[TensorView<'_>], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// A matrix kept in f32 whatever the activation dtype (the RoPE tables, spec §2).
+    fn upload_f32(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    fn ids(&self, len: usize) -> Result<Self::Ids>;
+    fn cands(&self, len: usize) -> Result<Self::Cands>;
+
+    // ---- transfers of small host arrays (between steps)
+    fn write_ids(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()>;
+    fn read_ids(&self, src: &Self::Ids, dst: &mut [u32]) -> Result<()>;
+
+    // ---- ops of the forward (spec §2)
+    /// `out[row] = table[canvas[b, p]]` for the window's rows.
+    fn embed(&self, table: &Self::Tensor, canvas: &Self::Ids, step: Step, out: &mut Self::Tensor) -> Result<()>;
+    /// `out = round(round(x · rsqrt(mean(x²) + eps)) · w)`, the statistics in fp32.
+    fn rmsnorm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32, rows: usize, out: &mut Self::Tensor) -> Result<()>;
+    /// `out = x · wᵀ` (`w` is `[out, in]`), fp32 accumulation, one rounding.
+    fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
+    /// Rotate the q and k parts of `qkv` (`[q | k | v]` per row) in fp32 by each row's position
+    /// (rotate-half layout), q in place; write rotated k and v into the caches at the window's
+    /// canvas rows.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_store_kv(
+        &self,
+        qkv: &mut Self::Tensor,
+        cos: &Self::Tensor,
+        sin: &Self::Tensor,
+        pads: &Self::Ids,
+        step: Step,
+        heads: Heads,
+        k_cache: &mut Self::Tensor,
+        v_cache: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// Bidirectional attention of the window's queries (the q part of `qkv`) over all canvas
+    /// keys of their batch row, keys before the row's pad masked; scale 1/sqrt(head_dim).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        qkv: &Self::Tensor,
+        k_cache: &Self::Tensor,
+        v_cache: &Self::Tensor,
+        pads: &Self::Ids,
+        step: Step,
+        heads: Heads,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// `out = silu(gate) · up` with `gate_up = [gate | up]` per row.
+    fn swiglu(&self, gate_up: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
+    /// `h += x` (the residual).
+    fn add(&self, h: &mut Self::Tensor, x: &Self::Tensor, rows: usize) -> Result<()>;
+    /// Copy the block's rows out of the window's activations: `out` is `[batch × block.len, cols]`.
+    fn gather_block(&self, h: &Self::Tensor, step: Step, block: Window, out: &mut Self::Tensor) -> Result<()>;
+
+    // ---- decoding (spec §4)
+    /// Per logits row: the token (argmax, lowest id on ties; with temperature, argmax of the
+    /// Gumbel-perturbed logits) and its confidence (softmax of the unperturbed logits, wide).
+    /// Rows are `[batch × block.len]`; `pads` give each row's positions for the noise keys.
+    fn argmax_confidence(
+        &self,
+        logits: &Self::Tensor,
+        pads: &Self::Ids,
+        block: Window,
+        batch: usize,
+        sampling: Sampling<'_>,
+        out: &mut Self::Cands,
+    ) -> Result<()>;
+    /// Commit tokens into the canvas by `sel.rule` among each active row's masked block
+    /// positions; returns how many each row committed (the one small read-back of a step).
+    fn select(&self, cands: &Self::Cands, canvas: &mut Self::Ids, canvas_len: usize, sel: Select<'_>) -> Result<Vec<u32>>;
+}

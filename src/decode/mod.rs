@@ -1,0 +1,6 @@
+//! Fast-dLLM decoding: the selection rules (spec §4) and the block loop (spec §5).
+
+pub mod generate;
+pub mod select;
+
+pub use generate::{DecodeOptions, Engine, Output, RowOutput, TraceStep};

@@ -1,0 +1,16 @@
+//! dllm: diffusion LLMs (LLaDA) with Fast-dLLM decoding, on a CPU reference backend and (next) a
+//! CUDA backend. The modules read in the order the data flows:
+//! config → checkpoint → tokenizer ([`model`]) → the transformer over backend ops ([`graph`],
+//! [`backend`]) → the KV cache policy ([`cache`]) → the decoder ([`decode`]) → the CLI (main.rs).
+//!
+//! `../shared/spec/fast-dllm.md` (copied as `docs/fast-dllm-spec.md`) is the reference semantics;
+//! comments cite its sections as "spec §N".
+
+pub mod backend;
+pub mod cache;
+pub mod decode;
+pub mod error;
+pub mod graph;
+pub mod model;
+
+pub use error::{Error, Result};

@@ -1,0 +1,240 @@
+//! `dllm`: the command line. `dllm generate` loads a Hugging Face checkpoint directory and decodes
+//! with Fast-dLLM; errors are printed without a backtrace and exit non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use dllm::backend::cpu::Cpu;
+use dllm::backend::Rule;
+use dllm::cache::CacheMode;
+use dllm::decode::{DecodeOptions, Engine, Output};
+use dllm::model::ModelFiles;
+use dllm::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "dllm", version, about = "Diffusion LLMs with Fast-dLLM decoding (LLaDA)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an answer to one or more prompts (several prompts run as one batch).
+    Generate(GenerateArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CacheArg {
+    /// Baseline: every step forwards the whole canvas.
+    None,
+    /// PrefixCache: reuse the prompt and finished blocks' K/V within a block.
+    Prefix,
+    /// DualCache: reuse prefix and suffix K/V; forward only the block.
+    Dual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    /// CUDA when this build has it and a GPU works, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory as Hugging Face ships it (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt. Repeat to decode several prompts as one batch.
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    /// Generated positions (a multiple of --block-length).
+    #[arg(long, default_value_t = 128)]
+    gen_length: usize,
+    /// Positions per block, decoded left to right.
+    #[arg(long, default_value_t = 32)]
+    block_length: usize,
+    /// Steps for the quota rule (a multiple of the number of blocks). Default: gen-length.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// KV cache: none (baseline), prefix or dual.
+    #[arg(long, value_enum, default_value_t = CacheArg::Dual)]
+    cache: CacheArg,
+    /// Commit every masked token with confidence ≥ T (and always the most confident one).
+    /// The default rule, with T = 0.9.
+    #[arg(long, conflicts_with_all = ["factor", "quota"])]
+    threshold: Option<f64>,
+    /// Commit by the factor rule: the n-th most confident passes if c ≥ 1 − F/(n+1).
+    #[arg(long, conflicts_with = "quota")]
+    factor: Option<f64>,
+    /// Commit a fixed quota per step (LLaDA's low-confidence schedule over --steps).
+    #[arg(long)]
+    quota: bool,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Seed of the sampling noise (with --temperature > 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the prompt as is, without the chat template.
+    #[arg(long)]
+    no_chat: bool,
+    /// Stop a row once a whole block of it is end-of-sequence tokens.
+    #[arg(long)]
+    early_exit: bool,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// CPU worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object (prompt and generated ids, text, NFE, commits per forward) instead
+    /// of the answer text.
+    #[arg(long)]
+    json: bool,
+    /// Print what every forward committed to stderr (and into --json).
+    #[arg(long)]
+    trace: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn decode_options(a: &GenerateArgs) -> DecodeOptions {
+    let rule = match (a.threshold, a.factor, a.quota) {
+        (_, _, true) => Rule::Quota,
+        (_, Some(f), _) => Rule::Factor(f),
+        (Some(t), _, _) => Rule::Threshold(t),
+        (None, None, false) => Rule::Threshold(0.9),
+    };
+    DecodeOptions {
+        gen_length: a.gen_length,
+        block_length: a.block_length,
+        steps: a.steps.unwrap_or(a.gen_length),
+        cache: match a.cache {
+            CacheArg::None => CacheMode::None,
+            CacheArg::Prefix => CacheMode::Prefix,
+            CacheArg::Dual => CacheMode::Dual,
+        },
+        rule,
+        temperature: a.temperature,
+        seed: a.seed,
+        early_exit: a.early_exit,
+        trace: a.trace,
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let opts = decode_options(&a);
+    if a.threads == Some(0) {
+        return Err(Error::options("--threads must be at least 1"));
+    }
+    if a.device == DeviceArg::Cuda {
+        return Err(Error::Device(
+            "--device cuda: this build of dllm has no CUDA backend (use --device cpu or auto)".into(),
+        ));
+    }
+    let files = ModelFiles::open(&a.model)?;
+    let tok = &files.tokenizer;
+    let prompts = a
+        .prompt
+        .iter()
+        .map(|p| if a.no_chat { tok.encode(p) } else { tok.encode_chat(p) })
+        .collect::<Result<Vec<_>>>()?;
+    opts.validate(&files.config, &prompts)?;
+    let backend = Cpu::new(files.dtype, a.threads);
+    eprintln!("device: {} (this build has no CUDA backend)", dllm::backend::Backend::name(&backend));
+    let engine = Engine::new(backend, &files)?;
+    let out = engine.generate(&prompts, &opts)?;
+    report(&a, &files, &opts, &out);
+    Ok(())
+}
+
+/// Tokens up to and including the first end-of-sequence token (spec §1 strict tok/s).
+fn strict_len(tokens: &[u32], stop: &[u32]) -> usize {
+    tokens.iter().position(|t| stop.contains(t)).map_or(tokens.len(), |i| i + 1)
+}
+
+fn report(a: &GenerateArgs, files: &ModelFiles, opts: &DecodeOptions, out: &Output) {
+    let tok = &files.tokenizer;
+    let wall = out.elapsed.as_secs_f64();
+    let strict: usize = out.rows.iter().map(|r| strict_len(&r.tokens, &tok.special.stop)).sum();
+    let generated: usize = out.rows.iter().map(|r| r.tokens.len()).sum();
+    let nfe: usize = out.rows.iter().map(|r| r.nfe).sum();
+    if a.trace {
+        for (i, t) in out.trace.iter().enumerate() {
+            eprintln!(
+                "forward {i:3} block {} {} window [{}, {}) committed {:?}",
+                t.block,
+                t.kind,
+                t.window.start,
+                t.window.start + t.window.len,
+                t.committed
+            );
+        }
+    }
+    if a.json {
+        let rows: Vec<_> = out
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "prompt_ids": r.prompt,
+                    "generated_ids": r.tokens,
+                    "text": tok.decode(tok.cut_at_stop(&r.tokens)),
+                    "nfe": r.nfe,
+                    "forward_kinds": r.kinds,
+                    "commits_per_forward": r.commits,
+                })
+            })
+            .collect();
+        let trace: Vec<_> = out
+            .trace
+            .iter()
+            .map(|t| json!({"block": t.block, "kind": t.kind.to_string(), "window": [t.window.start, t.window.len], "committed": t.committed}))
+            .collect();
+        let doc = json!({
+            "rows": rows,
+            "forwards": out.forwards,
+            "wall_s": wall,
+            "strict_tokens": strict,
+            "strict_tok_per_s": strict as f64 / wall,
+            "options": {
+                "gen_length": opts.gen_length, "block_length": opts.block_length,
+                "steps": opts.steps, "cache": opts.cache.name(), "rule": format!("{:?}", opts.rule),
+                "temperature": opts.temperature, "seed": opts.seed, "early_exit": opts.early_exit,
+            },
+            "trace": trace,
+        });
+        println!("{doc}");
+    } else {
+        for (i, r) in out.rows.iter().enumerate() {
+            if out.rows.len() > 1 {
+                println!("--- [{i}]");
+            }
+            println!("{}", tok.decode(tok.cut_at_stop(&r.tokens)));
+        }
+    }
+    eprintln!(
+        "NFE {nfe} | TPF {:.2} | generated {generated} tokens ({strict} up to EOS) | wall {:.3} s | strict {:.1} tok/s | {:.2} ms/forward",
+        generated as f64 / nfe.max(1) as f64,
+        wall,
+        strict as f64 / wall,
+        1e3 * wall / out.forwards.max(1) as f64,
+    );
+}

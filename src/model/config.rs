@@ -1,0 +1,312 @@
+//! `config.json` of a Hugging Face checkpoint → [`ModelConfig`] (spec §2).
+//!
+//! Only what the forward needs is kept. Fields that would change the architecture into something
+//! we do not implement (ALiBi, biases, other norms or activations, tied or scaled logits, …) are
+//! rejected with an error naming the field, so an unsupported checkpoint never runs silently wrong.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The model families dllm knows. Chosen from `model_type`, never from a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// LLaDA-8B (spec §2): no biases, full-precision RoPE, untied LM head.
+    Llada,
+}
+
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llada"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub mlp_hidden: usize,
+    /// Rows of the embedding table and of the LM head (`embedding_size`, ≥ `vocab_size`): the
+    /// argmax runs over all of them, as the reference's does (spec §4.1).
+    pub n_logits: usize,
+    pub vocab_size: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    pub max_seq_len: usize,
+    pub mask_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// Typed field access that names the field in every error.
+struct Fields<'a> {
+    path: &'a Path,
+    map: &'a Map<String, Value>,
+}
+
+impl Fields<'_> {
+    fn err(&self, field: &str, msg: impl Into<String>) -> Error {
+        Error::config(self.path, field, msg)
+    }
+    fn get(&self, field: &str) -> Option<&Value> {
+        self.map.get(field).filter(|v| !v.is_null())
+    }
+    fn usize(&self, field: &str) -> Result<usize> {
+        match self.get(field) {
+            None => Err(self.err(field, "missing")),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| self.err(field, format!("expected a positive integer, got {v}"))),
+        }
+    }
+    fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(_) => self.usize(field).map(Some),
+        }
+    }
+    fn opt_id(&self, field: &str) -> Result<Option<u32>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("expected a token id, got {v}"))),
+        }
+    }
+    fn f32(&self, field: &str) -> Result<f32> {
+        match self.get(field) {
+            None => Err(self.err(field, "missing")),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .map(|x| x as f32)
+                .ok_or_else(|| self.err(field, format!("expected a positive number, got {v}"))),
+        }
+    }
+    fn str(&self, field: &str) -> Result<Option<&str>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.err(field, format!("expected a string, got {v}"))),
+        }
+    }
+    fn flag(&self, field: &str) -> Result<bool> {
+        match self.get(field) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.err(field, format!("expected true or false, got {v}"))),
+        }
+    }
+    /// A boolean that must be false (an architecture feature we do not implement).
+    fn must_be_off(&self, field: &str, why: &str) -> Result<()> {
+        if self.flag(field)? {
+            return Err(self.err(field, format!("true is not supported: {why}")));
+        }
+        Ok(())
+    }
+    /// A string field that, when present, must be one of `allowed`.
+    fn one_of(&self, field: &str, allowed: &[&str]) -> Result<()> {
+        if let Some(s) = self.str(field)? {
+            if !allowed.contains(&s) {
+                return Err(self.err(field, format!("`{s}` is not supported (supported: {allowed:?})")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    /// Read `config.json` of a checkpoint directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        Self::parse(&path, &text)
+    }
+
+    /// Parse the text of a `config.json`; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::config(path, "(json)", format!("not valid JSON: {e}")))?;
+        let Value::Object(map) = &value else {
+            return Err(Error::config(path, "(json)", "expected a JSON object"));
+        };
+        let f = Fields { path, map };
+        let model_type = f.str("model_type")?.ok_or_else(|| {
+            f.err("model_type", format!("missing (supported: {SUPPORTED_MODEL_TYPES:?})"))
+        })?;
+        match model_type {
+            "llada" => Self::llada(&f),
+            other => Err(f.err(
+                "model_type",
+                format!("`{other}` is not supported (supported: {SUPPORTED_MODEL_TYPES:?})"),
+            )),
+        }
+    }
+
+    fn llada(f: &Fields) -> Result<Self> {
+        // Architecture switches of the LLaDA (OLMo-derived) config that we do not implement.
+        f.must_be_off("alibi", "LLaDA uses RoPE")?;
+        f.must_be_off("include_bias", "LLaDA has no biases (spec §2)")?;
+        f.must_be_off("include_qkv_bias", "LLaDA has no q/k/v biases (spec §2)")?;
+        f.must_be_off("bias_for_layer_norm", "RMSNorm without bias (spec §2)")?;
+        f.must_be_off("attention_layer_norm", "no q/k norms in LLaDA")?;
+        f.must_be_off("input_emb_norm", "no embedding norm in LLaDA")?;
+        f.must_be_off("scale_logits", "LLaDA logits are not scaled")?;
+        f.must_be_off("weight_tying", "LLaDA's LM head `ff_out` is separate from `wte`")?;
+        if f.get("clip_qkv").is_some() {
+            return Err(f.err("clip_qkv", "q/k/v clipping is not supported"));
+        }
+        if f.get("rope").is_some() && !f.flag("rope")? {
+            return Err(f.err("rope", "false is not supported: LLaDA uses RoPE (spec §2)"));
+        }
+        if f.get("rope_full_precision").is_some() && !f.flag("rope_full_precision")? {
+            return Err(f.err(
+                "rope_full_precision",
+                "false is not supported: LLaDA rotates q/k in fp32 (spec §2)",
+            ));
+        }
+        if f.get("layer_norm_with_affine").is_some() && !f.flag("layer_norm_with_affine")? {
+            return Err(f.err(
+                "layer_norm_with_affine",
+                "false is not supported: LLaDA's RMSNorms have weights (spec §2)",
+            ));
+        }
+        f.one_of("activation_type", &["silu", "swiglu"])?;
+        f.one_of("block_type", &["llama"])?;
+        f.one_of("layer_norm_type", &["rms", "rms_norm"])?;
+
+        let d_model = f.usize("d_model")?;
+        let n_layers = f.usize("n_layers")?;
+        let n_heads = f.usize("n_heads")?;
+        let n_kv_heads = match f.opt_usize("n_kv_heads")? {
+            Some(n) => n,
+            None if f.flag("multi_query_attention")? => 1,
+            None => n_heads,
+        };
+        if d_model % n_heads != 0 {
+            return Err(f.err("n_heads", format!("{n_heads} does not divide d_model {d_model}")));
+        }
+        if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
+            return Err(f.err(
+                "n_kv_heads",
+                format!("{n_kv_heads} must divide n_heads {n_heads}"),
+            ));
+        }
+        let head_dim = d_model / n_heads;
+        if head_dim % 2 != 0 {
+            return Err(f.err("n_heads", format!("head_dim {head_dim} must be even for RoPE")));
+        }
+        let mlp_hidden = match f.opt_usize("mlp_hidden_size")? {
+            Some(n) => n,
+            None => d_model * f.usize("mlp_ratio")?,
+        };
+        let vocab_size = f.usize("vocab_size")?;
+        let n_logits = f.opt_usize("embedding_size")?.unwrap_or(vocab_size);
+        if n_logits < vocab_size {
+            return Err(f.err(
+                "embedding_size",
+                format!("{n_logits} is smaller than vocab_size {vocab_size}"),
+            ));
+        }
+        let rms_eps = f.f32("rms_norm_eps")?;
+        let rope_theta = f.f32("rope_theta")?;
+        let max_seq_len = f.usize("max_sequence_length")?;
+        let mask_token_id = f.opt_id("mask_token_id")?;
+        let eos_token_id = f.opt_id("eos_token_id")?;
+        let pad_token_id = f.opt_id("pad_token_id")?;
+        for (field, id) in [
+            ("mask_token_id", mask_token_id),
+            ("eos_token_id", eos_token_id),
+            ("pad_token_id", pad_token_id),
+        ] {
+            if let Some(id) = id {
+                if id as usize >= n_logits {
+                    return Err(f.err(field, format!("{id} is outside the vocabulary ({n_logits})")));
+                }
+            }
+        }
+        Ok(ModelConfig {
+            arch: Arch::Llada,
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            mlp_hidden,
+            n_logits,
+            vocab_size,
+            rms_eps,
+            rope_theta,
+            max_seq_len,
+            mask_token_id,
+            eos_token_id,
+            pad_token_id,
+        })
+    }
+
+    /// Columns of the fused q|k|v projection output.
+    pub fn qkv_dim(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+
+    /// Width of one K (or V) row in the cache.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLADA_8B: &str = r#"{"model_type": "llada", "d_model": 4096, "n_layers": 32,
+        "n_heads": 32, "n_kv_heads": 32, "mlp_hidden_size": 12288, "activation_type": "silu",
+        "block_type": "llama", "layer_norm_type": "rms", "rms_norm_eps": 1e-5, "rope": true,
+        "rope_theta": 500000.0, "max_sequence_length": 4096, "vocab_size": 126464,
+        "embedding_size": 126464, "weight_tying": false, "include_bias": false, "alibi": false,
+        "mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081}"#;
+
+    #[test]
+    fn parses_the_llada_8b_config_of_spec_2() {
+        let c = ModelConfig::parse(Path::new("config.json"), LLADA_8B).unwrap();
+        assert_eq!((c.d_model, c.n_layers, c.n_heads, c.n_kv_heads), (4096, 32, 32, 32));
+        assert_eq!((c.head_dim, c.mlp_hidden, c.n_logits), (128, 12288, 126464));
+        assert_eq!(c.mask_token_id, Some(126336));
+        assert_eq!(c.qkv_dim(), 3 * 4096);
+    }
+
+    fn err_of(patch: &str) -> String {
+        let mut v: Value = serde_json::from_str(LLADA_8B).unwrap();
+        let p: Value = serde_json::from_str(patch).unwrap();
+        for (k, x) in p.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        ModelConfig::parse(Path::new("config.json"), &v.to_string()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        assert!(err_of(r#"{"alibi": true}"#).contains("`alibi`"));
+        assert!(err_of(r#"{"include_bias": true}"#).contains("`include_bias`"));
+        assert!(err_of(r#"{"activation_type": "gelu"}"#).contains("`activation_type`"));
+        assert!(err_of(r#"{"weight_tying": true}"#).contains("`weight_tying`"));
+        assert!(err_of(r#"{"model_type": "gpt2"}"#).contains("supported: [\"llada\"]"));
+        assert!(err_of(r#"{"n_kv_heads": 5}"#).contains("`n_kv_heads`"));
+        assert!(err_of(r#"{"d_model": "big"}"#).contains("`d_model`"));
+        assert!(err_of(r#"{"rms_norm_eps": null}"#).contains("`rms_norm_eps`: missing"));
+        assert!(err_of(r#"{"mask_token_id": 200000}"#).contains("outside the vocabulary"));
+    }
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        let e = ModelConfig::parse(Path::new("x/config.json"), "{\"d_model\": 64,").unwrap_err();
+        assert!(e.to_string().contains("x/config.json"), "{e}");
+        assert!(e.to_string().contains("not valid JSON"), "{e}");
+    }
+}
