@@ -60,7 +60,12 @@ pub struct KvCache<T> {
 }
 
 impl<T> KvCache<T> {
-    pub fn new<B: Backend<Tensor = T>>(be: &B, cfg: &ModelConfig, batch: usize, canvas: usize) -> Result<Self> {
+    pub fn new<B: Backend<Tensor = T>>(
+        be: &B,
+        cfg: &ModelConfig,
+        batch: usize,
+        canvas: usize,
+    ) -> Result<Self> {
         let rows = batch * canvas;
         let mut k = Vec::with_capacity(cfg.n_layers);
         let mut v = Vec::with_capacity(cfg.n_layers);

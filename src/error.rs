@@ -30,11 +30,7 @@ impl Error {
         Error::Config { path: path.to_path_buf(), field: field.to_string(), msg: msg.into() }
     }
     pub fn tensor(path: &Path, tensor: &str, msg: impl Into<String>) -> Self {
-        Error::Checkpoint {
-            path: path.to_path_buf(),
-            tensor: Some(tensor.to_string()),
-            msg: msg.into(),
-        }
+        Error::Checkpoint { path: path.to_path_buf(), tensor: Some(tensor.to_string()), msg: msg.into() }
     }
     pub fn file(path: &Path, msg: impl Into<String>) -> Self {
         Error::Checkpoint { path: path.to_path_buf(), tensor: None, msg: msg.into() }

@@ -58,9 +58,8 @@ pub fn llada_layout(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 /// `inv_freq = 1 / θ^(arange(0, hd, 2) / hd)`, `angle = f32(pos) · inv_freq`, duplicated halves.
 pub fn rope_tables(cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
     let hd = cfg.head_dim;
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0f32 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32))
-        .collect();
+    let inv_freq: Vec<f32> =
+        (0..hd / 2).map(|i| 1.0f32 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
     let mut cos = Vec::with_capacity(cfg.max_seq_len * hd);
     let mut sin = Vec::with_capacity(cfg.max_seq_len * hd);
     for pos in 0..cfg.max_seq_len {
@@ -129,7 +128,13 @@ pub struct Workspace<T> {
 }
 
 impl<T> Workspace<T> {
-    pub fn new<B: Backend<Tensor = T>>(be: &B, cfg: &ModelConfig, batch: usize, canvas: usize, block: usize) -> Result<Self> {
+    pub fn new<B: Backend<Tensor = T>>(
+        be: &B,
+        cfg: &ModelConfig,
+        batch: usize,
+        canvas: usize,
+        block: usize,
+    ) -> Result<Self> {
         let rows = batch * canvas;
         let brows = batch * block;
         Ok(Workspace {
@@ -171,7 +176,16 @@ pub fn forward<B: Backend>(
     for (l, lw) in w.layers.iter().enumerate() {
         be.rmsnorm(&ws.h, &lw.attn_norm, cfg.rms_eps, rows, &mut ws.a)?;
         be.linear(&ws.a, &lw.qkv, rows, &mut ws.qkv)?;
-        be.rope_store_kv(&mut ws.qkv, &w.rope_cos, &w.rope_sin, pads, step, hs, &mut cache.k[l], &mut cache.v[l])?;
+        be.rope_store_kv(
+            &mut ws.qkv,
+            &w.rope_cos,
+            &w.rope_sin,
+            pads,
+            step,
+            hs,
+            &mut cache.k[l],
+            &mut cache.v[l],
+        )?;
         be.attention(&ws.qkv, &cache.k[l], &cache.v[l], pads, step, hs, &mut ws.attn)?;
         be.linear(&ws.attn, &lw.attn_out, rows, &mut ws.proj)?;
         be.add(&mut ws.h, &ws.proj, rows)?;

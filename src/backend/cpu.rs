@@ -49,9 +49,8 @@ pub struct CpuCands {
 impl Cpu {
     /// `threads`: worker threads for the large ops (None: all cores).
     pub fn new(dtype: DType, threads: Option<usize>) -> Self {
-        let threads = threads
-            .unwrap_or_else(|| thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-            .max(1);
+        let threads =
+            threads.unwrap_or_else(|| thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
         Cpu { dtype, threads }
     }
 
@@ -192,7 +191,14 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn rmsnorm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32, rows: usize, out: &mut CpuTensor) -> Result<()> {
+    fn rmsnorm(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        eps: f32,
+        rows: usize,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
         let d = x.cols;
         check(w.data.len() == d && out.cols == d && x.rows >= rows && out.rows >= rows, "rmsnorm: shapes")?;
         for r in 0..rows {
@@ -291,7 +297,10 @@ impl Backend for Cpu {
         let (qd, kvd) = (heads.q_dim(), heads.kv_dim());
         let group = heads.n_heads / heads.n_kv_heads;
         check(out.cols == qd && out.rows >= step.rows(), "attention: output shape")?;
-        check(pads.iter().take(step.batch).all(|&p| (p as usize) < step.canvas), "attention: pad covers the row")?;
+        check(
+            pads.iter().take(step.batch).all(|&p| (p as usize) < step.canvas),
+            "attention: pad covers the row",
+        )?;
         let scale = 1.0 / (hd as f32).sqrt();
         let l = step.canvas;
         let dtype = self.dtype;
@@ -420,7 +429,13 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn select(&self, cands: &CpuCands, canvas: &mut Vec<u32>, canvas_len: usize, sel: Select<'_>) -> Result<Vec<u32>> {
+    fn select(
+        &self,
+        cands: &CpuCands,
+        canvas: &mut Vec<u32>,
+        canvas_len: usize,
+        sel: Select<'_>,
+    ) -> Result<Vec<u32>> {
         let bl = sel.block.len;
         let mut counts = vec![0u32; sel.active.len()];
         let mut row: Vec<Candidate> = Vec::with_capacity(bl);

@@ -13,8 +13,8 @@
 
 pub mod cpu;
 
-pub use crate::model::checkpoint::DType;
 use crate::error::Result;
+pub use crate::model::checkpoint::DType;
 use crate::model::checkpoint::TensorView;
 
 /// The canvas rows a forward computes: queries at positions `[start, start + len)`.
@@ -123,9 +123,22 @@ pub trait Backend {
 
     // ---- ops of the forward (spec §2)
     /// `out[row] = table[canvas[b, p]]` for the window's rows.
-    fn embed(&self, table: &Self::Tensor, canvas: &Self::Ids, step: Step, out: &mut Self::Tensor) -> Result<()>;
+    fn embed(
+        &self,
+        table: &Self::Tensor,
+        canvas: &Self::Ids,
+        step: Step,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
     /// `out = round(round(x · rsqrt(mean(x²) + eps)) · w)`, the statistics in fp32.
-    fn rmsnorm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32, rows: usize, out: &mut Self::Tensor) -> Result<()>;
+    fn rmsnorm(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
     /// `out = x · wᵀ` (`w` is `[out, in]`), fp32 accumulation, one rounding.
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
     /// Rotate the q and k parts of `qkv` (`[q | k | v]` per row) in fp32 by each row's position
@@ -161,7 +174,8 @@ pub trait Backend {
     /// `h += x` (the residual).
     fn add(&self, h: &mut Self::Tensor, x: &Self::Tensor, rows: usize) -> Result<()>;
     /// Copy the block's rows out of the window's activations: `out` is `[batch × block.len, cols]`.
-    fn gather_block(&self, h: &Self::Tensor, step: Step, block: Window, out: &mut Self::Tensor) -> Result<()>;
+    fn gather_block(&self, h: &Self::Tensor, step: Step, block: Window, out: &mut Self::Tensor)
+        -> Result<()>;
 
     // ---- decoding (spec §4)
     /// Per logits row: the token (argmax, lowest id on ties; with temperature, argmax of the
@@ -178,5 +192,11 @@ pub trait Backend {
     ) -> Result<()>;
     /// Commit tokens into the canvas by `sel.rule` among each active row's masked block
     /// positions; returns how many each row committed (the one small read-back of a step).
-    fn select(&self, cands: &Self::Cands, canvas: &mut Self::Ids, canvas_len: usize, sel: Select<'_>) -> Result<Vec<u32>>;
+    fn select(
+        &self,
+        cands: &Self::Cands,
+        canvas: &mut Self::Ids,
+        canvas_len: usize,
+        sel: Select<'_>,
+    ) -> Result<Vec<u32>>;
 }

@@ -99,7 +99,10 @@ impl DecodeOptions {
                 ));
             }
             if let Some(t) = p.iter().find(|&&t| t as usize >= cfg.n_logits) {
-                return fail(format!("prompt {i} holds token id {t}, outside the vocabulary ({})", cfg.n_logits));
+                return fail(format!(
+                    "prompt {i} holds token id {t}, outside the vocabulary ({})",
+                    cfg.n_logits
+                ));
             }
         }
         Ok(())
@@ -152,7 +155,12 @@ impl<B: Backend> Engine<B> {
     /// Upload the (already validated) checkpoint's weights to `backend`.
     pub fn new(backend: B, files: &ModelFiles) -> Result<Self> {
         let weights = Weights::load(&backend, &files.checkpoint, &files.config)?;
-        Ok(Engine { backend, config: files.config.clone(), special: files.tokenizer.special.clone(), weights })
+        Ok(Engine {
+            backend,
+            config: files.config.clone(),
+            special: files.tokenizer.special.clone(),
+            weights,
+        })
     }
 
     /// Decode a batch of prompts (token ids, already templated) with Fast-dLLM.
@@ -190,7 +198,13 @@ impl<B: Backend> Engine<B> {
         let seeds: Vec<u64> = vec![opts.seed; batch];
         let mut rows: Vec<RowOutput> = prompts
             .iter()
-            .map(|p| RowOutput { prompt: p.clone(), tokens: vec![], nfe: 0, kinds: String::new(), commits: vec![] })
+            .map(|p| RowOutput {
+                prompt: p.clone(),
+                tokens: vec![],
+                nfe: 0,
+                kinds: String::new(),
+                commits: vec![],
+            })
             .collect();
         let mut finished = vec![false; batch];
         let mut forwards = 0usize;
@@ -214,16 +228,25 @@ impl<B: Backend> Engine<B> {
                 graph::block_logits(be, cfg, &self.weights, &mut ws, step, block)?;
                 let active: Vec<bool> = masks_left.iter().map(|&m| m > 0).collect();
                 let counters: Vec<u64> = rows.iter().map(|r| r.nfe as u64).collect();
-                let sampling = Sampling { temperature: opts.temperature, seeds: &seeds, counters: &counters, mask_id: sp.mask };
+                let sampling = Sampling {
+                    temperature: opts.temperature,
+                    seeds: &seeds,
+                    counters: &counters,
+                    mask_id: sp.mask,
+                };
                 be.argmax_confidence(&ws.logits, &pad_ids, block, batch, sampling, &mut cands)?;
-                let quota: Vec<u32> = step_in_block.iter().map(|&i| schedule.get(i).copied().unwrap_or(1)).collect();
+                let quota: Vec<u32> =
+                    step_in_block.iter().map(|&i| schedule.get(i).copied().unwrap_or(1)).collect();
                 let sel = Select { rule: opts.rule, active: &active, quota: &quota, mask_id: sp.mask, block };
                 let counts = be.select(&cands, &mut canvas, canvas_len, sel)?;
                 let kind = opts.cache.kind(block_start);
                 for b in (0..batch).filter(|&b| active[b]) {
                     let c = counts[b] as usize;
                     if c > masks_left[b] {
-                        return Err(Error::Device(format!("select committed {c} tokens with {} masks left", masks_left[b])));
+                        return Err(Error::Device(format!(
+                            "select committed {c} tokens with {} masks left",
+                            masks_left[b]
+                        )));
                     }
                     masks_left[b] -= c;
                     step_in_block[b] += 1;

@@ -58,9 +58,7 @@ impl TensorView<'_> {
     pub fn to_f32(&self) -> Vec<f32> {
         let b = self.bytes;
         match self.dtype {
-            DType::F32 => {
-                b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-            }
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             DType::Bf16 => b
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
@@ -205,10 +203,7 @@ impl Checkpoint {
             return Err(Error::tensor(
                 &self.dir,
                 first,
-                format!(
-                    "unexpected tensor ({} not in the layout this config describes)",
-                    extra.len()
-                ),
+                format!("unexpected tensor ({} not in the layout this config describes)", extra.len()),
             ));
         }
         dtype.map(|(d, _)| d).ok_or_else(|| Error::file(&self.dir, "empty layout"))

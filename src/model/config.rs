@@ -137,9 +137,9 @@ impl ModelConfig {
             return Err(Error::config(path, "(json)", "expected a JSON object"));
         };
         let f = Fields { path, map };
-        let model_type = f.str("model_type")?.ok_or_else(|| {
-            f.err("model_type", format!("missing (supported: {SUPPORTED_MODEL_TYPES:?})"))
-        })?;
+        let model_type = f
+            .str("model_type")?
+            .ok_or_else(|| f.err("model_type", format!("missing (supported: {SUPPORTED_MODEL_TYPES:?})")))?;
         match model_type {
             "llada" => Self::llada(&f),
             other => Err(f.err(
@@ -166,10 +166,9 @@ impl ModelConfig {
             return Err(f.err("rope", "false is not supported: LLaDA uses RoPE (spec §2)"));
         }
         if f.get("rope_full_precision").is_some() && !f.flag("rope_full_precision")? {
-            return Err(f.err(
-                "rope_full_precision",
-                "false is not supported: LLaDA rotates q/k in fp32 (spec §2)",
-            ));
+            return Err(
+                f.err("rope_full_precision", "false is not supported: LLaDA rotates q/k in fp32 (spec §2)")
+            );
         }
         if f.get("layer_norm_with_affine").is_some() && !f.flag("layer_norm_with_affine")? {
             return Err(f.err(
@@ -193,10 +192,7 @@ impl ModelConfig {
             return Err(f.err("n_heads", format!("{n_heads} does not divide d_model {d_model}")));
         }
         if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
-            return Err(f.err(
-                "n_kv_heads",
-                format!("{n_kv_heads} must divide n_heads {n_heads}"),
-            ));
+            return Err(f.err("n_kv_heads", format!("{n_kv_heads} must divide n_heads {n_heads}")));
         }
         let head_dim = d_model / n_heads;
         if head_dim % 2 != 0 {
@@ -209,10 +205,9 @@ impl ModelConfig {
         let vocab_size = f.usize("vocab_size")?;
         let n_logits = f.opt_usize("embedding_size")?.unwrap_or(vocab_size);
         if n_logits < vocab_size {
-            return Err(f.err(
-                "embedding_size",
-                format!("{n_logits} is smaller than vocab_size {vocab_size}"),
-            ));
+            return Err(
+                f.err("embedding_size", format!("{n_logits} is smaller than vocab_size {vocab_size}"))
+            );
         }
         let rms_eps = f.f32("rms_norm_eps")?;
         let rope_theta = f.f32("rope_theta")?;
@@ -220,11 +215,9 @@ impl ModelConfig {
         let mask_token_id = f.opt_id("mask_token_id")?;
         let eos_token_id = f.opt_id("eos_token_id")?;
         let pad_token_id = f.opt_id("pad_token_id")?;
-        for (field, id) in [
-            ("mask_token_id", mask_token_id),
-            ("eos_token_id", eos_token_id),
-            ("pad_token_id", pad_token_id),
-        ] {
+        for (field, id) in
+            [("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)]
+        {
             if let Some(id) = id {
                 if id as usize >= n_logits {
                     return Err(f.err(field, format!("{id} is outside the vocabulary ({n_logits})")));

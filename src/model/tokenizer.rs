@@ -33,9 +33,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::tokenizer(path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::tokenizer(path, format!("not valid JSON: {e}")))
 }
 
 /// `"<|x|>"` or `{"content": "<|x|>", ...}` as tokenizer_config.json writes special tokens.
@@ -51,7 +49,9 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).filter_map(|x| u32::try_from(x).ok()).collect(),
+        Some(Value::Array(a)) => {
+            a.iter().filter_map(|x| x.as_u64()).filter_map(|x| u32::try_from(x).ok()).collect()
+        }
         _ => vec![],
     }
 }

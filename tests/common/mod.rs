@@ -114,3 +114,77 @@ pub fn mismatches(engine: &Engine<Cpu>, cases: &[Case]) -> Vec<String> {
     }
     bad
 }
+
+/// A fresh copy of a fixture checkpoint in a temporary directory, for tests that damage or
+/// change it.
+pub fn temp_copy(src: &Path, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("dllm-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+/// A tensor as raw little-endian bytes.
+#[derive(Clone)]
+pub struct RawTensor {
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl safetensors::View for &RawTensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        (&self.data[..]).into()
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+pub fn read_tensors(file: &Path) -> std::collections::BTreeMap<String, RawTensor> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, RawTensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
+        .collect()
+}
+
+pub fn write_tensors(file: &Path, tensors: &std::collections::BTreeMap<String, RawTensor>) {
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.clone(), t)), None).unwrap();
+    std::fs::write(file, bytes).unwrap();
+}
+
+pub fn f32s(t: &RawTensor) -> Vec<f32> {
+    assert_eq!(t.dtype, safetensors::Dtype::F32);
+    t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+pub fn from_f32s(shape: &[usize], v: &[f32]) -> RawTensor {
+    RawTensor {
+        dtype: safetensors::Dtype::F32,
+        shape: shape.to_vec(),
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// Round every F32 tensor of a checkpoint to BF16 (the layout of a real LLaDA checkpoint).
+pub fn to_bf16(file: &Path) {
+    let mut t = read_tensors(file);
+    for v in t.values_mut() {
+        let bits: Vec<u8> =
+            f32s(v).iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+        *v = RawTensor { dtype: safetensors::Dtype::BF16, shape: v.shape.clone(), data: bits };
+    }
+    write_tensors(file, &t);
+}

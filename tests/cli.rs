@@ -1,0 +1,163 @@
+//! The `dllm` binary: flags, output, and errors (clear message, non-zero exit, no panic).
+
+mod common;
+use common::*;
+
+use std::process::{Command, Output};
+
+fn dllm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dllm")).args(args).output().expect("run dllm")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn model() -> String {
+    fixture("tiny-mha").join("checkpoint").display().to_string()
+}
+
+/// The chat prompt of the goldens through the whole CLI path (template, tokenizer, decoder).
+#[test]
+fn generate_json_matches_the_golden_and_reports_speed() {
+    let doc = read_json(&fixture("tiny-mha").join("goldens.json"));
+    let case = doc["cases"].as_array().unwrap().iter().find(|c| c["name"] == "p2/dual/thr0.9").unwrap();
+    let prompt = doc["prompts"].as_array().unwrap().iter().find(|p| p["id"] == "p2").unwrap();
+    assert!(prompt["chat"].as_bool().unwrap());
+    let m = model();
+    let o = dllm(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        prompt["text"].as_str().unwrap(),
+        "--gen-length",
+        "96",
+        "--cache",
+        "dual",
+        "--threshold",
+        "0.9",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &out["rows"][0];
+    assert_eq!(row["prompt_ids"], prompt["ids"]);
+    assert_eq!(row["generated_ids"], case["tokens"]);
+    assert_eq!(row["nfe"], case["nfe"]);
+    assert_eq!(row["commits_per_forward"], case["commits_per_forward"]);
+    let err = stderr(&o);
+    for want in ["NFE ", "TPF ", "generated 96 tokens", "wall ", "tok/s", "ms/forward", "device: cpu"] {
+        assert!(err.contains(want), "stderr lacks {want:?}: {err}");
+    }
+}
+
+#[test]
+fn generate_prints_the_answer_cut_at_the_first_end_token() {
+    let m = model();
+    let o = dllm(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "Hello world",
+        "--no-chat",
+        "--gen-length",
+        "96",
+        "--json",
+    ]);
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<u64> =
+        out["rows"][0]["generated_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let text = out["rows"][0]["text"].as_str().unwrap().to_string();
+    let o = dllm(&["generate", "--model", &m, "--prompt", "Hello world", "--no-chat", "--gen-length", "96"]);
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'), text);
+    // the stop ids of tiny-mha: EOS 257 and <|eot_id|> 283; the text holds only what precedes them
+    let cut = ids.iter().position(|&t| t == 257 || t == 283).unwrap_or(ids.len());
+    let bytes: Vec<u8> = ids[..cut].iter().filter(|&&t| t < 256).map(|&t| t as u8).collect();
+    assert!(cut < ids.len(), "this prompt's answer contains an end token");
+    assert_eq!(text, String::from_utf8_lossy(&bytes));
+}
+
+#[test]
+fn trace_and_batch_flags() {
+    let m = model();
+    let o = dllm(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "a",
+        "--prompt",
+        "bcdef",
+        "--gen-length",
+        "64",
+        "--cache",
+        "prefix",
+        "--factor",
+        "1.0",
+        "--trace",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["rows"].as_array().unwrap().len(), 2);
+    let trace = out["trace"].as_array().unwrap();
+    assert_eq!(trace.len() as u64, out["forwards"].as_u64().unwrap());
+    let committed: usize = trace.iter().map(|t| t["committed"][0].as_array().unwrap().len()).sum();
+    assert_eq!(committed, 64, "the trace accounts for every generated token of row 0");
+    assert!(stderr(&o).contains("forward   0 block 0 F"));
+}
+
+fn assert_usage_error(args: &[&str], mention: &str) {
+    let o = dllm(args);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    assert!(stderr(&o).contains(mention), "{args:?}: stderr lacks {mention:?}: {}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+}
+
+fn assert_run_error(args: &[&str], mention: &str) {
+    let o = dllm(args);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+    assert!(stderr(&o).contains(mention), "{args:?}: stderr lacks {mention:?}: {}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+}
+
+#[test]
+fn bad_flags_are_usage_errors_naming_the_flag() {
+    let m = model();
+    assert_usage_error(&["generate", "--prompt", "x"], "--model");
+    assert_usage_error(&["generate", "--model", &m], "--prompt");
+    assert_usage_error(&["generate", "--model", &m, "--prompt", "x", "--cache", "triple"], "--cache");
+    assert_usage_error(
+        &["generate", "--model", &m, "--prompt", "x", "--threshold", "0.9", "--factor", "1"],
+        "cannot be used with",
+    );
+    assert_usage_error(
+        &["generate", "--model", &m, "--prompt", "x", "--quota", "--factor", "1"],
+        "cannot be used with",
+    );
+    assert_usage_error(&["generate", "--model", &m, "--prompt", "x", "--gen-length=-5"], "--gen-length");
+    assert_usage_error(&["generate", "--model", &m, "--prompt", "x", "--threshold", "high"], "--threshold");
+    assert_usage_error(&["generate", "--model", &m, "--prompt", "x", "--bogus"], "--bogus");
+    assert_usage_error(&["generate", "--model", &m, "--prompt", "x", "--device", "tpu"], "--device");
+    assert_usage_error(&["frobnicate"], "frobnicate");
+}
+
+#[test]
+fn impossible_runs_exit_1_naming_the_problem() {
+    let m = model();
+    let base = ["generate", "--model", m.as_str(), "--prompt", "x"];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    assert_run_error(&with(&["--threshold", "1.5"]), "threshold 1.5 is outside (0, 1]");
+    assert_run_error(&with(&["--factor", "0"]), "factor 0");
+    assert_run_error(&with(&["--gen-length", "100"]), "gen_length 100 is not a multiple of block_length 32");
+    assert_run_error(&with(&["--steps", "7", "--quota"]), "steps 7");
+    assert_run_error(&with(&["--gen-length", "512"]), "max_sequence_length 512");
+    assert_run_error(&with(&["--device", "cuda"]), "no CUDA backend");
+    assert_run_error(&with(&["--threads", "0"]), "--threads");
+    assert_run_error(&["generate", "--model", "/nonexistent/model", "--prompt", "x"], "/nonexistent/model");
+}
