@@ -1,1 +1,105 @@
-fn main() {}
+//! Criterion benches of the CPU-side hot paths, so regressions show without a GPU:
+//! selection (rank + rule), the confidence reduction over an LLaDA-8B-wide vocabulary, and one
+//! forward of the tiny fixture (full canvas and DualCache window).
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use dllm::backend::cpu::{Cpu, CpuTensor};
+use dllm::backend::{Backend, DType, Rule, Sampling, Step, Window};
+use dllm::cache::KvCache;
+use dllm::decode::select::{commit_count, quota_schedule, rank, Candidate};
+use dllm::decode::{DecodeOptions, Engine};
+use dllm::graph::{self, Workspace};
+use dllm::model::ModelFiles;
+
+fn lcg(n: usize, seed: u64) -> Vec<f32> {
+    let mut z = seed;
+    (0..n)
+        .map(|_| {
+            z = z.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+        })
+        .collect()
+}
+
+fn selection(c: &mut Criterion) {
+    let confs = lcg(32, 1);
+    let cands: Vec<Candidate> = confs
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| Candidate { pos: i, token: i as u32, conf: (x as f64 + 4.0) / 8.0 })
+        .collect();
+    for (name, rule) in
+        [("quota", Rule::Quota), ("threshold", Rule::Threshold(0.9)), ("factor", Rule::Factor(1.0))]
+    {
+        c.bench_function(&format!("select/{name}/32 candidates"), |b| {
+            b.iter(|| {
+                let mut v = cands.clone();
+                rank(&mut v);
+                let confs: Vec<f64> = v.iter().map(|c| c.conf).collect();
+                black_box(commit_count(rule, &confs, 3))
+            })
+        });
+    }
+    c.bench_function("select/quota_schedule", |b| b.iter(|| black_box(quota_schedule(black_box(32), 12))));
+}
+
+fn confidence(c: &mut Criterion) {
+    // one block row of LLaDA-8B logits (126464 wide) through argmax + float64 softmax
+    let cpu = Cpu::new(DType::Bf16, Some(1));
+    let logits = CpuTensor::new(1, 126464, lcg(126464, 2));
+    let mut out = cpu.cands(1).unwrap();
+    let pads = vec![0u32];
+    for (name, t) in [("greedy", 0.0), ("temperature 1", 1.0)] {
+        c.bench_function(&format!("argmax_confidence/126464 vocab/{name}"), |b| {
+            b.iter(|| {
+                let s = Sampling { temperature: t, seeds: &[1], counters: &[0], mask_id: 126336 };
+                cpu.argmax_confidence(&logits, &pads, Window { start: 0, len: 1 }, 1, s, &mut out).unwrap();
+                black_box(out.tokens[0])
+            })
+        });
+    }
+}
+
+fn tiny_forward(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-mha/checkpoint");
+    let files = ModelFiles::open(&dir).unwrap();
+    let engine = Engine::new(Cpu::new(files.dtype, None), &files).unwrap();
+    let cfg = &engine.config;
+    let (batch, canvas) = (1, 32 + 96);
+    let ids = vec![65u32; canvas];
+    let pads = vec![0u32];
+    let mut ws = Workspace::new(&engine.backend, cfg, batch, canvas, 32).unwrap();
+    let mut cache = KvCache::new(&engine.backend, cfg, batch, canvas).unwrap();
+    for (name, win) in [
+        ("full canvas 128", Window { start: 0, len: canvas }),
+        ("dual block 32", Window { start: 64, len: 32 }),
+    ] {
+        let step = Step { batch, canvas, win };
+        c.bench_function(&format!("tiny-mha forward/{name}"), |b| {
+            b.iter(|| {
+                graph::forward(&engine.backend, cfg, &engine.weights, &mut ws, &mut cache, &ids, &pads, step)
+                    .unwrap();
+                graph::block_logits(
+                    &engine.backend,
+                    cfg,
+                    &engine.weights,
+                    &mut ws,
+                    step,
+                    Window { start: 64, len: 32 },
+                )
+                .unwrap();
+            })
+        });
+    }
+    let opts = DecodeOptions { gen_length: 96, steps: 96, ..DecodeOptions::default() };
+    c.bench_function("tiny-mha generate/96 tokens dual thr0.9", |b| {
+        b.iter(|| black_box(engine.generate(&[vec![72, 105]], &opts).unwrap().forwards))
+    });
+}
+
+criterion_group!(benches, selection, confidence, tiny_forward);
+criterion_main!(benches);

@@ -67,7 +67,7 @@ impl Cpu {
         F: Fn(usize, &mut [f32]) + Sync,
     {
         let rows = out.len().checked_div(cols).unwrap_or(0);
-        let threads = if cost < (1 << 18) { 1 } else { self.threads.min(rows).max(1) };
+        let threads = if cost < (1 << 20) { 1 } else { self.threads.min(rows).max(1) };
         if threads == 1 {
             f(0, out);
             return;
