@@ -77,7 +77,13 @@ pub fn rope_tables(cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
 impl<T> Weights<T> {
     /// Validate the checkpoint against the config (every name, shape, one dtype) and upload.
     /// Returns the weights and the checkpoint's dtype, which is the activation dtype (spec §8).
-    pub fn load<B: Backend<Tensor = T>>(be: &B, ck: &Checkpoint, cfg: &ModelConfig) -> Result<Self> {
+    /// `progress(layers_done, n_layers)` is called after each layer's upload.
+    pub fn load<B: Backend<Tensor = T>>(
+        be: &B,
+        ck: &Checkpoint,
+        cfg: &ModelConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let (d, v, m) = (cfg.d_model, cfg.n_logits, cfg.mlp_hidden);
         let p = "model.transformer.";
         let one = |name: &str, rows: usize, cols: usize| be.upload(&[ck.get(name)?], rows, cols);
@@ -93,6 +99,7 @@ impl<T> Weights<T> {
                 gate_up: be.upload(&[t("ff_proj")?, t("up_proj")?], 2 * m, d)?,
                 down: be.upload(&[t("ff_out")?], d, m)?,
             });
+            progress(i + 1, cfg.n_layers);
         }
         let (cos, sin) = rope_tables(cfg);
         Ok(Weights {

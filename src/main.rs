@@ -1,6 +1,7 @@
 //! `dllm`: the command line. `dllm generate` loads a Hugging Face checkpoint directory and decodes
 //! with Fast-dLLM; errors are printed without a backtrace and exit non-zero.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,7 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use dllm::backend::cpu::Cpu;
-use dllm::backend::Rule;
+#[cfg(feature = "cuda")]
+use dllm::backend::cuda::Cuda;
+use dllm::backend::{Backend, Rule};
 use dllm::cache::CacheMode;
 use dllm::decode::{DecodeOptions, Engine, Output};
 use dllm::model::ModelFiles;
@@ -144,11 +147,6 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.threads == Some(0) {
         return Err(Error::options("--threads must be at least 1"));
     }
-    if a.device == DeviceArg::Cuda {
-        return Err(Error::Device(
-            "--device cuda: this build of dllm has no CUDA backend (use --device cpu or auto)".into(),
-        ));
-    }
     let files = ModelFiles::open(&a.model)?;
     let tok = &files.tokenizer;
     let prompts = a
@@ -157,11 +155,48 @@ fn generate(a: GenerateArgs) -> Result<()> {
         .map(|p| if a.no_chat { tok.encode(p) } else { tok.encode_chat(p) })
         .collect::<Result<Vec<_>>>()?;
     opts.validate(&files.config, &prompts)?;
-    let backend = Cpu::new(files.dtype, a.threads);
-    eprintln!("device: {} (this build has no CUDA backend)", dllm::backend::Backend::name(&backend));
-    let engine = Engine::new(backend, &files)?;
-    let out = engine.generate(&prompts, &opts)?;
-    report(&a, &files, &opts, &out);
+    let cpu = || Cpu::new(files.dtype, a.threads);
+    match a.device {
+        DeviceArg::Cpu => run(cpu(), &a, &files, &prompts, &opts),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda => run(Cuda::new(0, files.dtype)?, &a, &files, &prompts, &opts),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Auto => match Cuda::new(0, files.dtype) {
+            Ok(gpu) => run(gpu, &a, &files, &prompts, &opts),
+            Err(e) => {
+                eprintln!("CUDA unavailable ({e}); using the CPU");
+                run(cpu(), &a, &files, &prompts, &opts)
+            }
+        },
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda => Err(Error::Device(
+            "--device cuda: this build of dllm has no CUDA backend (built without the `cuda` feature)".into(),
+        )),
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Auto => run(cpu(), &a, &files, &prompts, &opts),
+    }
+}
+
+fn run<B: Backend>(
+    backend: B,
+    a: &GenerateArgs,
+    files: &ModelFiles,
+    prompts: &[Vec<u32>],
+    opts: &DecodeOptions,
+) -> Result<()> {
+    eprintln!("device: {}", backend.name());
+    let tty = std::io::stderr().is_terminal();
+    let t0 = std::time::Instant::now();
+    let engine = Engine::with_progress(backend, files, &mut |done, all| {
+        if tty {
+            eprint!("\rloading weights: layer {done}/{all}");
+            if done == all {
+                eprintln!(" ({:.1} s)", t0.elapsed().as_secs_f64());
+            }
+        }
+    })?;
+    let out = engine.generate(prompts, opts)?;
+    report(a, files, opts, &out);
     Ok(())
 }
 

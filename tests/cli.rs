@@ -5,12 +5,25 @@ use common::*;
 
 use std::process::{Command, Output};
 
+/// The binary under test; `DLLM_BIN` overrides the build path (staged runs on the GPU machine).
 fn dllm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dllm")).args(args).output().expect("run dllm")
+    let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
+    Command::new(bin).args(args).output().expect("run dllm")
 }
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn gpu_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        dllm::backend::cuda::Cuda::new(0, dllm::backend::DType::F32).is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
 }
 
 fn model() -> String {
@@ -157,7 +170,17 @@ fn impossible_runs_exit_1_naming_the_problem() {
     assert_run_error(&with(&["--gen-length", "100"]), "gen_length 100 is not a multiple of block_length 32");
     assert_run_error(&with(&["--steps", "7", "--quota"]), "steps 7");
     assert_run_error(&with(&["--gen-length", "512"]), "max_sequence_length 512");
-    assert_run_error(&with(&["--device", "cuda"]), "no CUDA backend");
+    if !gpu_available() {
+        // without a usable GPU (or without the `cuda` feature) --device cuda says why
+        let o = dllm(&with(&["--device", "cuda"]));
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("error: device:") && !e.contains("panicked"), "{e}");
+        // and auto falls back to the CPU, saying so
+        let o = dllm(&with(&["--device", "auto", "--gen-length", "32"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("device: cpu"), "{}", stderr(&o));
+    }
     assert_run_error(&with(&["--threads", "0"]), "--threads");
     assert_run_error(&["generate", "--model", "/nonexistent/model", "--prompt", "x"], "/nonexistent/model");
 }

@@ -431,7 +431,7 @@ impl Backend for Cpu {
 
     fn select(
         &self,
-        cands: &CpuCands,
+        cands: &mut CpuCands,
         canvas: &mut Vec<u32>,
         canvas_len: usize,
         sel: Select<'_>,
@@ -462,5 +462,20 @@ impl Backend for Cpu {
             counts[b] = k as u32;
         }
         Ok(counts)
+    }
+
+    fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
+        check(data.len() == rows * cols, "tensor_from_host: data does not match its shape")?;
+        Ok(CpuTensor::new(rows, cols, data.iter().map(|&x| self.round(x)).collect()))
+    }
+
+    fn to_host(&self, t: &CpuTensor, rows: usize) -> Result<Vec<f32>> {
+        check(rows <= t.rows, "to_host: more rows than the matrix has")?;
+        Ok(t.data[..rows * t.cols].to_vec())
+    }
+
+    fn read_cands(&self, c: &CpuCands, len: usize) -> Result<(Vec<u32>, Vec<f64>)> {
+        check(len <= c.tokens.len(), "read_cands: too many")?;
+        Ok((c.tokens[..len].to_vec(), c.conf[..len].to_vec()))
     }
 }

@@ -12,6 +12,8 @@
 //! - Set-up calls allocate; the ops never do (so a device step can be captured as a graph).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::error::Result;
 pub use crate::model::checkpoint::DType;
@@ -194,9 +196,17 @@ pub trait Backend {
     /// positions; returns how many each row committed (the one small read-back of a step).
     fn select(
         &self,
-        cands: &Self::Cands,
+        cands: &mut Self::Cands,
         canvas: &mut Self::Ids,
         canvas_len: usize,
         sel: Select<'_>,
     ) -> Result<Vec<u32>>;
+
+    // ---- host views, for tests and debugging (they synchronise)
+    /// A matrix in the activation dtype from f32 host values (rounded to it).
+    fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// The first `rows` rows of a matrix, widened to f32.
+    fn to_host(&self, t: &Self::Tensor, rows: usize) -> Result<Vec<f32>>;
+    /// The first `len` drawn tokens and confidences.
+    fn read_cands(&self, c: &Self::Cands, len: usize) -> Result<(Vec<u32>, Vec<f64>)>;
 }

@@ -154,7 +154,16 @@ pub struct Engine<B: Backend> {
 impl<B: Backend> Engine<B> {
     /// Upload the (already validated) checkpoint's weights to `backend`.
     pub fn new(backend: B, files: &ModelFiles) -> Result<Self> {
-        let weights = Weights::load(&backend, &files.checkpoint, &files.config)?;
+        Self::with_progress(backend, files, &mut |_, _| {})
+    }
+
+    /// As [`Engine::new`], reporting `(layers uploaded, layers)` as the weights go to the device.
+    pub fn with_progress(
+        backend: B,
+        files: &ModelFiles,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let weights = Weights::load(&backend, &files.checkpoint, &files.config, progress)?;
         Ok(Engine {
             backend,
             config: files.config.clone(),
@@ -238,7 +247,7 @@ impl<B: Backend> Engine<B> {
                 let quota: Vec<u32> =
                     step_in_block.iter().map(|&i| schedule.get(i).copied().unwrap_or(1)).collect();
                 let sel = Select { rule: opts.rule, active: &active, quota: &quota, mask_id: sp.mask, block };
-                let counts = be.select(&cands, &mut canvas, canvas_len, sel)?;
+                let counts = be.select(&mut cands, &mut canvas, canvas_len, sel)?;
                 let kind = opts.cache.kind(block_start);
                 for b in (0..batch).filter(|&b| active[b]) {
                     let c = counts[b] as usize;

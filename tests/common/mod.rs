@@ -6,13 +6,19 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use dllm::backend::cpu::Cpu;
-use dllm::backend::Rule;
+use dllm::backend::{Backend, Rule, Step, Window};
 use dllm::cache::CacheMode;
+use dllm::cache::KvCache;
 use dllm::decode::{DecodeOptions, Engine};
+use dllm::graph::{self, Workspace};
 use dllm::model::ModelFiles;
 
+/// A file under tests/fixtures. Test binaries staged onto another machine (the GPU check) run
+/// from the repository root there, where the build machine's path does not exist.
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let root = if built.is_dir() { built } else { PathBuf::from("tests/fixtures") };
+    root.join(rel)
 }
 
 pub fn read_json(path: &Path) -> Value {
@@ -187,4 +193,39 @@ pub fn to_bf16(file: &Path) {
         *v = RawTensor { dtype: safetensors::Dtype::BF16, shape: v.shape.clone(), data: bits };
     }
     write_tensors(file, &t);
+}
+
+/// Logits of the first block (32 rows per prompt) after one full forward over `prompts` followed
+/// by 64 masks, on any backend, in host memory.
+pub fn block_logits<B: Backend>(engine: &Engine<B>, prompts: &[Vec<u32>]) -> Vec<f32> {
+    let be = &engine.backend;
+    let cfg = &engine.config;
+    let batch = prompts.len();
+    let p_max = prompts.iter().map(Vec::len).max().unwrap();
+    let canvas_len = p_max + 64;
+    let mut host = vec![];
+    let mut pads = vec![];
+    for p in prompts {
+        pads.push((p_max - p.len()) as u32);
+        host.extend(std::iter::repeat_n(engine.special.pad, p_max - p.len()));
+        host.extend_from_slice(p);
+        host.extend(std::iter::repeat_n(engine.special.mask, 64));
+    }
+    let mut ids = be.ids(host.len()).unwrap();
+    be.write_ids(&mut ids, &host).unwrap();
+    let mut pad_ids = be.ids(batch).unwrap();
+    be.write_ids(&mut pad_ids, &pads).unwrap();
+    let mut ws = Workspace::new(be, cfg, batch, canvas_len, 32).unwrap();
+    let mut cache = KvCache::new(be, cfg, batch, canvas_len).unwrap();
+    let step = Step { batch, canvas: canvas_len, win: Window { start: 0, len: canvas_len } };
+    graph::forward(be, cfg, &engine.weights, &mut ws, &mut cache, &ids, &pad_ids, step).unwrap();
+    graph::block_logits(be, cfg, &engine.weights, &mut ws, step, Window { start: p_max, len: 32 }).unwrap();
+    be.to_host(&ws.logits, batch * 32).unwrap()
+}
+
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().max(1e-30);
+    (num / den).sqrt()
 }

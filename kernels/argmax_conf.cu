@@ -1,0 +1,81 @@
+// argmax_conf: per logits row of the current block, the drawn token and its confidence
+// (spec §4.1–4.3), without the logit row ever leaving the GPU:
+//   max  = max_v l_v                                   (over the whole vocabulary)
+//   x0   = argmax_{v ≠ mask} l_v            (T = 0; lowest id on ties)
+//        = argmax_{v ≠ mask} l_v / T + Gumbel(seed, counter, pos, v)   (T > 0, f64 noise)
+//   conf = exp(l_x0 − max) / Σ_v exp(l_v − max)          (the sum in f64, tree-reduced)
+// The mask token is never drawn (docs/spec-notes.md). Logits are in the activation dtype (bf16
+// logits for a bf16 model, spec §4.1).
+// Layout: logits [B·BL, vocab]; tokens u32, conf f64 [B·BL]. One block of 256 threads per row.
+// Floor: 2 passes over B·BL·vocab·sizeof(T) bytes (the second mostly from L1/L2); ~vocab f64
+// exps per row. CPU twin: Cpu::argmax_confidence.
+#include "common.cuh"
+
+#define AM_THREADS 256
+
+__device__ __forceinline__ void better(double& s, unsigned int& a, double s2, unsigned int a2) {
+    if (s2 > s || (s2 == s && a2 < a)) {
+        s = s2;
+        a = a2;
+    }
+}
+
+template <typename T>
+__device__ void argmax_conf(const ArgmaxParams p) {
+    __shared__ double best_s[AM_THREADS / 32];
+    __shared__ unsigned int arg_s[AM_THREADS / 32];
+    __shared__ float max_s[AM_THREADS / 32];
+    const unsigned int r = blockIdx.x, b = r / p.block_len, i = r % p.block_len;
+    const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const T* l = (const T*)p.logits + (size_t)r * p.vocab;
+    const bool greedy = p.temperature == 0.0;
+    const unsigned int pad = ((const unsigned int*)p.pads)[b];
+    const unsigned int cpos = p.block_start + i;
+    const uint64_t pos = cpos >= pad ? cpos - pad : 0;
+    const uint64_t seed = greedy ? 0 : ((const uint64_t*)p.seeds)[b];
+    const uint64_t counter = greedy ? 0 : ((const uint64_t*)p.counters)[b];
+
+    float mx = -INFINITY;
+    double best = -INFINITY;
+    unsigned int arg = 0xffffffffu;
+    for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) {
+        const float x = to_f(l[v]);
+        mx = fmaxf(mx, x);
+        if (v == p.mask_id) continue;
+        const double score = greedy ? (double)x : (double)x / p.temperature + gumbel(seed, counter, pos, v);
+        better(best, arg, score, v);
+    }
+    mx = warp_max(mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const double s2 = __shfl_xor_sync(0xffffffffu, best, o);
+        const unsigned int a2 = __shfl_xor_sync(0xffffffffu, arg, o);
+        better(best, arg, s2, a2);
+    }
+    if (lane == 0) {
+        best_s[warp] = best;
+        arg_s[warp] = arg;
+        max_s[warp] = mx;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (unsigned int w = 1; w < blockDim.x / 32; ++w) {
+            better(best_s[0], arg_s[0], best_s[w], arg_s[w]);
+            max_s[0] = fmaxf(max_s[0], max_s[w]);
+        }
+        if (arg_s[0] == 0xffffffffu) arg_s[0] = 0;  // nothing beat -inf (all logits -inf/NaN)
+    }
+    __syncthreads();
+    const double m = (double)max_s[0];
+    const unsigned int x0 = arg_s[0];
+    double sum = 0.0;
+    for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) sum += exp((double)to_f(l[v]) - m);
+    sum = block_sum_d(sum);
+    if (threadIdx.x == 0) {
+        ((unsigned int*)p.tokens)[r] = x0;
+        ((double*)p.conf)[r] = exp((double)to_f(l[x0]) - m) / sum;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(AM_THREADS) argmax_conf_f32(const ArgmaxParams p) { argmax_conf<float>(p); }
+extern "C" __global__ void __launch_bounds__(AM_THREADS) argmax_conf_bf16(const ArgmaxParams p) { argmax_conf<__nv_bfloat16>(p); }

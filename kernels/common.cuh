@@ -1,0 +1,78 @@
+// Shared device helpers: activation-dtype conversion, warp/block reductions, the counter-based
+// RNG of temperature sampling (bit-identical to src/decode/select.rs::uniform).
+#pragma once
+#include <cuda_bf16.h>
+#include <stdint.h>
+#include "params.h"
+
+// ---- activation dtype: every op computes in f32 and rounds its output once (spec §8)
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+// round to nearest even, as half::bf16::from_f32 on the CPU twin
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// ---- reductions
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // part[] may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < warps ? part[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ __forceinline__ double block_sum_d(double v) {
+    __shared__ double part_d[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) part_d[warp] = v;
+    __syncthreads();
+    v = lane < warps ? part_d[lane] : 0.0;
+    return warp_sum_d(v);
+}
+
+// ---- counter-based RNG (SplitMix64 finalisers), the twin of decode::select::uniform
+__device__ __forceinline__ uint64_t splitmix_mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ double uniform01(uint64_t seed, uint64_t counter, uint64_t pos, uint64_t token) {
+    const uint64_t G = 0x9e3779b97f4a7c15ull;
+    uint64_t z = splitmix_mix(seed + G);
+    z = splitmix_mix(z ^ (counter + G * 2));
+    z = splitmix_mix(z ^ (pos + G * 3));
+    z = splitmix_mix(z ^ (token + G * 4));
+    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;  // 2^53
+}
+__device__ __forceinline__ double gumbel(uint64_t seed, uint64_t counter, uint64_t pos, uint64_t token) {
+    return -log(-log(uniform01(seed, counter, pos, token)));
+}
+
+// One extern "C" entry point per activation dtype: NAME_f32 and NAME_bf16.
+#define DLLM_KERNEL_PAIR(NAME, PARAMS, BODY)                                         \
+    extern "C" __global__ void NAME##_f32(const PARAMS p) { BODY<float>(p); }       \
+    extern "C" __global__ void NAME##_bf16(const PARAMS p) { BODY<__nv_bfloat16>(p); }

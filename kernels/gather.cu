@@ -1,0 +1,16 @@
+// gather: out[b·BL + i, :] = h[b·W + offset + i, :] — the current block's rows out of the
+// window, so the final norm and the LM head run on them only (spec §4: logits of the block).
+// Layout: h [B·W, d], out [B·BL, d]. Floor: 2 · B · BL · d · sizeof(T) bytes. One block per row.
+// CPU twin: Cpu::gather_block.
+#include "common.cuh"
+
+template <typename T>
+__device__ void gather(const GatherParams p) {
+    const unsigned int r = blockIdx.x;
+    const unsigned int b = r / p.block_len, i = r % p.block_len;
+    const T* src = (const T*)p.h + ((size_t)b * p.win_len + p.offset + i) * p.d;
+    T* dst = (T*)p.out + (size_t)r * p.d;
+    for (unsigned int c = threadIdx.x; c < p.d; c += blockDim.x) dst[c] = src[c];
+}
+
+DLLM_KERNEL_PAIR(gather, GatherParams, gather)

@@ -1,0 +1,126 @@
+/* Kernel parameter structs: the one definition shared by the CUDA kernels (nvcc) and the Rust
+ * launches (bindgen turns this header into src/backend/cuda/params.rs at build time).
+ * Every kernel takes one of these by value. Device pointers are plain 64-bit addresses.
+ * Layout conventions are those of src/backend/mod.rs: activations [batch x window, cols]
+ * row-major, KV cache [batch x canvas, kv_dim], batch row b left-padded by pads[b] tokens. */
+#pragma once
+
+#ifdef __CUDACC__
+typedef unsigned long long dptr_t;
+#else
+#include <stdint.h>
+typedef uint64_t dptr_t;
+#endif
+
+/* The canvas rows one forward computes, and the batch geometry. */
+typedef struct {
+    unsigned int batch;
+    unsigned int canvas_len;
+    unsigned int win_start;
+    unsigned int win_len;
+} StepShape;
+
+typedef struct {
+    dptr_t table;   /* [n_logits, d] activation dtype */
+    dptr_t canvas;  /* [batch, canvas_len] u32 */
+    dptr_t out;     /* [batch x win_len, d] */
+    StepShape step;
+    unsigned int d;
+    unsigned int n_rows_table;
+} EmbedParams;
+
+typedef struct {
+    dptr_t x;    /* [rows, d] */
+    dptr_t w;    /* [d] */
+    dptr_t out;  /* [rows, d] */
+    unsigned int rows;
+    unsigned int d;
+    float eps;
+} RmsNormParams;
+
+typedef struct {
+    dptr_t qkv;      /* [batch x win_len, (n_heads + 2 n_kv_heads) head_dim], q|k|v */
+    dptr_t cos;      /* [max_pos, head_dim] f32 */
+    dptr_t sin;      /* [max_pos, head_dim] f32 */
+    dptr_t pads;     /* [batch] u32 */
+    dptr_t k_cache;  /* [batch x canvas_len, n_kv_heads head_dim] */
+    dptr_t v_cache;
+    StepShape step;
+    unsigned int n_heads;
+    unsigned int n_kv_heads;
+    unsigned int head_dim;
+    unsigned int max_pos;
+} RopeKvParams;
+
+typedef struct {
+    dptr_t qkv;      /* queries: the q part of each row */
+    dptr_t k_cache;
+    dptr_t v_cache;
+    dptr_t pads;
+    dptr_t out;      /* [batch x win_len, n_heads head_dim] */
+    StepShape step;
+    unsigned int n_heads;
+    unsigned int n_kv_heads;
+    unsigned int head_dim;
+    float scale;
+} AttentionParams;
+
+typedef struct {
+    dptr_t gate_up;  /* [rows, 2 mlp]: gate | up */
+    dptr_t out;      /* [rows, mlp] */
+    unsigned int rows;
+    unsigned int mlp;
+} SwigluParams;
+
+typedef struct {
+    dptr_t h;  /* [n] updated in place: h += x */
+    dptr_t x;
+    unsigned int n;
+} AddParams;
+
+typedef struct {
+    dptr_t h;    /* [batch x win_len, d] */
+    dptr_t out;  /* [batch x block_len, d] */
+    unsigned int batch;
+    unsigned int d;
+    unsigned int win_len;
+    unsigned int offset;     /* block start - window start */
+    unsigned int block_len;
+} GatherParams;
+
+typedef struct {
+    dptr_t logits;    /* [batch x block_len, vocab] activation dtype */
+    dptr_t pads;      /* [batch] u32 */
+    dptr_t seeds;     /* [batch] u64 */
+    dptr_t counters;  /* [batch] u64 */
+    dptr_t tokens;    /* out: [batch x block_len] u32 */
+    dptr_t conf;      /* out: [batch x block_len] f64 */
+    unsigned int rows;
+    unsigned int vocab;
+    unsigned int block_start;
+    unsigned int block_len;
+    unsigned int mask_id;
+    unsigned int pad_;
+    double temperature;
+} ArgmaxParams;
+
+/* Selection rules (spec §4.4); values match the Rust side. */
+#define DLLM_RULE_QUOTA 0
+#define DLLM_RULE_THRESHOLD 1
+#define DLLM_RULE_FACTOR 2
+
+typedef struct {
+    dptr_t tokens;   /* [batch x block_len] u32, from argmax */
+    dptr_t conf;     /* [batch x block_len] f64 */
+    dptr_t canvas;   /* [batch, canvas_len] u32, updated in place */
+    dptr_t active;   /* [batch] u32 (0/1) */
+    dptr_t quota;    /* [batch] u32 */
+    dptr_t counts;   /* out: [batch] u32, tokens committed per row */
+    unsigned int batch;
+    unsigned int canvas_len;
+    unsigned int block_start;
+    unsigned int block_len;
+    unsigned int mask_id;
+    unsigned int rule;
+    double param;    /* threshold tau or factor f */
+} SelectParams;

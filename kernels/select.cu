@@ -1,0 +1,65 @@
+// select_commit: commit tokens of the current block into the device canvas by the step's rule
+// (spec §4.4) and report how many per row — the one small read-back of a step.
+// Candidates are the active row's masked block positions, ranked by confidence descending, lower
+// position first on ties (dllm's choice, docs/spec-notes.md). Every rule commits a prefix:
+//   quota:     min(quota[b], n)
+//   threshold: max(1, #{c ≥ τ})
+//   factor:    first failure c(i) < 1 − f/(i+1) (1-based i ≥ 2) at i; all n if none failed or the
+//              failure is the last candidate (reference quirk), else the i − 1 that passed.
+// Layout: tokens/conf [B·BL] (from argmax_conf), canvas [B, L] u32, active/quota/counts [B].
+// One block per batch row, one thread per block position (BL ≤ 1024); O(BL²) ranking in shared
+// memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / decode::select.
+#include "common.cuh"
+
+#define SEL_MAX 1024
+
+extern "C" __global__ void __launch_bounds__(SEL_MAX) select_commit(const SelectParams p) {
+    __shared__ double conf_s[SEL_MAX];
+    __shared__ double sorted[SEL_MAX];
+    __shared__ unsigned char masked_s[SEL_MAX];
+    __shared__ unsigned int k_s;
+    const unsigned int b = blockIdx.x, i = threadIdx.x, bl = p.block_len;
+    const bool act = ((const unsigned int*)p.active)[b] != 0;
+    unsigned int* canvas = (unsigned int*)p.canvas + (size_t)b * p.canvas_len + p.block_start;
+    bool m = false;
+    double c = 0.0;
+    if (i < bl) {
+        m = act && canvas[i] == p.mask_id;
+        c = ((const double*)p.conf)[(size_t)b * bl + i];
+        conf_s[i] = c;
+        masked_s[i] = m ? 1 : 0;
+    }
+    const unsigned int n = __syncthreads_count(m);
+    unsigned int rank = 0;
+    if (m) {
+        for (unsigned int j = 0; j < bl; ++j)
+            if (masked_s[j] && (conf_s[j] > c || (conf_s[j] == c && j < i))) ++rank;
+        sorted[rank] = c;
+    }
+    __syncthreads();
+    if (i == 0) {
+        unsigned int k = 0;
+        if (n > 0) {
+            if (p.rule == DLLM_RULE_QUOTA) {
+                const unsigned int q = ((const unsigned int*)p.quota)[b];
+                k = q < n ? q : n;
+            } else if (p.rule == DLLM_RULE_THRESHOLD) {
+                while (k < n && sorted[k] >= p.param) ++k;
+                if (k == 0) k = 1;
+            } else {
+                unsigned int fail = n;
+                for (unsigned int j = 1; j < n; ++j) {
+                    if (sorted[j] < 1.0 - p.param / (double)(j + 2)) {
+                        fail = j;
+                        break;
+                    }
+                }
+                k = (fail == n || fail == n - 1) ? n : fail;
+            }
+        }
+        k_s = k;
+        ((unsigned int*)p.counts)[b] = k;
+    }
+    __syncthreads();
+    if (m && rank < k_s) canvas[i] = ((const unsigned int*)p.tokens)[(size_t)b * bl + i];
+}

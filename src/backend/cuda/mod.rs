@@ -1,0 +1,627 @@
+//! The CUDA backend: the kernels of `kernels/` (one fatbin, built by build.rs and embedded here)
+//! and cuBLAS GEMMs, driven through cudarc on one stream.
+//!
+//! - cudarc loads libcuda and libcublas at run time (`dynamic-loading`): a machine without a
+//!   driver or a GPU gets an error from [`Cuda::new`], never a panic.
+//! - Activations run in the checkpoint's dtype (spec §8): f32 checkpoints in f32 with pure FP32
+//!   GEMMs (`CUBLAS_COMPUTE_32F`, no TF32) so CPU and GPU agree token for token on the fixtures;
+//!   bf16 checkpoints in bf16 with fp32 accumulation.
+//! - Every buffer is allocated at set-up (weights, KV cache, workspace, candidate arrays); the ops
+//!   only launch kernels and GEMMs on the stream. The one host synchronisation of a step is the
+//!   read-back of the per-row commit counts in [`Backend::select`].
+//! - Each op is checked against its CPU twin by `tests/gpu.rs` (skipped without a GPU).
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use half::bf16;
+
+use super::{Backend, DType, Heads, Rule, Sampling, Select, Step, Window};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::TensorView;
+
+#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
+mod params {
+    include!(concat!(env!("OUT_DIR"), "/params.rs"));
+}
+use params::*;
+
+// SAFETY: plain #[repr(C)] structs of integers and floats, passed by value to the kernels that
+// declare the same struct (kernels/params.h).
+unsafe impl DeviceRepr for EmbedParams {}
+unsafe impl DeviceRepr for RmsNormParams {}
+unsafe impl DeviceRepr for RopeKvParams {}
+unsafe impl DeviceRepr for AttentionParams {}
+unsafe impl DeviceRepr for SwigluParams {}
+unsafe impl DeviceRepr for AddParams {}
+unsafe impl DeviceRepr for GatherParams {}
+unsafe impl DeviceRepr for ArgmaxParams {}
+unsafe impl DeviceRepr for SelectParams {}
+
+/// Every kernel of `kernels/*.cu`, compiled for sm_80/86/89/90a (+ compute_80 PTX).
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dllm.fatbin"));
+/// ptxas's registers / shared memory / spill report of every kernel, from the build.
+pub static PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/ptxas-report.txt"));
+
+/// Attention keeps the head in shared memory and registers: head_dim ≤ 128 (LLaDA, Dream: 128).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Selection ranks a block in one thread block.
+pub const MAX_BLOCK_LENGTH: usize = 1024;
+const ATT_QROWS: usize = 16;
+const ATT_KTILE: usize = 32;
+
+fn drv(what: &str) -> impl Fn(DriverError) -> Error + '_ {
+    // Format the CUresult itself: Debug on a DriverError would call back into the driver.
+    move |e: DriverError| Error::Device(format!("CUDA {what}: {:?}", e.0))
+}
+
+fn check(cond: bool, what: &str) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Device(format!("cuda backend: {what}")))
+    }
+}
+
+struct Kernels {
+    embed: CudaFunction,
+    rmsnorm: CudaFunction,
+    rope_kv: CudaFunction,
+    attention: CudaFunction,
+    swiglu: CudaFunction,
+    add: CudaFunction,
+    gather: CudaFunction,
+    argmax: CudaFunction,
+    select: CudaFunction,
+}
+
+pub struct Cuda {
+    // Field order matters for drop: cuBLAS and the functions before the context.
+    blas: CudaBlas,
+    k: Kernels,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    dtype: DType,
+    device: String,
+}
+
+/// A row-major matrix in device memory, in `dtype` (the activation dtype, or f32 for tables).
+pub struct CudaTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: DType,
+    buf: CudaSlice<u8>,
+}
+
+/// Per block position: token and f64 confidence; plus the small per-row arrays of a step.
+pub struct CudaCands {
+    len: usize,
+    tokens: CudaSlice<u32>,
+    conf: CudaSlice<f64>,
+    active: CudaSlice<u32>,
+    quota: CudaSlice<u32>,
+    counts: CudaSlice<u32>,
+    seeds: CudaSlice<u64>,
+    counters: CudaSlice<u64>,
+}
+
+impl Cuda {
+    /// Open GPU `ordinal` for a model with activation dtype `dtype` (F32 or BF16).
+    pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
+        if dtype == DType::F16 {
+            return Err(Error::Device(
+                "F16 checkpoints run on the CPU backend only (use --device cpu)".into(),
+            ));
+        }
+        // SAFETY: probing for the shared libraries; no CUDA call is made before they are found.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Device("no NVIDIA driver (libcuda.so) on this machine".into()));
+        }
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Device(
+                "libcublas.so.13 not found: add the CUDA 13 libraries to LD_LIBRARY_PATH".into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv("context"))?;
+        // One stream, ordered work: cudarc's per-buffer events would only add overhead and get
+        // in the way of graph capture.
+        // SAFETY: every buffer of this backend is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        // A created stream, not the legacy default one, so a step can later be graph-captured.
+        let stream = ctx.new_stream().map_err(drv("stream"))?;
+        let device = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let module =
+            ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(drv("loading the kernels"))?;
+        let sfx = match dtype {
+            DType::Bf16 => "bf16",
+            _ => "f32",
+        };
+        let f = |name: &str| module.load_function(name).map_err(drv(name));
+        let k = Kernels {
+            embed: f(&format!("embed_{sfx}"))?,
+            rmsnorm: f(&format!("rmsnorm_{sfx}"))?,
+            rope_kv: f(&format!("rope_kv_{sfx}"))?,
+            attention: f(&format!("attention_{sfx}"))?,
+            swiglu: f(&format!("swiglu_{sfx}"))?,
+            add: f(&format!("add_{sfx}"))?,
+            gather: f(&format!("gather_{sfx}"))?,
+            argmax: f(&format!("argmax_conf_{sfx}"))?,
+            select: f("select_commit")?,
+        };
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Device(format!("cuBLAS: {:?}", e.0)))?;
+        Ok(Cuda { blas, k, stream, ctx, dtype, device })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device
+    }
+
+    /// Wait for all queued work (tests and timing only).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+            let mb = (len * std::mem::size_of::<T>()) as f64 / (1 << 20) as f64;
+            match e.0 {
+                cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                    let free = self.ctx.mem_get_info().map(|(f, _)| f >> 20).unwrap_or(0);
+                    Error::Device(format!(
+                        "out of GPU memory allocating {mb:.1} MiB for {what} ({free} MiB free on {})",
+                        self.device
+                    ))
+                }
+                other => Error::Device(format!("CUDA alloc of {mb:.1} MiB for {what}: {other:?}")),
+            }
+        })
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    fn ptr_mut<T>(&self, s: &mut CudaSlice<T>) -> u64 {
+        s.device_ptr_mut(&self.stream).0
+    }
+
+    fn launch<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        p: &P,
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem };
+        // SAFETY: `p` is the parameter struct the kernel declares; its pointers address live
+        // buffers of this backend sized by the checks of each op.
+        unsafe { self.stream.launch_builder(f).arg(p).launch(cfg) }.map(|_| ()).map_err(drv("launch"))
+    }
+
+    fn bytes_of(&self, values: &[f32], dtype: DType) -> Vec<u8> {
+        match dtype {
+            DType::Bf16 => values.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
+            _ => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+
+    fn tensor_of(
+        &self,
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<CudaTensor> {
+        check(bytes.len() == rows * cols * dtype.size(), "upload size")?;
+        let mut buf = self.alloc::<u8>(bytes.len(), what)?;
+        self.stream.memcpy_htod(bytes, &mut buf).map_err(drv("upload"))?;
+        Ok(CudaTensor { rows, cols, dtype, buf })
+    }
+
+    fn step_shape(step: Step) -> StepShape {
+        StepShape {
+            batch: step.batch as u32,
+            canvas_len: step.canvas as u32,
+            win_start: step.win.start as u32,
+            win_len: step.win.len as u32,
+        }
+    }
+
+    fn grid1(n: usize) -> (u32, u32, u32) {
+        (n as u32, 1, 1)
+    }
+
+    fn elementwise_grid(n: usize) -> (u32, u32, u32) {
+        (n.div_ceil(256).clamp(1, 65535) as u32, 1, 1)
+    }
+}
+
+impl Backend for Cuda {
+    type Tensor = CudaTensor;
+    type Ids = CudaSlice<u32>;
+    type Cands = CudaCands;
+
+    fn name(&self) -> String {
+        format!("cuda ({}, {} activations)", self.device, self.dtype.name())
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        let buf = self.alloc::<u8>(rows * cols * self.dtype.size(), "activations")?;
+        Ok(CudaTensor { rows, cols, dtype: self.dtype, buf })
+    }
+
+    fn upload(&self, parts: &[TensorView<'_>], rows: usize, cols: usize) -> Result<CudaTensor> {
+        let mut bytes = Vec::with_capacity(rows * cols * self.dtype.size());
+        for p in parts {
+            if p.dtype == self.dtype {
+                bytes.extend_from_slice(p.bytes);
+            } else {
+                bytes.extend(self.bytes_of(&p.to_f32(), self.dtype));
+            }
+        }
+        let what = parts.first().map(|p| p.name).unwrap_or("weights");
+        self.tensor_of(rows, cols, self.dtype, &bytes, what)
+    }
+
+    fn upload_f32(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        self.tensor_of(rows, cols, DType::F32, &self.bytes_of(data, DType::F32), "tables")
+    }
+
+    fn ids(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.alloc::<u32>(len, "token ids")
+    }
+
+    fn cands(&self, len: usize) -> Result<CudaCands> {
+        Ok(CudaCands {
+            len,
+            tokens: self.alloc(len, "candidates")?,
+            conf: self.alloc(len, "candidates")?,
+            active: self.alloc(len, "candidates")?,
+            quota: self.alloc(len, "candidates")?,
+            counts: self.alloc(len, "candidates")?,
+            seeds: self.alloc(len, "candidates")?,
+            counters: self.alloc(len, "candidates")?,
+        })
+    }
+
+    fn write_ids(&self, dst: &mut CudaSlice<u32>, src: &[u32]) -> Result<()> {
+        check(dst.len() >= src.len(), "write_ids: destination too small")?;
+        let mut view = dst.slice_mut(..src.len());
+        self.stream.memcpy_htod(src, &mut view).map_err(drv("write_ids"))
+    }
+
+    fn read_ids(&self, src: &CudaSlice<u32>, dst: &mut [u32]) -> Result<()> {
+        check(src.len() >= dst.len(), "read_ids: source too small")?;
+        let view = src.slice(..dst.len());
+        self.stream.memcpy_dtoh(&view, dst).map_err(drv("read_ids"))?;
+        self.synchronize()
+    }
+
+    fn embed(
+        &self,
+        table: &CudaTensor,
+        canvas: &CudaSlice<u32>,
+        step: Step,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        check(out.cols == table.cols && out.rows >= step.rows(), "embed: output shape")?;
+        check(canvas.len() >= step.batch * step.canvas, "embed: canvas size")?;
+        let p = EmbedParams {
+            table: self.ptr(&table.buf),
+            canvas: self.ptr(canvas),
+            out: self.ptr_mut(&mut out.buf),
+            step: Self::step_shape(step),
+            d: table.cols as u32,
+            n_rows_table: table.rows as u32,
+        };
+        self.launch(&self.k.embed, Self::grid1(step.rows()), 128, 0, &p)
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        eps: f32,
+        rows: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let d = x.cols;
+        check(
+            w.rows * w.cols == d && out.cols == d && x.rows >= rows && out.rows >= rows,
+            "rmsnorm: shapes",
+        )?;
+        let p = RmsNormParams {
+            x: self.ptr(&x.buf),
+            w: self.ptr(&w.buf),
+            out: self.ptr_mut(&mut out.buf),
+            rows: rows as u32,
+            d: d as u32,
+            eps,
+        };
+        self.launch(&self.k.rmsnorm, Self::grid1(rows), 256, 0, &p)
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
+        let (k, n) = (w.cols, w.rows);
+        check(x.cols == k && out.cols == n && x.rows >= rows && out.rows >= rows, "linear: shapes")?;
+        check(x.dtype == w.dtype && out.dtype == w.dtype, "linear: dtypes")?;
+        if rows == 0 {
+            return Ok(());
+        }
+        // Row-major out[rows, n] = x[rows, k] · w[n, k]ᵀ is column-major outᵀ = w · xᵀ:
+        // A = w seen as k×n (transposed), B = x seen as k×rows.
+        let ty = match self.dtype {
+            DType::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+            _ => blas_sys::cudaDataType::CUDA_R_32F,
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (wp, xp, op) = (self.ptr(&w.buf), self.ptr(&x.buf), self.ptr_mut(&mut out.buf));
+        // SAFETY: pointers address live buffers of at least the sizes checked above.
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                rows as i32,
+                k as i32,
+                &alpha as *const f32 as *const c_void,
+                wp as *const c_void,
+                ty,
+                k as i32,
+                xp as *const c_void,
+                ty,
+                k as i32,
+                &beta as *const f32 as *const c_void,
+                op as *mut c_void,
+                ty,
+                n as i32,
+                // fp32 accumulation; for f32 data this is pure FP32 (no TF32), spec §8
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| Error::Device(format!("cuBLAS gemm {rows}x{n}x{k}: {:?}", e.0)))
+    }
+
+    fn rope_store_kv(
+        &self,
+        qkv: &mut CudaTensor,
+        cos: &CudaTensor,
+        sin: &CudaTensor,
+        pads: &CudaSlice<u32>,
+        step: Step,
+        heads: Heads,
+        k_cache: &mut CudaTensor,
+        v_cache: &mut CudaTensor,
+    ) -> Result<()> {
+        let hd = heads.head_dim;
+        check(qkv.cols == heads.q_dim() + 2 * heads.kv_dim() && qkv.rows >= step.rows(), "rope: qkv shape")?;
+        check(cos.cols == hd && sin.cols == hd && cos.dtype == DType::F32, "rope: tables")?;
+        check(k_cache.cols == heads.kv_dim() && k_cache.rows >= step.batch * step.canvas, "rope: cache")?;
+        check(v_cache.cols == heads.kv_dim() && v_cache.rows >= step.batch * step.canvas, "rope: cache")?;
+        check(pads.len() >= step.batch, "rope: pads")?;
+        let p = RopeKvParams {
+            qkv: self.ptr_mut(&mut qkv.buf),
+            cos: self.ptr(&cos.buf),
+            sin: self.ptr(&sin.buf),
+            pads: self.ptr(pads),
+            k_cache: self.ptr_mut(&mut k_cache.buf),
+            v_cache: self.ptr_mut(&mut v_cache.buf),
+            step: Self::step_shape(step),
+            n_heads: heads.n_heads as u32,
+            n_kv_heads: heads.n_kv_heads as u32,
+            head_dim: hd as u32,
+            max_pos: cos.rows as u32,
+        };
+        self.launch(&self.k.rope_kv, Self::grid1(step.rows()), 128, 0, &p)
+    }
+
+    fn attention(
+        &self,
+        qkv: &CudaTensor,
+        k_cache: &CudaTensor,
+        v_cache: &CudaTensor,
+        pads: &CudaSlice<u32>,
+        step: Step,
+        heads: Heads,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let hd = heads.head_dim;
+        check(hd <= MAX_HEAD_DIM, "attention: head_dim above 128 is not supported")?;
+        check(heads.n_heads % heads.n_kv_heads == 0, "attention: n_kv_heads must divide n_heads")?;
+        check(out.cols == heads.q_dim() && out.rows >= step.rows(), "attention: output shape")?;
+        check(
+            qkv.cols == heads.q_dim() + 2 * heads.kv_dim() && qkv.rows >= step.rows(),
+            "attention: qkv shape",
+        )?;
+        check(
+            k_cache.rows >= step.batch * step.canvas && v_cache.rows >= step.batch * step.canvas,
+            "attention: cache",
+        )?;
+        let p = AttentionParams {
+            qkv: self.ptr(&qkv.buf),
+            k_cache: self.ptr(&k_cache.buf),
+            v_cache: self.ptr(&v_cache.buf),
+            pads: self.ptr(pads),
+            out: self.ptr_mut(&mut out.buf),
+            step: Self::step_shape(step),
+            n_heads: heads.n_heads as u32,
+            n_kv_heads: heads.n_kv_heads as u32,
+            head_dim: hd as u32,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let smem = (ATT_QROWS * hd + ATT_KTILE * (hd + 1) + ATT_KTILE * hd) * 4;
+        let grid = (step.win.len.div_ceil(ATT_QROWS) as u32, heads.n_heads as u32, step.batch as u32);
+        self.launch(&self.k.attention, grid, 128, smem as u32, &p)
+    }
+
+    fn swiglu(&self, gate_up: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
+        let m = out.cols;
+        check(gate_up.cols == 2 * m && gate_up.rows >= rows && out.rows >= rows, "swiglu: shapes")?;
+        let p = SwigluParams {
+            gate_up: self.ptr(&gate_up.buf),
+            out: self.ptr_mut(&mut out.buf),
+            rows: rows as u32,
+            mlp: m as u32,
+        };
+        self.launch(&self.k.swiglu, Self::elementwise_grid(rows * m), 256, 0, &p)
+    }
+
+    fn add(&self, h: &mut CudaTensor, x: &CudaTensor, rows: usize) -> Result<()> {
+        check(h.cols == x.cols && h.rows >= rows && x.rows >= rows, "add: shapes")?;
+        let n = rows * h.cols;
+        let p = AddParams { h: self.ptr_mut(&mut h.buf), x: self.ptr(&x.buf), n: n as u32 };
+        self.launch(&self.k.add, Self::elementwise_grid(n), 256, 0, &p)
+    }
+
+    fn gather_block(&self, h: &CudaTensor, step: Step, block: Window, out: &mut CudaTensor) -> Result<()> {
+        check(out.cols == h.cols && out.rows >= step.batch * block.len, "gather_block: output shape")?;
+        check(
+            block.start >= step.win.start && block.start + block.len <= step.win.start + step.win.len,
+            "gather_block: the block is outside the window",
+        )?;
+        let p = GatherParams {
+            h: self.ptr(&h.buf),
+            out: self.ptr_mut(&mut out.buf),
+            batch: step.batch as u32,
+            d: h.cols as u32,
+            win_len: step.win.len as u32,
+            offset: (block.start - step.win.start) as u32,
+            block_len: block.len as u32,
+        };
+        self.launch(&self.k.gather, Self::grid1(step.batch * block.len), 128, 0, &p)
+    }
+
+    fn argmax_confidence(
+        &self,
+        logits: &CudaTensor,
+        pads: &CudaSlice<u32>,
+        block: Window,
+        batch: usize,
+        sampling: Sampling<'_>,
+        out: &mut CudaCands,
+    ) -> Result<()> {
+        let rows = batch * block.len;
+        check(logits.rows >= rows && out.len >= rows && pads.len() >= batch, "argmax_confidence: shapes")?;
+        if sampling.temperature != 0.0 {
+            check(
+                sampling.seeds.len() >= batch && sampling.counters.len() >= batch,
+                "argmax_confidence: seeds",
+            )?;
+            self.stream.memcpy_htod(&sampling.seeds[..batch], &mut out.seeds).map_err(drv("seeds"))?;
+            self.stream
+                .memcpy_htod(&sampling.counters[..batch], &mut out.counters)
+                .map_err(drv("counters"))?;
+        }
+        let p = ArgmaxParams {
+            logits: self.ptr(&logits.buf),
+            pads: self.ptr(pads),
+            seeds: self.ptr(&out.seeds),
+            counters: self.ptr(&out.counters),
+            tokens: self.ptr_mut(&mut out.tokens),
+            conf: self.ptr_mut(&mut out.conf),
+            rows: rows as u32,
+            vocab: logits.cols as u32,
+            block_start: block.start as u32,
+            block_len: block.len as u32,
+            mask_id: sampling.mask_id,
+            pad_: 0,
+            temperature: sampling.temperature,
+        };
+        self.launch(&self.k.argmax, Self::grid1(rows), 256, 0, &p)
+    }
+
+    fn select(
+        &self,
+        cands: &mut CudaCands,
+        canvas: &mut CudaSlice<u32>,
+        canvas_len: usize,
+        sel: Select<'_>,
+    ) -> Result<Vec<u32>> {
+        let batch = sel.active.len();
+        let bl = sel.block.len;
+        check(bl <= MAX_BLOCK_LENGTH, "select: block_length above 1024 is not supported")?;
+        check(cands.len >= batch * bl && sel.quota.len() >= batch, "select: shapes")?;
+        check(canvas.len() >= batch * canvas_len && sel.block.start + bl <= canvas_len, "select: canvas")?;
+        let active: Vec<u32> = sel.active.iter().map(|&a| a as u32).collect();
+        self.stream.memcpy_htod(&active[..], &mut cands.active).map_err(drv("active"))?;
+        self.stream.memcpy_htod(&sel.quota[..batch], &mut cands.quota).map_err(drv("quota"))?;
+        let (rule, param) = match sel.rule {
+            Rule::Quota => (DLLM_RULE_QUOTA, 0.0),
+            Rule::Threshold(t) => (DLLM_RULE_THRESHOLD, t),
+            Rule::Factor(f) => (DLLM_RULE_FACTOR, f),
+        };
+        let p = SelectParams {
+            tokens: self.ptr(&cands.tokens),
+            conf: self.ptr(&cands.conf),
+            canvas: self.ptr_mut(canvas),
+            active: self.ptr(&cands.active),
+            quota: self.ptr(&cands.quota),
+            counts: self.ptr_mut(&mut cands.counts),
+            batch: batch as u32,
+            canvas_len: canvas_len as u32,
+            block_start: sel.block.start as u32,
+            block_len: bl as u32,
+            mask_id: sel.mask_id,
+            rule,
+            param,
+        };
+        self.launch(&self.k.select, Self::grid1(batch), bl.div_ceil(32) as u32 * 32, 0, &p)?;
+        let mut counts = vec![0u32; batch];
+        let view = cands.counts.slice(..batch);
+        self.stream.memcpy_dtoh(&view, &mut counts[..]).map_err(drv("counts"))?;
+        self.synchronize()?;
+        Ok(counts)
+    }
+
+    fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        check(data.len() == rows * cols, "tensor_from_host: data does not match its shape")?;
+        self.tensor_of(rows, cols, self.dtype, &self.bytes_of(data, self.dtype), "host data")
+    }
+
+    fn to_host(&self, t: &CudaTensor, rows: usize) -> Result<Vec<f32>> {
+        check(rows <= t.rows, "to_host: more rows than the matrix has")?;
+        let n = rows * t.cols * t.dtype.size();
+        let mut bytes = vec![0u8; n];
+        let view = t.buf.slice(..n);
+        self.stream.memcpy_dtoh(&view, &mut bytes[..]).map_err(drv("to_host"))?;
+        self.synchronize()?;
+        Ok(match t.dtype {
+            DType::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            _ => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        })
+    }
+
+    fn read_cands(&self, c: &CudaCands, len: usize) -> Result<(Vec<u32>, Vec<f64>)> {
+        check(len <= c.len, "read_cands: too many")?;
+        let mut tokens = vec![0u32; len];
+        let mut conf = vec![0f64; len];
+        self.stream.memcpy_dtoh(&c.tokens.slice(..len), &mut tokens[..]).map_err(drv("read_cands"))?;
+        self.stream.memcpy_dtoh(&c.conf.slice(..len), &mut conf[..]).map_err(drv("read_cands"))?;
+        self.synchronize()?;
+        Ok((tokens, conf))
+    }
+}

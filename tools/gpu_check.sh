@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The one-call GPU check.
+#
+#   tools/gpu_check.sh stage   (here, with Rust): build the release binary and the test binaries,
+#                              strip and pack them into stage/ (git-ignored) with the
+#                              compute-sanitizer wheel; ≈ 35 MB, under the device tool's 64 MiB.
+#   tools/gpu_check.sh run     (on the GPU machine, from the repository root, no Rust needed):
+#                              find the cuBLAS libraries, run every test binary with
+#                              DLLM_REQUIRE_GPU=1, the kernel tests under compute-sanitizer
+#                              (memcheck, racecheck, initcheck), a short decode bench, and print a
+#                              compact report last. Full logs go to $OUT (default /tmp/dllm-gpu).
+#
+# Device tool call, e.g.:  run(command="bash tools/gpu_check.sh run", carry=["stage"], timeout_s=480)
+# Budget: about 5 minutes on an H100 (cold start not included); each step has its own timeout.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+stage() {
+  set -e
+  cargo build --release
+  local list
+  list=$(cargo test --release --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])
+')
+  rm -rf stage && mkdir -p stage/bin
+  cp target/release/dllm stage/bin/dllm
+  while read -r name exe; do
+    cp "$exe" "stage/bin/test-$name"
+  done <<<"$list"
+  strip stage/bin/* 2>/dev/null || true
+  tar czf stage/bins.tar.gz -C stage bin
+  rm -rf stage/bin
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check -d stage \
+    "nvidia-cuda-sanitizer-api==13.0.85" >/dev/null
+  { git rev-parse HEAD; git status --porcelain | grep -q . && echo "(with uncommitted changes)" || true; } > stage/COMMIT
+  du -sh stage
+  ls -la stage
+}
+
+run() {
+  local OUT=${OUT:-/tmp/dllm-gpu}
+  mkdir -p "$OUT"
+  local report="$OUT/report.md"
+  : > "$report"
+  say() { echo "$*" | tee -a "$report"; }
+  local t_start=$SECONDS
+
+  tar xzf stage/bins.tar.gz -C stage
+  chmod +x stage/bin/*
+  export DLLM_BIN=$PWD/stage/bin/dllm
+
+  say "# dllm GPU check"
+  say ""
+  say "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  say "- commit: $(tr '\n' ' ' < stage/COMMIT)"
+  say "- card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi unavailable')"
+
+  # cuBLAS lives in the machine's Python environment: find it once.
+  local lt
+  lt=$(find / -xdev -name 'libcublasLt.so.13*' -not -path '/proc/*' 2>/dev/null | head -n 1)
+  if [ -n "$lt" ]; then
+    export LD_LIBRARY_PATH="$(dirname "$lt")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    say "- cuBLAS: $(dirname "$lt")"
+  else
+    say "- cuBLAS: libcublasLt.so.13 NOT FOUND"
+  fi
+
+  # compute-sanitizer: from the staged wheel, else the machine's own
+  local san=""
+  local whl
+  whl=$(ls stage/nvidia_cuda_sanitizer_api-*.whl 2>/dev/null | head -n 1)
+  if [ -n "$whl" ]; then
+    python3 -m zipfile -e "$whl" stage/san >/dev/null 2>&1 && chmod +x stage/san/nvidia/cu13/bin/* \
+      && san=$PWD/stage/san/nvidia/cu13/bin/compute-sanitizer
+  fi
+  [ -x "$san" ] || san=$(command -v compute-sanitizer || find / -xdev -name compute-sanitizer -type f 2>/dev/null | head -n 1)
+  say "- compute-sanitizer: ${san:-not found}"
+  say ""
+
+  say "## Tests (DLLM_REQUIRE_GPU=1)"
+  say ""
+  say "| binary | result | time |"
+  say "|---|---|---|"
+  local t rc summary
+  # the GPU tests first: they are what this machine is for
+  for bin in stage/bin/test-gpu $(ls stage/bin/test-* | grep -v test-gpu); do
+    local name=${bin##*/test-}
+    t=$SECONDS
+    DLLM_REQUIRE_GPU=1 timeout 240 "$bin" --test-threads=4 > "$OUT/test-$name.log" 2>&1
+    rc=$?
+    summary=$(grep -E '^test result:' "$OUT/test-$name.log" | tail -n 1)
+    say "| $name | $([ $rc -eq 0 ] && echo PASS || echo "FAIL (rc $rc)") ${summary#test result: } | $((SECONDS - t)) s |"
+    if [ $rc -ne 0 ]; then
+      grep -E -A12 '^---- |panicked' "$OUT/test-$name.log" | head -n 40 | sed 's/^/    /' | tee -a "$report"
+    fi
+  done
+  grep -h -E 'relative error|tokens equal' "$OUT/test-gpu.log" | sed 's/^/    /' | tee -a "$report"
+  say ""
+
+  say "## compute-sanitizer on the kernel tests"
+  say ""
+  if [ -x "$san" ]; then
+    for tool in memcheck racecheck initcheck; do
+      t=$SECONDS
+      timeout 150 "$san" --tool "$tool" --error-exitcode 9 stage/bin/test-gpu kernels_match --test-threads=1 \
+        > "$OUT/sanitizer-$tool.log" 2>&1
+      rc=$?
+      summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -n 1)
+      say "- $tool: $([ $rc -eq 0 ] && echo clean || echo "FAIL (rc $rc)") — ${summary:-no summary} ($((SECONDS - t)) s)"
+      [ $rc -ne 0 ] && grep -E '^=========' "$OUT/sanitizer-$tool.log" | head -n 20 | sed 's/^/    /' | tee -a "$report"
+    done
+  else
+    say "- skipped: no compute-sanitizer"
+  fi
+  say ""
+
+  say "## Short decode bench (tiny-gqa f32, gen 128, threshold 0.9; wall of the generate call)"
+  say ""
+  say "| device | cache | NFE | wall | ms/forward |"
+  say "|---|---|---|---|---|"
+  for dev in cuda cpu; do
+    for cache in none prefix dual; do
+      local line
+      line=$(timeout 60 "$DLLM_BIN" generate --model tests/fixtures/tiny-gqa/checkpoint --prompt "What is 12 plus 30?" \
+        --gen-length 128 --cache "$cache" --device "$dev" 2>&1 >/dev/null | grep '^NFE')
+      local nfe wall ms
+      nfe=$(echo "$line" | sed -n 's/^NFE \([0-9]*\).*/\1/p')
+      wall=$(echo "$line" | sed -n 's/.*wall \([0-9.]* s\).*/\1/p')
+      ms=$(echo "$line" | sed -n 's/.*| \([0-9.]* ms\/forward\).*/\1/p')
+      say "| $dev | $cache | ${nfe:-?} | ${wall:-failed} | ${ms:-?} |"
+    done
+  done
+  say ""
+  say "total: $((SECONDS - t_start)) s; logs in $OUT"
+  echo
+  echo "================ REPORT ================"
+  cat "$report"
+}
+
+case "${1:-}" in
+  stage) stage ;;
+  run) run ;;
+  *) echo "usage: $0 stage|run" >&2; exit 2 ;;
+esac

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build prerequisites of dllm's CUDA backend, on a Debian/Ubuntu machine with or without a GPU:
+# - nvcc 13.0 (+ CCCL) from PyPI into .toolchain/cuda (≈105 MB download; no root; build.rs finds
+#   it there). 13.0 matches the driver of our GPU hosts; a newer nvcc emits PTX they cannot load.
+# - libclang for bindgen (apt; root or sudo).
+# Idempotent: skips what is already there. The CPU-only build (--no-default-features) needs none
+# of it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+nvcc=.toolchain/cuda/nvidia/cu13/bin/nvcc
+if [ ! -x "$nvcc" ]; then
+  echo "setup: installing nvcc 13.0 from PyPI into .toolchain/cuda"
+  python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check --target .toolchain/cuda \
+    "cuda-toolkit[nvcc,cccl]==13.0.3.0"
+fi
+"$nvcc" --version | tail -n 1
+
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  echo "setup: installing libclang (for bindgen)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get install -y --no-install-recommends libclang-dev >/dev/null 2>&1 \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends libclang-dev >/dev/null; }
+fi
+echo "setup: ok"
