@@ -1,7 +1,8 @@
 // argmax_conf: per logits row of the current block, the drawn token and its confidence
 // (spec §4.1–4.3), without the logit row ever leaving the GPU:
 //   max  = max_v l_v                                   (over the whole vocabulary)
-//   x0   = argmax_{v ≠ mask} l_v            (T = 0; lowest id on ties)
+//   x0   = argmax_{v ≠ mask} l_v            (T = 0; lowest id on ties; a NaN never wins, and
+//                                            when nothing beats -inf the lowest non-mask id)
 //        = argmax_{v ≠ mask} l_v / T + Gumbel(seed, counter, pos, v)   (T > 0, f64 noise)
 //   conf = exp(l_x0 − max) / Σ_v exp(l_v − max)          (the sum in f64, tree-reduced)
 // The mask token is never drawn (docs/spec-notes.md). Logits are in the activation dtype (bf16
@@ -13,8 +14,13 @@
 
 #define AM_THREADS 256
 
+#define AM_NONE 0xffffffffu
+
+// (score, id) reduction: the higher score wins, the lower id on equal scores; NaN scores arrive
+// as -inf; AM_NONE is "no candidate seen".
 __device__ __forceinline__ void better(double& s, unsigned int& a, double s2, unsigned int a2) {
-    if (s2 > s || (s2 == s && a2 < a)) {
+    if (a2 == AM_NONE) return;
+    if (a == AM_NONE || s2 > s || (s2 == s && a2 < a)) {
         s = s2;
         a = a2;
     }
@@ -37,12 +43,13 @@ __device__ void argmax_conf(const ArgmaxParams p) {
 
     float mx = -INFINITY;
     double best = -INFINITY;
-    unsigned int arg = 0xffffffffu;
+    unsigned int arg = AM_NONE;
     for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) {
         const float x = to_f(l[v]);
         mx = fmaxf(mx, x);
         if (v == p.mask_id) continue;
-        const double score = greedy ? (double)x : (double)x / p.temperature + gumbel(seed, counter, pos, v);
+        double score = greedy ? (double)x : (double)x / p.temperature + gumbel(seed, counter, pos, v);
+        if (isnan(score)) score = -INFINITY;
         better(best, arg, score, v);
     }
     mx = warp_max(mx);
@@ -63,7 +70,7 @@ __device__ void argmax_conf(const ArgmaxParams p) {
             better(best_s[0], arg_s[0], best_s[w], arg_s[w]);
             max_s[0] = fmaxf(max_s[0], max_s[w]);
         }
-        if (arg_s[0] == 0xffffffffu) arg_s[0] = 0;  // nothing beat -inf (all logits -inf/NaN)
+        if (arg_s[0] == AM_NONE) arg_s[0] = 0;  // only with a vocabulary of the mask alone
     }
     __syncthreads();
     const double m = (double)max_s[0];

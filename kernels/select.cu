@@ -1,7 +1,9 @@
 // select_commit: commit tokens of the current block into the device canvas by the step's rule
 // (spec §4.4) and report how many per row — the one small read-back of a step.
 // Candidates are the active row's masked block positions, ranked by confidence descending, lower
-// position first on ties (dllm's choice, docs/spec-notes.md). Every rule commits a prefix:
+// position first on ties (dllm's choice, docs/spec-notes.md), in the total order of f64
+// (Rust's f64::total_cmp: a NaN confidence still gets a rank of its own, so ranks are always a
+// permutation and the count reported equals the tokens committed). Every rule commits a prefix:
 //   quota:     min(quota[b], n)
 //   threshold: max(1, #{c ≥ τ})
 //   factor:    first failure c(i) < 1 − f/(i+1) (1-based i ≥ 2) at i; all n if none failed or the
@@ -13,8 +15,14 @@
 
 #define SEL_MAX 1024
 
+// f64::total_cmp as a signed integer key
+__device__ __forceinline__ long long total_key(double c) {
+    long long k = __double_as_longlong(c);
+    return k ^ (long long)(((unsigned long long)(k >> 63)) >> 1);
+}
+
 extern "C" __global__ void __launch_bounds__(SEL_MAX) select_commit(const SelectParams p) {
-    __shared__ double conf_s[SEL_MAX];
+    __shared__ long long key_s[SEL_MAX];
     __shared__ double sorted[SEL_MAX];
     __shared__ unsigned char masked_s[SEL_MAX];
     __shared__ unsigned int k_s;
@@ -26,14 +34,15 @@ extern "C" __global__ void __launch_bounds__(SEL_MAX) select_commit(const Select
     if (i < bl) {
         m = act && canvas[i] == p.mask_id;
         c = ((const double*)p.conf)[(size_t)b * bl + i];
-        conf_s[i] = c;
+        key_s[i] = total_key(c);
         masked_s[i] = m ? 1 : 0;
     }
     const unsigned int n = __syncthreads_count(m);
     unsigned int rank = 0;
     if (m) {
+        const long long key = total_key(c);
         for (unsigned int j = 0; j < bl; ++j)
-            if (masked_s[j] && (conf_s[j] > c || (conf_s[j] == c && j < i))) ++rank;
+            if (masked_s[j] && (key_s[j] > key || (key_s[j] == key && j < i))) ++rank;
         sorted[rank] = c;
     }
     __syncthreads();

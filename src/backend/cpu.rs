@@ -11,6 +11,8 @@ use std::thread;
 
 use half::{bf16, f16};
 
+#[cfg(test)]
+use super::Rule;
 use super::{Backend, DType, Heads, Sampling, Select, Step, Window};
 use crate::decode::select::{self, Candidate};
 use crate::error::{Error, Result};
@@ -406,10 +408,12 @@ impl Backend for Cpu {
             // spec §4.2: the softmax denominator in float64, over the whole vocabulary
             let sum: f64 = l.iter().map(|&x| (x as f64 - max).exp()).sum();
             let pos = row_position(block.start + r % block.len, pads[b]) as u64;
-            let mut best = (f64::NEG_INFINITY, 0usize);
+            // The first non-mask id with the highest score (lowest id on ties); NaN scores
+            // never win; when nothing beats -inf, the lowest non-mask id. The mask token is never
+            // drawn: committing it would leave the position masked (docs/spec-notes.md).
+            let first = usize::from(sampling.mask_id == 0);
+            let mut best = (f64::NEG_INFINITY, first.min(l.len() - 1));
             for (v, &x) in l.iter().enumerate() {
-                // The mask token is never drawn: committing it would leave the position masked
-                // (docs/spec-notes.md). Everything else: first maximum wins (lowest id).
                 if v == sampling.mask_id as usize {
                     continue;
                 }
@@ -477,5 +481,43 @@ impl Backend for Cpu {
     fn read_cands(&self, c: &CpuCands, len: usize) -> Result<(Vec<u32>, Vec<f64>)> {
         check(len <= c.tokens.len(), "read_cands: too many")?;
         Ok((c.tokens[..len].to_vec(), c.conf[..len].to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Degenerate logits behave the same on every backend (the CUDA kernel has the same rules):
+    /// NaN never wins, all -inf draws the lowest non-mask id, the mask id is never drawn; and
+    /// selection over NaN confidences commits exactly what it reports.
+    #[test]
+    fn degenerate_logits_and_nan_confidences() {
+        let cpu = Cpu::new(DType::F32, Some(1));
+        let ni = f32::NEG_INFINITY;
+        let rows = vec![
+            vec![ni, ni, ni, ni],          // nothing beats -inf: lowest non-mask id
+            vec![ni, 1.0, 3.0, 3.0],       // tie: lowest id
+            vec![9.0, 1.0, f32::NAN, 0.5], // the mask (id 0) is the max: never drawn; NaN never wins
+            vec![f32::NAN; 4],             // all NaN
+        ];
+        let logits = CpuTensor::new(4, 4, rows.concat());
+        let mut out = cpu.cands(4).unwrap();
+        let s = Sampling { temperature: 0.0, seeds: &[0], counters: &[0], mask_id: 0 };
+        cpu.argmax_confidence(&logits, &vec![0], Window { start: 0, len: 4 }, 1, s, &mut out).unwrap();
+        assert_eq!(out.tokens, vec![1, 2, 1, 1]);
+        assert!(out.conf[0].is_nan() && out.conf[2].is_nan() && out.conf[3].is_nan());
+        let want = 1.0 / (2.0 + (-2.0f64).exp());
+        assert!((out.conf[1] - want).abs() < 1e-12, "{}", out.conf[1]);
+        // canvas of 4 masks (id 0); NaN confidences rank first in the f64 total order
+        for rule in [Rule::Quota, Rule::Threshold(0.9), Rule::Factor(1.0)] {
+            let mut canvas = vec![0u32; 4];
+            let sel =
+                Select { rule, active: &[true], quota: &[2], mask_id: 0, block: Window { start: 0, len: 4 } };
+            let counts = cpu.select(&mut out, &mut canvas, 4, sel).unwrap();
+            let committed = canvas.iter().filter(|&&t| t != 0).count();
+            assert_eq!(counts[0] as usize, committed, "{rule:?}");
+            assert!(committed >= 1);
+        }
     }
 }

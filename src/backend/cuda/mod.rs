@@ -61,6 +61,11 @@ fn drv(what: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e: DriverError| Error::Device(format!("CUDA {what}: {:?}", e.0))
 }
 
+/// The window lies inside the canvas (the kernels index caches by canvas position).
+fn window_fits(step: Step) -> bool {
+    step.win.start + step.win.len <= step.canvas
+}
+
 fn check(cond: bool, what: &str) -> Result<()> {
     if cond {
         Ok(())
@@ -323,7 +328,8 @@ impl Backend for Cuda {
         step: Step,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        check(out.cols == table.cols && out.rows >= step.rows(), "embed: output shape")?;
+        check(out.cols == table.cols && out.rows >= step.rows() && table.rows > 0, "embed: shapes")?;
+        check(window_fits(step), "embed: window outside the canvas")?;
         check(canvas.len() >= step.batch * step.canvas, "embed: canvas size")?;
         let p = EmbedParams {
             table: self.ptr(&table.buf),
@@ -364,12 +370,14 @@ impl Backend for Cuda {
         let (k, n) = (w.cols, w.rows);
         check(x.cols == k && out.cols == n && x.rows >= rows && out.rows >= rows, "linear: shapes")?;
         check(x.dtype == w.dtype && out.dtype == w.dtype, "linear: dtypes")?;
+        check(rows.max(n).max(k) <= i32::MAX as usize, "linear: dimension above i32")?;
         if rows == 0 {
             return Ok(());
         }
+        self.ctx.bind_to_thread().map_err(drv("bind"))?;
         // Row-major out[rows, n] = x[rows, k] · w[n, k]ᵀ is column-major outᵀ = w · xᵀ:
         // A = w seen as k×n (transposed), B = x seen as k×rows.
-        let ty = match self.dtype {
+        let ty = match w.dtype {
             DType::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
             _ => blas_sys::cudaDataType::CUDA_R_32F,
         };
@@ -416,7 +424,9 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let hd = heads.head_dim;
         check(qkv.cols == heads.q_dim() + 2 * heads.kv_dim() && qkv.rows >= step.rows(), "rope: qkv shape")?;
-        check(cos.cols == hd && sin.cols == hd && cos.dtype == DType::F32, "rope: tables")?;
+        check(heads.n_kv_heads > 0 && window_fits(step), "rope: heads or window")?;
+        check(cos.cols == hd && sin.cols == hd && cos.rows == sin.rows && cos.rows > 0, "rope: tables")?;
+        check(cos.dtype == DType::F32 && sin.dtype == DType::F32 && qkv.dtype == self.dtype, "rope: dtypes")?;
         check(k_cache.cols == heads.kv_dim() && k_cache.rows >= step.batch * step.canvas, "rope: cache")?;
         check(v_cache.cols == heads.kv_dim() && v_cache.rows >= step.batch * step.canvas, "rope: cache")?;
         check(pads.len() >= step.batch, "rope: pads")?;
@@ -448,7 +458,12 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let hd = heads.head_dim;
         check(hd <= MAX_HEAD_DIM, "attention: head_dim above 128 is not supported")?;
-        check(heads.n_heads % heads.n_kv_heads == 0, "attention: n_kv_heads must divide n_heads")?;
+        check(
+            heads.n_kv_heads > 0 && heads.n_heads % heads.n_kv_heads == 0,
+            "attention: n_kv_heads must divide n_heads",
+        )?;
+        check(pads.len() >= step.batch && window_fits(step), "attention: pads or window")?;
+        check(k_cache.cols == heads.kv_dim() && v_cache.cols == heads.kv_dim(), "attention: cache width")?;
         check(out.cols == heads.q_dim() && out.rows >= step.rows(), "attention: output shape")?;
         check(
             qkv.cols == heads.q_dim() + 2 * heads.kv_dim() && qkv.rows >= step.rows(),
@@ -490,12 +505,14 @@ impl Backend for Cuda {
     fn add(&self, h: &mut CudaTensor, x: &CudaTensor, rows: usize) -> Result<()> {
         check(h.cols == x.cols && h.rows >= rows && x.rows >= rows, "add: shapes")?;
         let n = rows * h.cols;
+        check(n <= u32::MAX as usize, "add: more than 2^32 elements")?;
         let p = AddParams { h: self.ptr_mut(&mut h.buf), x: self.ptr(&x.buf), n: n as u32 };
         self.launch(&self.k.add, Self::elementwise_grid(n), 256, 0, &p)
     }
 
     fn gather_block(&self, h: &CudaTensor, step: Step, block: Window, out: &mut CudaTensor) -> Result<()> {
         check(out.cols == h.cols && out.rows >= step.batch * block.len, "gather_block: output shape")?;
+        check(h.rows >= step.rows(), "gather_block: input rows")?;
         check(
             block.start >= step.win.start && block.start + block.len <= step.win.start + step.win.len,
             "gather_block: the block is outside the window",
@@ -522,6 +539,7 @@ impl Backend for Cuda {
         out: &mut CudaCands,
     ) -> Result<()> {
         let rows = batch * block.len;
+        check(block.len > 0 && batch > 0, "argmax_confidence: empty block")?;
         check(logits.rows >= rows && out.len >= rows && pads.len() >= batch, "argmax_confidence: shapes")?;
         if sampling.temperature != 0.0 {
             check(
@@ -561,7 +579,8 @@ impl Backend for Cuda {
         let batch = sel.active.len();
         let bl = sel.block.len;
         check(bl <= MAX_BLOCK_LENGTH, "select: block_length above 1024 is not supported")?;
-        check(cands.len >= batch * bl && sel.quota.len() >= batch, "select: shapes")?;
+        check(bl > 0 && batch > 0, "select: empty block or batch")?;
+        check(cands.len >= batch * bl && cands.len >= batch && sel.quota.len() >= batch, "select: shapes")?;
         check(canvas.len() >= batch * canvas_len && sel.block.start + bl <= canvas_len, "select: canvas")?;
         let active: Vec<u32> = sel.active.iter().map(|&a| a as u32).collect();
         self.stream.memcpy_htod(&active[..], &mut cands.active).map_err(drv("active"))?;
