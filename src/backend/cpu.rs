@@ -495,7 +495,7 @@ mod tests {
     fn degenerate_logits_and_nan_confidences() {
         let cpu = Cpu::new(DType::F32, Some(1));
         let ni = f32::NEG_INFINITY;
-        let rows = vec![
+        let rows = [
             vec![ni, ni, ni, ni],          // nothing beats -inf: lowest non-mask id
             vec![ni, 1.0, 3.0, 3.0],       // tie: lowest id
             vec![9.0, 1.0, f32::NAN, 0.5], // the mask (id 0) is the max: never drawn; NaN never wins
