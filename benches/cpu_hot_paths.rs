@@ -81,8 +81,18 @@ fn tiny_forward(c: &mut Criterion) {
         let step = Step { batch, canvas, win };
         c.bench_function(&format!("tiny-mha forward/{name}"), |b| {
             b.iter(|| {
-                graph::forward(&engine.backend, cfg, &engine.weights, &mut ws, &mut cache, &ids, &pads, step)
-                    .unwrap();
+                graph::forward(
+                    &engine.backend,
+                    cfg,
+                    &engine.weights,
+                    &mut ws,
+                    &mut cache,
+                    &ids,
+                    &pads,
+                    step,
+                    None,
+                )
+                .unwrap();
                 graph::block_logits(
                     &engine.backend,
                     cfg,
@@ -90,6 +100,7 @@ fn tiny_forward(c: &mut Criterion) {
                     &mut ws,
                     step,
                     Window { start: 64, len: 32 },
+                    None,
                 )
                 .unwrap();
             })

@@ -104,6 +104,14 @@ typedef struct {
     double temperature;
 } ArgmaxParams;
 
+typedef struct {
+    dptr_t out;          /* [n] activation dtype */
+    unsigned long long n;
+    unsigned long long seed;
+    float offset;
+    float scale;
+} FillParams;
+
 /* Selection rules (spec §4.4); values match the Rust side. */
 #define DLLM_RULE_QUOTA 0
 #define DLLM_RULE_THRESHOLD 1

@@ -113,6 +113,43 @@ impl<T> Weights<T> {
     }
 }
 
+impl<T> Weights<T> {
+    /// Seeded random weights of `cfg`'s shape, generated on the device (`dllm bench
+    /// --synthetic`: no file, no host copy). Scales keep activations in a sane range: uniform
+    /// with the standard deviation of a 1/sqrt(fan-in) init, norms around 1.
+    pub fn synthetic<B: Backend<Tensor = T>>(be: &B, cfg: &ModelConfig, seed: u64) -> Result<Self> {
+        let (d, v, m) = (cfg.d_model, cfg.n_logits, cfg.mlp_hidden);
+        let mut n = 0u64;
+        let mut rand = |rows: usize, cols: usize, offset: f32, scale: f32| -> Result<T> {
+            let mut t = be.tensor(rows, cols)?;
+            n += 1;
+            be.fill_random(&mut t, seed.wrapping_add(n.wrapping_mul(0x2545_f491_4f6c_dd1d)), offset, scale)?;
+            Ok(t)
+        };
+        let lin = |fan_in: usize| (3.0 / fan_in as f32).sqrt(); // uniform [-a, a] with std 1/sqrt(fan_in)
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for _ in 0..cfg.n_layers {
+            layers.push(LayerWeights {
+                attn_norm: rand(1, d, 1.0, 0.1)?,
+                qkv: rand(cfg.qkv_dim(), d, 0.0, lin(d))?,
+                attn_out: rand(d, d, 0.0, lin(d))?,
+                ff_norm: rand(1, d, 1.0, 0.1)?,
+                gate_up: rand(2 * m, d, 0.0, lin(d))?,
+                down: rand(d, m, 0.0, lin(m))?,
+            });
+        }
+        let (cos, sin) = rope_tables(cfg);
+        Ok(Weights {
+            wte: rand(v, d, 0.0, 1.7)?,
+            layers,
+            ln_f: rand(1, d, 1.0, 0.1)?,
+            lm_head: rand(v, d, 0.0, lin(d))?,
+            rope_cos: be.upload_f32(&cos, cfg.max_seq_len, cfg.head_dim)?,
+            rope_sin: be.upload_f32(&sin, cfg.max_seq_len, cfg.head_dim)?,
+        })
+    }
+}
+
 /// Check a checkpoint against the LLaDA layout of `cfg`; returns its dtype.
 pub fn validate(ck: &Checkpoint, cfg: &ModelConfig) -> Result<DType> {
     ck.validate(&llada_layout(cfg))
@@ -163,6 +200,81 @@ pub fn heads(cfg: &ModelConfig) -> Heads {
     Heads { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim }
 }
 
+/// Time and floor inputs of one kind of op, summed over calls (`--profile`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpStat {
+    pub calls: usize,
+    pub ms: f64,
+    /// Bytes the op must move and FLOPs it must do: achieved GB/s and TFLOP/s against them.
+    pub bytes: f64,
+    pub flops: f64,
+}
+
+/// Per-op timings: marks queued around each op, resolved once the step's work has run.
+pub struct Profiler<M> {
+    pending: Vec<(&'static str, M, M, f64, f64)>,
+    /// Op kinds in first-seen order.
+    pub ops: Vec<(&'static str, OpStat)>,
+}
+
+impl<M> Default for Profiler<M> {
+    fn default() -> Self {
+        Profiler { pending: vec![], ops: vec![] }
+    }
+}
+
+impl<M> Profiler<M> {
+    /// Turn the queued marks into times (waits for the device).
+    pub fn resolve<B: Backend<Mark = M>>(&mut self, be: &B) -> Result<()> {
+        for (name, a, b, bytes, flops) in self.pending.drain(..) {
+            let ms = be.elapsed_ms(&a, &b)?;
+            let i = match self.ops.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    self.ops.push((name, OpStat::default()));
+                    self.ops.len() - 1
+                }
+            };
+            let st = &mut self.ops[i].1;
+            st.calls += 1;
+            st.ms += ms;
+            st.bytes += bytes;
+            st.flops += flops;
+        }
+        Ok(())
+    }
+}
+
+/// Run one op inside a timeline range (NVTX), between two marks when profiling.
+pub fn op<B: Backend>(
+    be: &B,
+    prof: &mut Option<&mut Profiler<B::Mark>>,
+    name: &'static str,
+    bytes: f64,
+    flops: f64,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    be.range_push(name);
+    let r = match prof {
+        Some(p) => {
+            let a = be.mark()?;
+            let r = f();
+            let b = be.mark()?;
+            p.pending.push((name, a, b, bytes, flops));
+            r
+        }
+        None => f(),
+    };
+    be.range_pop();
+    r
+}
+
+/// Bytes and FLOPs of `out[rows, n] = x[rows, k] · w[n, k]ᵀ` with `s`-byte elements.
+fn gemm_cost(rows: usize, n: usize, k: usize, s: f64) -> (f64, f64) {
+    let (r, n, k) = (rows as f64, n as f64, k as f64);
+    ((n * k + r * (n + k)) * s, 2.0 * r * n * k)
+}
+
 /// One forward of the window's rows (spec §2). Fresh post-RoPE K/V of the window land in the
 /// cache; queries attend over every cached key of their row. Leaves the last hidden state of the
 /// window in `ws.h`.
@@ -176,31 +288,53 @@ pub fn forward<B: Backend>(
     canvas: &B::Ids,
     pads: &B::Ids,
     step: Step,
+    mut prof: Option<&mut Profiler<B::Mark>>,
 ) -> Result<()> {
     let rows = step.rows();
     let hs = heads(cfg);
-    be.embed(&w.wte, canvas, step, &mut ws.h)?;
+    let s = be.dtype().size() as f64;
+    let (d, m, r) = (cfg.d_model, cfg.mlp_hidden, rows as f64);
+    let act = |cols: usize| r * cols as f64 * s;
+    let p = &mut prof;
+    op(be, p, "embed", 2.0 * act(d), 0.0, || be.embed(&w.wte, canvas, step, &mut ws.h))?;
     for (l, lw) in w.layers.iter().enumerate() {
-        be.rmsnorm(&ws.h, &lw.attn_norm, cfg.rms_eps, rows, &mut ws.a)?;
-        be.linear(&ws.a, &lw.qkv, rows, &mut ws.qkv)?;
-        be.rope_store_kv(
-            &mut ws.qkv,
-            &w.rope_cos,
-            &w.rope_sin,
-            pads,
-            step,
-            hs,
-            &mut cache.k[l],
-            &mut cache.v[l],
-        )?;
-        be.attention(&ws.qkv, &cache.k[l], &cache.v[l], pads, step, hs, &mut ws.attn)?;
-        be.linear(&ws.attn, &lw.attn_out, rows, &mut ws.proj)?;
-        be.add(&mut ws.h, &ws.proj, rows)?;
-        be.rmsnorm(&ws.h, &lw.ff_norm, cfg.rms_eps, rows, &mut ws.a)?;
-        be.linear(&ws.a, &lw.gate_up, rows, &mut ws.gate_up)?;
-        be.swiglu(&ws.gate_up, rows, &mut ws.act)?;
-        be.linear(&ws.act, &lw.down, rows, &mut ws.proj)?;
-        be.add(&mut ws.h, &ws.proj, rows)?;
+        be.range_push("layer");
+        let (qb, qf) = gemm_cost(rows, cfg.qkv_dim(), d, s);
+        let (ob, of) = gemm_cost(rows, d, d, s);
+        let (gb, gf) = gemm_cost(rows, 2 * m, d, s);
+        let (db, df) = gemm_cost(rows, d, m, s);
+        let keys = (step.batch * step.canvas) as f64;
+        let att_bytes = act(cfg.qkv_dim()) + 2.0 * keys * cfg.kv_dim() as f64 * s + act(d);
+        let att_flops = 4.0 * r * step.canvas as f64 * (cfg.n_heads * cfg.head_dim) as f64;
+        op(be, p, "rmsnorm", 2.0 * act(d), 4.0 * r * d as f64, || {
+            be.rmsnorm(&ws.h, &lw.attn_norm, cfg.rms_eps, rows, &mut ws.a)
+        })?;
+        op(be, p, "linear qkv", qb, qf, || be.linear(&ws.a, &lw.qkv, rows, &mut ws.qkv))?;
+        op(be, p, "rope + kv write", 2.0 * act(cfg.qkv_dim()), 6.0 * act(cfg.qkv_dim()) / s, || {
+            be.rope_store_kv(
+                &mut ws.qkv,
+                &w.rope_cos,
+                &w.rope_sin,
+                pads,
+                step,
+                hs,
+                &mut cache.k[l],
+                &mut cache.v[l],
+            )
+        })?;
+        op(be, p, "attention", att_bytes, att_flops, || {
+            be.attention(&ws.qkv, &cache.k[l], &cache.v[l], pads, step, hs, &mut ws.attn)
+        })?;
+        op(be, p, "linear o", ob, of, || be.linear(&ws.attn, &lw.attn_out, rows, &mut ws.proj))?;
+        op(be, p, "residual add", 3.0 * act(d), r * d as f64, || be.add(&mut ws.h, &ws.proj, rows))?;
+        op(be, p, "rmsnorm", 2.0 * act(d), 4.0 * r * d as f64, || {
+            be.rmsnorm(&ws.h, &lw.ff_norm, cfg.rms_eps, rows, &mut ws.a)
+        })?;
+        op(be, p, "linear gate|up", gb, gf, || be.linear(&ws.a, &lw.gate_up, rows, &mut ws.gate_up))?;
+        op(be, p, "swiglu", 3.0 * act(m), 5.0 * r * m as f64, || be.swiglu(&ws.gate_up, rows, &mut ws.act))?;
+        op(be, p, "linear down", db, df, || be.linear(&ws.act, &lw.down, rows, &mut ws.proj))?;
+        op(be, p, "residual add", 3.0 * act(d), r * d as f64, || be.add(&mut ws.h, &ws.proj, rows))?;
+        be.range_pop();
     }
     Ok(())
 }
@@ -214,9 +348,17 @@ pub fn block_logits<B: Backend>(
     ws: &mut Workspace<B::Tensor>,
     step: Step,
     block: Window,
+    mut prof: Option<&mut Profiler<B::Mark>>,
 ) -> Result<()> {
     let rows = step.batch * block.len;
-    be.gather_block(&ws.h, step, block, &mut ws.block_h)?;
-    be.rmsnorm(&ws.block_h, &w.ln_f, cfg.rms_eps, rows, &mut ws.block_norm)?;
-    be.linear(&ws.block_norm, &w.lm_head, rows, &mut ws.logits)
+    let s = be.dtype().size() as f64;
+    let d = cfg.d_model;
+    let act = 2.0 * (rows * d) as f64 * s;
+    let p = &mut prof;
+    op(be, p, "gather block", act, 0.0, || be.gather_block(&ws.h, step, block, &mut ws.block_h))?;
+    op(be, p, "rmsnorm", act, 4.0 * (rows * d) as f64, || {
+        be.rmsnorm(&ws.block_h, &w.ln_f, cfg.rms_eps, rows, &mut ws.block_norm)
+    })?;
+    let (lb, lf) = gemm_cost(rows, cfg.n_logits, d, s);
+    op(be, p, "lm head", lb, lf, || be.linear(&ws.block_norm, &w.lm_head, rows, &mut ws.logits))
 }

@@ -7,6 +7,7 @@
 //! comments cite its sections as "spec §N".
 
 pub mod backend;
+pub mod bench;
 pub mod cache;
 pub mod decode;
 pub mod error;

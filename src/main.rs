@@ -11,7 +11,8 @@ use serde_json::json;
 use dllm::backend::cpu::Cpu;
 #[cfg(feature = "cuda")]
 use dllm::backend::cuda::Cuda;
-use dllm::backend::{Backend, Rule};
+use dllm::backend::{Backend, DType, Rule};
+use dllm::bench;
 use dllm::cache::CacheMode;
 use dllm::decode::{DecodeOptions, Engine, Output};
 use dllm::model::ModelFiles;
@@ -28,6 +29,50 @@ struct Cli {
 enum Command {
     /// Generate an answer to one or more prompts (several prompts run as one batch).
     Generate(GenerateArgs),
+    /// Benchmark workload S1 on seeded random weights of a real model's shape, beside floors.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DTypeArg {
+    Bf16,
+    F32,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Preset shape of the synthetic weights: llada-8b (spec §2) or tiny.
+    #[arg(long, value_name = "PRESET")]
+    synthetic: String,
+    /// Divide the preset's width (heads), depth, MLP and vocabulary by this power of two.
+    /// Default: 1 on a GPU, 16 on the CPU.
+    #[arg(long)]
+    scale: Option<usize>,
+    /// Divide S1's prompt, gen length and steps by this. Default: 1 on a GPU, 4 on the CPU.
+    #[arg(long)]
+    workload_scale: Option<usize>,
+    /// Comma-separated S1 variants (s1-base, s1-prefix, s1-dual, s1-dual-b4, s1-dual-b16).
+    #[arg(long, value_delimiter = ',', default_value = "s1-base,s1-prefix,s1-dual,s1-dual-b4,s1-dual-b16")]
+    variants: Vec<String>,
+    /// Add a per-op table (device marks around every op: total ms, %, GB/s, TFLOP/s, floor).
+    #[arg(long)]
+    profile: bool,
+    /// Run every step eagerly instead of replaying captured CUDA graphs.
+    #[arg(long)]
+    no_graphs: bool,
+    /// Also write everything as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Activation and weight dtype of the synthetic model.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Bf16)]
+    dtype: DTypeArg,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// CPU worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -102,12 +147,16 @@ struct GenerateArgs {
     /// Print what every forward committed to stderr (and into --json).
     #[arg(long)]
     trace: bool,
+    /// Run every step eagerly instead of replaying captured CUDA graphs.
+    #[arg(long)]
+    no_graphs: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +188,8 @@ fn decode_options(a: &GenerateArgs) -> DecodeOptions {
         seed: a.seed,
         early_exit: a.early_exit,
         trace: a.trace,
+        cuda_graphs: !a.no_graphs,
+        profile: false,
     }
 }
 
@@ -175,6 +226,52 @@ fn generate(a: GenerateArgs) -> Result<()> {
         #[cfg(not(feature = "cuda"))]
         DeviceArg::Auto => run(cpu(), &a, &files, &prompts, &opts),
     }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.threads == Some(0) {
+        return Err(Error::options("--threads must be at least 1"));
+    }
+    let dtype = match a.dtype {
+        DTypeArg::Bf16 => DType::Bf16,
+        DTypeArg::F32 => DType::F32,
+    };
+    let args = |gpu: bool| bench::BenchArgs {
+        preset: a.synthetic.clone(),
+        scale: a.scale.unwrap_or(if gpu { 1 } else { 16 }),
+        workload_scale: a.workload_scale.unwrap_or(if gpu { 1 } else { 4 }),
+        variants: a.variants.clone(),
+        profile: a.profile,
+        cuda_graphs: !a.no_graphs,
+        seed: a.seed,
+    };
+    // fail on a bad preset or scale before touching any device
+    bench::preset(&a.synthetic, args(false).scale)?;
+    let cpu = || Cpu::new(dtype, a.threads);
+    let json = match a.device {
+        DeviceArg::Cpu => bench::run(cpu(), &args(false), false)?,
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda => bench::run(Cuda::new(0, dtype)?, &args(true), true)?,
+        #[cfg(feature = "cuda")]
+        DeviceArg::Auto => match Cuda::new(0, dtype) {
+            Ok(gpu) => bench::run(gpu, &args(true), true)?,
+            Err(e) => {
+                eprintln!("CUDA unavailable ({e}); benchmarking the CPU, scaled down");
+                bench::run(cpu(), &args(false), false)?
+            }
+        },
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda => {
+            return Err(Error::Device("--device cuda: this build of dllm has no CUDA backend".into()))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Auto => bench::run(cpu(), &args(false), false)?,
+    };
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default() + "\n")
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }
 
 fn run<B: Backend>(

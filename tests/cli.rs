@@ -184,3 +184,60 @@ fn impossible_runs_exit_1_naming_the_problem() {
     assert_run_error(&with(&["--threads", "0"]), "--threads");
     assert_run_error(&["generate", "--model", "/nonexistent/model", "--prompt", "x"], "/nonexistent/model");
 }
+
+/// `dllm bench --synthetic` scaled down on the CPU: the S1 table with its floors, a profile, and
+/// the JSON; the quota rule makes NFE = steps exactly, on every system.
+#[test]
+fn bench_synthetic_runs_scaled_down_with_floors() {
+    let json = std::env::temp_dir().join(format!("dllm-bench-{}.json", std::process::id()));
+    let j = json.display().to_string();
+    let o = dllm(&[
+        "bench",
+        "--synthetic",
+        "tiny",
+        "--device",
+        "cpu",
+        "--scale",
+        "4",
+        "--workload-scale",
+        "8",
+        "--variants",
+        "s1-base,s1-prefix,s1-dual,s1-dual-b4",
+        "--profile",
+        "--json",
+        &j,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "ceilings (measured now): copy",
+        "GB/s",
+        "TFLOP/s",
+        "workload S1/8: prompt 64, gen 32",
+        "| s1-dual-b4 | 4 |",
+        "profile of s1-dual",
+        "| linear gate|up |",
+        "| attention |",
+    ] {
+        assert!(out.contains(want), "bench output lacks {want:?}:\n{out}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let variants = v["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 4);
+    for r in variants {
+        assert_eq!(r["nfe"], v["workload"]["steps"], "{}", r["name"]);
+        assert!(r["wall_s"].as_f64().unwrap() > 0.0);
+        assert!(r["block_start_floor_ms"].as_f64().unwrap() > 0.0);
+        assert!(r["block_start_ms"].as_f64().unwrap() >= r["block_start_floor_ms"].as_f64().unwrap() * 0.5);
+        assert!(!r["profile"].as_array().unwrap().is_empty());
+    }
+    assert!(v["ceilings"]["copy_bytes_per_s"].as_f64().unwrap() > 1e8);
+    let _ = std::fs::remove_file(&json);
+    assert_run_error(&["bench", "--synthetic", "gpt-9", "--device", "cpu"], "unknown preset `gpt-9`");
+    assert_run_error(&["bench", "--synthetic", "tiny", "--device", "cpu", "--scale", "3"], "--scale 3");
+    assert_run_error(
+        &["bench", "--synthetic", "tiny", "--device", "cpu", "--variants", "s2"],
+        "unknown variant `s2`",
+    );
+    assert_usage_error(&["bench", "--device", "cpu"], "--synthetic");
+}

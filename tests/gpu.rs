@@ -236,21 +236,25 @@ fn official_and_golden_cases_token_for_token_on_gpu() {
     for (ck, goldens, nfe_field) in sets {
         let Some((_, engine)) = gpu_engine(&ck) else { return };
         let cases = cases(&goldens, nfe_field);
-        let mut bad = vec![];
-        for c in &cases {
-            let out = engine.generate(std::slice::from_ref(&c.prompt), &c.opts).unwrap();
-            let r = &out.rows[0];
-            if r.tokens != c.tokens || r.nfe != c.nfe || r.commits != c.commits {
-                bad.push(c.name.clone());
+        // with in-block steps replayed from captured CUDA graphs (the default) and without
+        for graphs in [true, false] {
+            let mut bad = vec![];
+            for c in &cases {
+                let opts = dllm::decode::DecodeOptions { cuda_graphs: graphs, ..c.opts.clone() };
+                let out = engine.generate(std::slice::from_ref(&c.prompt), &opts).unwrap();
+                let r = &out.rows[0];
+                if r.tokens != c.tokens || r.nfe != c.nfe || r.commits != c.commits {
+                    bad.push(c.name.clone());
+                }
             }
+            assert!(
+                bad.is_empty(),
+                "{} (graphs {graphs}): {} of {} cases differ on the GPU: {bad:?}",
+                ck.display(),
+                bad.len(),
+                cases.len()
+            );
         }
-        assert!(
-            bad.is_empty(),
-            "{}: {} of {} cases differ on the GPU: {bad:?}",
-            ck.display(),
-            bad.len(),
-            cases.len()
-        );
     }
 }
 

@@ -139,6 +139,23 @@ run() {
     done
   done
   say ""
+
+  say "## S1 on synthetic LLaDA-8B weights (dllm bench)"
+  say ""
+  timeout 180 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --json "$OUT/s1.json" > "$OUT/s1.txt" 2>&1
+  rc=$?
+  cat "$OUT/s1.txt" | tee -a "$report"
+  [ $rc -ne 0 ] && say "(rc $rc)"
+  say ""
+  say "### CUDA graphs off (s1-dual), for comparison"
+  timeout 90 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual --no-graphs \
+    2>&1 | grep -E '^\| s1-' | tee -a "$report"
+  say ""
+  say "### Per-op profile (s1-dual, s1-base)"
+  timeout 150 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base --profile \
+    --json "$OUT/s1-profile.json" > "$OUT/s1-profile.txt" 2>&1
+  sed -n '/^profile of/,$p' "$OUT/s1-profile.txt" | tee -a "$report"
+  say ""
   say "total: $((SECONDS - t_start)) s; logs in $OUT"
   echo
   echo "================ REPORT ================"

@@ -130,6 +130,7 @@ impl Backend for Cpu {
     type Tensor = CpuTensor;
     type Ids = Vec<u32>;
     type Cands = CpuCands;
+    type Mark = std::time::Instant;
 
     fn name(&self) -> String {
         format!("cpu ({} threads, {} activations)", self.threads, self.dtype.name())
@@ -466,6 +467,38 @@ impl Backend for Cpu {
             counts[b] = k as u32;
         }
         Ok(counts)
+    }
+
+    fn mark(&self) -> Result<std::time::Instant> {
+        Ok(std::time::Instant::now())
+    }
+
+    fn elapsed_ms(&self, from: &std::time::Instant, to: &std::time::Instant) -> Result<f64> {
+        Ok(to.saturating_duration_since(*from).as_secs_f64() * 1e3)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn copy(&self, src: &CpuTensor, dst: &mut CpuTensor) -> Result<()> {
+        check(src.rows == dst.rows && src.cols == dst.cols, "copy: shapes")?;
+        let n = src.data.len();
+        self.par_rows(&mut dst.data, src.cols, n, |r0, chunk| {
+            chunk.copy_from_slice(&src.data[r0 * src.cols..r0 * src.cols + chunk.len()]);
+        });
+        Ok(())
+    }
+
+    fn fill_random(&self, t: &mut CpuTensor, seed: u64, offset: f32, scale: f32) -> Result<()> {
+        let dtype = self.dtype;
+        let cols = t.cols.max(1);
+        self.par_rows(&mut t.data, cols, t.rows * cols * 8, |r0, chunk| {
+            for (j, x) in chunk.iter_mut().enumerate() {
+                *x = round_to(dtype, select::synthetic_value(seed, (r0 * cols + j) as u64, offset, scale));
+            }
+        });
+        Ok(())
     }
 
     fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {

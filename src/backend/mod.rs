@@ -104,6 +104,8 @@ pub trait Backend {
     type Ids;
     /// Per block position of every batch row: the drawn token and its confidence.
     type Cands;
+    /// A point on the backend's timeline, for timing ops (`--profile`).
+    type Mark;
 
     fn name(&self) -> String;
     /// The activation dtype (spec §8): every op's output is rounded to it.
@@ -201,6 +203,31 @@ pub trait Backend {
         canvas_len: usize,
         sel: Select<'_>,
     ) -> Result<Vec<u32>>;
+
+    // ---- measurement (bench, profile) and synthetic weights
+    /// Record a point on the timeline after the work queued so far.
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Milliseconds between two marks (waits for the second).
+    fn elapsed_ms(&self, from: &Self::Mark, to: &Self::Mark) -> Result<f64>;
+    /// Wait for all queued work.
+    fn synchronize(&self) -> Result<()>;
+    /// `dst = src` (same shape and dtype): the bandwidth probe of `dllm bench`.
+    fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
+    /// Fill with seeded uniform values in `[offset − scale, offset + scale]`, generated on the
+    /// device (synthetic weights without a file). Element i is a pure function of (seed, i),
+    /// identical on every backend.
+    fn fill_random(&self, t: &mut Self::Tensor, seed: u64, offset: f32, scale: f32) -> Result<()>;
+    /// Open / close a named range for timeline profilers (NVTX on CUDA); no-op by default.
+    fn range_push(&self, _name: &str) {}
+    fn range_pop(&self) {}
+    /// Run `step`, which queues the same work every time it is called with the same `key`
+    /// (same buffers, same shapes), through a captured CUDA graph on backends that have them:
+    /// captured on first use, replayed after. The default just runs it.
+    fn graph_step(&self, _key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        step()
+    }
+    /// Forget captured graphs (their buffers are about to change).
+    fn reset_graphs(&self) {}
 
     // ---- host views, for tests and debugging (they synchronise)
     /// A matrix in the activation dtype from f32 host values (rounded to it).

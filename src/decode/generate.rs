@@ -8,7 +8,7 @@ use crate::backend::{Backend, Rule, Sampling, Select, Step, Window};
 use crate::cache::{CacheMode, KvCache};
 use crate::decode::select::quota_schedule;
 use crate::error::{Error, Result};
-use crate::graph::{self, Weights, Workspace};
+use crate::graph::{self, Profiler, Weights, Workspace};
 use crate::model::{ModelConfig, ModelFiles, SpecialIds};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +29,10 @@ pub struct DecodeOptions {
     pub early_exit: bool,
     /// Record what every forward committed (reads the canvas back after each step).
     pub trace: bool,
+    /// Replay in-block steps from captured CUDA graphs (backends without graphs ignore it).
+    pub cuda_graphs: bool,
+    /// Time every op (marks around each, resolved per step; disables graphs).
+    pub profile: bool,
 }
 
 impl Default for DecodeOptions {
@@ -43,6 +47,8 @@ impl Default for DecodeOptions {
             seed: 0,
             early_exit: false,
             trace: false,
+            cuda_graphs: true,
+            profile: false,
         }
     }
 }
@@ -123,6 +129,15 @@ pub struct RowOutput {
     pub commits: Vec<u32>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardTime {
+    /// F (full canvas), P (prefix step) or D (dual step).
+    pub kind: char,
+    /// The first forward of its block (the cache refresh, in cached modes).
+    pub block_start: bool,
+    pub ms: f64,
+}
+
 /// One forward of the batch, when tracing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceStep {
@@ -141,6 +156,11 @@ pub struct Output {
     pub trace: Vec<TraceStep>,
     /// Wall time of the generate call (allocation, all forwards, the final read-back).
     pub elapsed: Duration,
+    /// Per forward of the batch, its wall time (from the start of the forward to the end of its
+    /// selection, which waits for the device).
+    pub forward_ms: Vec<ForwardTime>,
+    /// Per-op times with `profile`, in first-seen order.
+    pub profile: Vec<(&'static str, crate::graph::OpStat)>,
 }
 
 /// A model on a backend, ready to decode.
@@ -155,6 +175,16 @@ impl<B: Backend> Engine<B> {
     /// Upload the (already validated) checkpoint's weights to `backend`.
     pub fn new(backend: B, files: &ModelFiles) -> Result<Self> {
         Self::with_progress(backend, files, &mut |_, _| {})
+    }
+
+    /// An engine over weights made elsewhere (synthetic weights of `dllm bench`).
+    pub fn from_parts(
+        backend: B,
+        config: ModelConfig,
+        special: SpecialIds,
+        weights: Weights<B::Tensor>,
+    ) -> Self {
+        Engine { backend, config, special, weights }
     }
 
     /// As [`Engine::new`], reporting `(layers uploaded, layers)` as the weights go to the device.
@@ -177,6 +207,7 @@ impl<B: Backend> Engine<B> {
         opts.validate(&self.config, prompts)?;
         let t0 = Instant::now();
         let be = &self.backend;
+        be.reset_graphs(); // this call's buffers are new
         let cfg = &self.config;
         let sp = &self.special;
         let batch = prompts.len();
@@ -218,6 +249,8 @@ impl<B: Backend> Engine<B> {
         let mut finished = vec![false; batch];
         let mut forwards = 0usize;
         let mut trace = Vec::new();
+        let mut forward_ms = Vec::new();
+        let mut prof = Profiler::default();
         let mut before = host.clone();
 
         for k in 0..blocks {
@@ -233,8 +266,37 @@ impl<B: Backend> Engine<B> {
             while masks_left.iter().any(|&m| m > 0) {
                 let win = opts.cache.window(block_start, s, e, canvas_len);
                 let step = Step { batch, canvas: canvas_len, win };
-                graph::forward(be, cfg, &self.weights, &mut ws, &mut cache, &canvas, &pad_ids, step)?;
-                graph::block_logits(be, cfg, &self.weights, &mut ws, step, block)?;
+                let kind = opts.cache.kind(block_start);
+                let t_step = Instant::now();
+                be.range_push(match kind {
+                    'F' => "forward: full canvas",
+                    'P' => "forward: prefix step",
+                    _ => "forward: dual step",
+                });
+                // A cached mode's block-start forward runs once per block: nothing to replay.
+                let replayable = !(block_start && opts.cache != CacheMode::None);
+                if opts.cuda_graphs && !opts.profile && replayable {
+                    let key = ((k as u64) << 42) ^ ((win.start as u64) << 21) ^ win.len as u64;
+                    be.graph_step(key, &mut || {
+                        graph::forward(
+                            be,
+                            cfg,
+                            &self.weights,
+                            &mut ws,
+                            &mut cache,
+                            &canvas,
+                            &pad_ids,
+                            step,
+                            None,
+                        )?;
+                        graph::block_logits(be, cfg, &self.weights, &mut ws, step, block, None)
+                    })?;
+                } else {
+                    let p = opts.profile.then_some(&mut prof);
+                    graph::forward(be, cfg, &self.weights, &mut ws, &mut cache, &canvas, &pad_ids, step, p)?;
+                    let p = opts.profile.then_some(&mut prof);
+                    graph::block_logits(be, cfg, &self.weights, &mut ws, step, block, p)?;
+                }
                 let active: Vec<bool> = masks_left.iter().map(|&m| m > 0).collect();
                 let counters: Vec<u64> = rows.iter().map(|r| r.nfe as u64).collect();
                 let sampling = Sampling {
@@ -243,12 +305,24 @@ impl<B: Backend> Engine<B> {
                     counters: &counters,
                     mask_id: sp.mask,
                 };
-                be.argmax_confidence(&ws.logits, &pad_ids, block, batch, sampling, &mut cands)?;
+                let vocab_bytes = (batch * bl * cfg.n_logits * be.dtype().size()) as f64;
+                let mut p = opts.profile.then_some(&mut prof);
+                graph::op(be, &mut p, "argmax + confidence", vocab_bytes, 0.0, || {
+                    be.argmax_confidence(&ws.logits, &pad_ids, block, batch, sampling, &mut cands)
+                })?;
                 let quota: Vec<u32> =
                     step_in_block.iter().map(|&i| schedule.get(i).copied().unwrap_or(1)).collect();
                 let sel = Select { rule: opts.rule, active: &active, quota: &quota, mask_id: sp.mask, block };
-                let counts = be.select(&mut cands, &mut canvas, canvas_len, sel)?;
-                let kind = opts.cache.kind(block_start);
+                let mut counts = vec![];
+                graph::op(be, &mut p, "select", 0.0, 0.0, || {
+                    counts = be.select(&mut cands, &mut canvas, canvas_len, sel)?;
+                    Ok(())
+                })?;
+                be.range_pop();
+                if opts.profile {
+                    prof.resolve(be)?;
+                }
+                forward_ms.push(ForwardTime { kind, block_start, ms: t_step.elapsed().as_secs_f64() * 1e3 });
                 for b in (0..batch).filter(|&b| active[b]) {
                     let c = counts[b] as usize;
                     if c > masks_left[b] {
@@ -298,6 +372,6 @@ impl<B: Backend> Engine<B> {
                 .map(|&t| if t == sp.mask { sp.eos } else { t })
                 .collect();
         }
-        Ok(Output { rows, forwards, trace, elapsed: t0.elapsed() })
+        Ok(Output { rows, forwards, trace, elapsed: t0.elapsed(), forward_ms, profile: prof.ops })
     }
 }

@@ -80,6 +80,17 @@ pub fn uniform(seed: u64, counter: u64, pos: u64, token: u64) -> f64 {
     ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
+/// Element `i` of a synthetic weight tensor: uniform in `[offset − scale, offset + scale]` from a
+/// 24-bit hash of (seed, i), computed in f32 exactly as `kernels/fill.cu` does.
+pub fn synthetic_value(seed: u64, i: u64, offset: f32, scale: f32) -> f32 {
+    let mut z = seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let u = (z >> 40) as f32 * (1.0 / 16_777_216.0); // [0, 1), exact in f32
+    offset + scale * (2.0 * u - 1.0)
+}
+
 /// Gumbel(0, 1) noise from [`uniform`]: `-ln(-ln u)`.
 pub fn gumbel(seed: u64, counter: u64, pos: u64, token: u64) -> f64 {
     -(-uniform(seed, counter, pos, token).ln()).ln()

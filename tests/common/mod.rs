@@ -87,6 +87,7 @@ pub fn cases(file: &Path, nfe_field: &str) -> Vec<Case> {
                     seed: 0,
                     early_exit: false,
                     trace: false,
+                    ..DecodeOptions::default()
                 },
                 tokens: ids(&c["tokens"]),
                 nfe: c[nfe_field].as_u64().unwrap() as usize,
@@ -218,8 +219,9 @@ pub fn block_logits<B: Backend>(engine: &Engine<B>, prompts: &[Vec<u32>]) -> Vec
     let mut ws = Workspace::new(be, cfg, batch, canvas_len, 32).unwrap();
     let mut cache = KvCache::new(be, cfg, batch, canvas_len).unwrap();
     let step = Step { batch, canvas: canvas_len, win: Window { start: 0, len: canvas_len } };
-    graph::forward(be, cfg, &engine.weights, &mut ws, &mut cache, &ids, &pad_ids, step).unwrap();
-    graph::block_logits(be, cfg, &engine.weights, &mut ws, step, Window { start: p_max, len: 32 }).unwrap();
+    graph::forward(be, cfg, &engine.weights, &mut ws, &mut cache, &ids, &pad_ids, step, None).unwrap();
+    graph::block_logits(be, cfg, &engine.weights, &mut ws, step, Window { start: p_max, len: 32 }, None)
+        .unwrap();
     be.to_host(&ws.logits, batch * 32).unwrap()
 }
 

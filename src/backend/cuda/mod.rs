@@ -11,13 +11,16 @@
 //!   read-back of the per-row commit counts in [`Backend::select`].
 //! - Each op is checked against its CPU twin by `tests/gpu.rs` (skipped without a GPU).
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use half::bf16;
@@ -43,6 +46,7 @@ unsafe impl DeviceRepr for AddParams {}
 unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for ArgmaxParams {}
 unsafe impl DeviceRepr for SelectParams {}
+unsafe impl DeviceRepr for FillParams {}
 
 /// Every kernel of `kernels/*.cu`, compiled for sm_80/86/89/90a (+ compute_80 PTX).
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dllm.fatbin"));
@@ -84,16 +88,25 @@ struct Kernels {
     gather: CudaFunction,
     argmax: CudaFunction,
     select: CudaFunction,
+    fill: CudaFunction,
 }
 
+/// cuBLAS gets a fixed workspace so that no GEMM allocates, which graph capture requires.
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
 pub struct Cuda {
-    // Field order matters for drop: cuBLAS and the functions before the context.
+    // Field order matters for drop: graphs, cuBLAS and the functions before the context.
+    graphs: RefCell<HashMap<u64, CudaGraph>>,
+    graphs_on: Cell<bool>,
     blas: CudaBlas,
+    _blas_workspace: CudaSlice<u8>,
     k: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     dtype: DType,
     device: String,
+    /// libnvToolsExt was found: NVTX ranges are emitted.
+    nvtx: bool,
 }
 
 /// A row-major matrix in device memory, in `dtype` (the activation dtype, or f32 for tables).
@@ -158,18 +171,40 @@ impl Cuda {
             gather: f(&format!("gather_{sfx}"))?,
             argmax: f(&format!("argmax_conf_{sfx}"))?,
             select: f("select_commit")?,
+            fill: f(&format!("fill_random_{sfx}"))?,
         };
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Device(format!("cuBLAS: {:?}", e.0)))?;
-        Ok(Cuda { blas, k, stream, ctx, dtype, device })
+        let mut workspace =
+            stream.alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES).map_err(drv("cuBLAS workspace"))?;
+        let wp = workspace.device_ptr_mut(&stream).0;
+        // SAFETY: the workspace lives as long as the handle (both fields of this struct).
+        unsafe { blas_sys::cublasSetWorkspace_v2(*blas.handle(), wp as *mut c_void, CUBLAS_WORKSPACE_BYTES) }
+            .result()
+            .map_err(|e| Error::Device(format!("cuBLAS workspace: {:?}", e.0)))?;
+        // SAFETY: only probes for the shared library.
+        let nvtx = unsafe { cudarc::nvtx::sys::is_culib_present() };
+        Ok(Cuda {
+            graphs: RefCell::new(HashMap::new()),
+            graphs_on: Cell::new(true),
+            blas,
+            _blas_workspace: workspace,
+            k,
+            stream,
+            ctx,
+            dtype,
+            device,
+            nvtx,
+        })
+    }
+
+    /// Capture in-block steps as CUDA graphs (default on); off replays nothing, for comparison.
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs_on.set(on);
+        self.graphs.borrow_mut().clear();
     }
 
     pub fn device_name(&self) -> &str {
         &self.device
-    }
-
-    /// Wait for all queued work (tests and timing only).
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(drv("synchronize"))
     }
 
     fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
@@ -260,6 +295,7 @@ impl Backend for Cuda {
     type Tensor = CudaTensor;
     type Ids = CudaSlice<u32>;
     type Cands = CudaCands;
+    type Mark = CudaEvent;
 
     fn name(&self) -> String {
         format!("cuda ({}, {} activations)", self.device, self.dtype.name())
@@ -611,6 +647,81 @@ impl Backend for Cuda {
         self.stream.memcpy_dtoh(&view, &mut counts[..]).map_err(drv("counts"))?;
         self.synchronize()?;
         Ok(counts)
+    }
+
+    fn mark(&self) -> Result<CudaEvent> {
+        self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"))
+    }
+
+    fn elapsed_ms(&self, from: &CudaEvent, to: &CudaEvent) -> Result<f64> {
+        to.synchronize().map_err(drv("event"))?;
+        from.elapsed_ms(to).map(f64::from).map_err(drv("event timing"))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    fn copy(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
+        check(src.rows == dst.rows && src.cols == dst.cols && src.dtype == dst.dtype, "copy: shapes")?;
+        self.stream.memcpy_dtod(&src.buf, &mut dst.buf).map_err(drv("copy"))
+    }
+
+    fn fill_random(&self, t: &mut CudaTensor, seed: u64, offset: f32, scale: f32) -> Result<()> {
+        let n = t.rows * t.cols;
+        let p = FillParams { out: self.ptr_mut(&mut t.buf), n: n as u64, seed, offset, scale };
+        let grid = (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1);
+        self.launch(&self.k.fill, grid, 256, 0, &p)
+    }
+
+    fn range_push(&self, name: &str) {
+        if self.nvtx {
+            cudarc::nvtx::result::range_push(name);
+        }
+    }
+
+    fn range_pop(&self) {
+        if self.nvtx {
+            cudarc::nvtx::result::range_pop();
+        }
+    }
+
+    fn graph_step(&self, key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        if !self.graphs_on.get() {
+            return step();
+        }
+        if let Some(g) = self.graphs.borrow().get(&key) {
+            return g.launch().map_err(drv("graph launch"));
+        }
+        // Capture (nothing runs while capturing), then launch the graph to run this step.
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv("begin capture"))?;
+        let queued = step();
+        let captured = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        match (queued, captured) {
+            (Ok(()), Ok(Some(g))) => {
+                g.launch().map_err(drv("graph launch"))?;
+                self.graphs.borrow_mut().insert(key, g);
+                Ok(())
+            }
+            (queued, captured) => {
+                // A step that cannot be captured still runs: without graphs, from now on.
+                let why = match (&queued, &captured) {
+                    (Err(e), _) => e.to_string(),
+                    (_, Err(e)) => format!("{:?}", e.0),
+                    _ => "empty graph".to_string(),
+                };
+                eprintln!("warning: CUDA graph capture failed ({why}); running steps without graphs");
+                self.graphs_on.set(false);
+                self.graphs.borrow_mut().clear();
+                step()
+            }
+        }
+    }
+
+    fn reset_graphs(&self) {
+        self.graphs.borrow_mut().clear();
     }
 
     fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
