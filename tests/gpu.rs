@@ -247,6 +247,10 @@ fn official_and_golden_cases_token_for_token_on_gpu() {
                     bad.push(c.name.clone());
                 }
             }
+            if graphs {
+                let (captures, replays) = engine.backend.graph_counts();
+                assert!(captures > 0 && replays > 0, "graphs on but {captures} captures, {replays} replays");
+            }
             assert!(
                 bad.is_empty(),
                 "{} (graphs {graphs}): {} of {} cases differ on the GPU: {bad:?}",
@@ -300,5 +304,23 @@ fn bf16_checkpoint_on_gpu_decodes_and_tracks_the_cpu() {
         assert_eq!(x.tokens.len(), 64);
         let same = x.tokens.iter().zip(&y.tokens).filter(|(p, q)| p == q).count();
         eprintln!("bf16 GPU vs CPU: {same} of {} tokens equal (not required, spec §8)", x.tokens.len());
+    }
+}
+
+/// Synthetic weights are generated on the device: bit-identical to the CPU twin (the same
+/// 24-bit hash, the same f32 operations, the same rounding).
+#[test]
+fn fill_random_is_bit_identical_to_the_cpu() {
+    for dtype in [DType::F32, DType::Bf16] {
+        let Some(g) = gpu(dtype) else { return };
+        let cpu = Cpu::new(dtype, None);
+        let (rows, cols) = (37, 1001);
+        let mut a = g.tensor(rows, cols).unwrap();
+        let mut b = cpu.tensor(rows, cols).unwrap();
+        g.fill_random(&mut a, 1234, 0.5, 2.0).unwrap();
+        cpu.fill_random(&mut b, 1234, 0.5, 2.0).unwrap();
+        let (a, b) = (g.to_host(&a, rows).unwrap(), cpu.to_host(&b, rows).unwrap());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?}: fill_random differs");
+        assert!(b.iter().all(|&x| (-1.5..=2.5).contains(&x)));
     }
 }

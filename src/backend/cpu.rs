@@ -469,6 +469,10 @@ impl Backend for Cpu {
         Ok(counts)
     }
 
+    fn stored_size(&self) -> usize {
+        4
+    }
+
     fn mark(&self) -> Result<std::time::Instant> {
         Ok(std::time::Instant::now())
     }

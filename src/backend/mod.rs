@@ -73,6 +73,15 @@ pub struct Sampling<'a> {
     pub mask_id: u32,
 }
 
+/// How [`Backend::graph_step`] ran a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphUse {
+    Eager,
+    /// Captured into a new graph (and launched): carries the capture cost once.
+    Captured,
+    Replayed,
+}
+
 /// Which masked positions of the current block to commit (spec §4.4).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rule {
@@ -213,6 +222,10 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()>;
     /// `dst = src` (same shape and dtype): the bandwidth probe of `dllm bench`.
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
+    /// Bytes one element of a tensor occupies (the CPU keeps every dtype widened to f32).
+    fn stored_size(&self) -> usize {
+        self.dtype().size()
+    }
     /// Fill with seeded uniform values in `[offset − scale, offset + scale]`, generated on the
     /// device (synthetic weights without a file). Element i is a pure function of (seed, i),
     /// identical on every backend.
@@ -223,8 +236,9 @@ pub trait Backend {
     /// Run `step`, which queues the same work every time it is called with the same `key`
     /// (same buffers, same shapes), through a captured CUDA graph on backends that have them:
     /// captured on first use, replayed after. The default just runs it.
-    fn graph_step(&self, _key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-        step()
+    fn graph_step(&self, _key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<GraphUse> {
+        step()?;
+        Ok(GraphUse::Eager)
     }
     /// Forget captured graphs (their buffers are about to change).
     fn reset_graphs(&self) {}

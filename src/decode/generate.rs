@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, Rule, Sampling, Select, Step, Window};
+use crate::backend::{Backend, GraphUse, Rule, Sampling, Select, Step, Window};
 use crate::cache::{CacheMode, KvCache};
 use crate::decode::select::quota_schedule;
 use crate::error::{Error, Result};
@@ -135,6 +135,8 @@ pub struct ForwardTime {
     pub kind: char,
     /// The first forward of its block (the cache refresh, in cached modes).
     pub block_start: bool,
+    /// Eager, or captured into a CUDA graph (its time includes the capture), or replayed.
+    pub graph: GraphUse,
     pub ms: f64,
 }
 
@@ -260,6 +262,7 @@ impl<B: Backend> Engine<B> {
             // Every generated position of this block is still masked at its start.
             let mut masks_left: Vec<usize> = finished.iter().map(|&f| if f { 0 } else { bl }).collect();
             let schedule = quota_schedule(bl, steps_per_block);
+            be.reset_graphs(); // the previous block's graphs are never replayed again
             let mut step_in_block = vec![0usize; batch];
             let mut block_start = true;
             // Check first (spec §8): no forward once the block is done.
@@ -275,9 +278,10 @@ impl<B: Backend> Engine<B> {
                 });
                 // A cached mode's block-start forward runs once per block: nothing to replay.
                 let replayable = !(block_start && opts.cache != CacheMode::None);
+                let mut graph_use = GraphUse::Eager;
                 if opts.cuda_graphs && !opts.profile && replayable {
                     let key = ((k as u64) << 42) ^ ((win.start as u64) << 21) ^ win.len as u64;
-                    be.graph_step(key, &mut || {
+                    graph_use = be.graph_step(key, &mut || {
                         graph::forward(
                             be,
                             cfg,
@@ -322,7 +326,8 @@ impl<B: Backend> Engine<B> {
                 if opts.profile {
                     prof.resolve(be)?;
                 }
-                forward_ms.push(ForwardTime { kind, block_start, ms: t_step.elapsed().as_secs_f64() * 1e3 });
+                let ms = t_step.elapsed().as_secs_f64() * 1e3;
+                forward_ms.push(ForwardTime { kind, block_start, graph: graph_use, ms });
                 for b in (0..batch).filter(|&b| active[b]) {
                     let c = counts[b] as usize;
                     if c > masks_left[b] {

@@ -25,7 +25,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::bf16;
 
-use super::{Backend, DType, Heads, Rule, Sampling, Select, Step, Window};
+use super::{Backend, DType, GraphUse, Heads, Rule, Sampling, Select, Step, Window};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
 
@@ -97,7 +97,10 @@ const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 pub struct Cuda {
     // Field order matters for drop: graphs, cuBLAS and the functions before the context.
     graphs: RefCell<HashMap<u64, CudaGraph>>,
+    /// Off once a capture failed (then every step runs eagerly).
     graphs_on: Cell<bool>,
+    captures: Cell<u64>,
+    replays: Cell<u64>,
     blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
     k: Kernels,
@@ -186,6 +189,8 @@ impl Cuda {
         Ok(Cuda {
             graphs: RefCell::new(HashMap::new()),
             graphs_on: Cell::new(true),
+            captures: Cell::new(0),
+            replays: Cell::new(0),
             blas,
             _blas_workspace: workspace,
             k,
@@ -197,10 +202,14 @@ impl Cuda {
         })
     }
 
-    /// Capture in-block steps as CUDA graphs (default on); off replays nothing, for comparison.
-    pub fn set_graphs(&self, on: bool) {
-        self.graphs_on.set(on);
-        self.graphs.borrow_mut().clear();
+    /// (graphs captured, graph replays) so far: tests check that graphs are really used.
+    pub fn graph_counts(&self) -> (u64, u64) {
+        (self.captures.get(), self.replays.get())
+    }
+
+    /// Whether NVTX ranges are emitted (libnvToolsExt found).
+    pub fn nvtx(&self) -> bool {
+        self.nvtx
     }
 
     pub fn device_name(&self) -> &str {
@@ -298,7 +307,8 @@ impl Backend for Cuda {
     type Mark = CudaEvent;
 
     fn name(&self) -> String {
-        format!("cuda ({}, {} activations)", self.device, self.dtype.name())
+        let nvtx = if self.nvtx { "NVTX ranges on" } else { "NVTX off: no libnvToolsExt" };
+        format!("cuda ({}, {} activations, {nvtx})", self.device, self.dtype.name())
     }
 
     fn dtype(&self) -> DType {
@@ -654,7 +664,6 @@ impl Backend for Cuda {
     }
 
     fn elapsed_ms(&self, from: &CudaEvent, to: &CudaEvent) -> Result<f64> {
-        to.synchronize().map_err(drv("event"))?;
         from.elapsed_ms(to).map(f64::from).map_err(drv("event timing"))
     }
 
@@ -668,6 +677,7 @@ impl Backend for Cuda {
     }
 
     fn fill_random(&self, t: &mut CudaTensor, seed: u64, offset: f32, scale: f32) -> Result<()> {
+        check(t.dtype == self.dtype, "fill_random: tensor not in the activation dtype")?;
         let n = t.rows * t.cols;
         let p = FillParams { out: self.ptr_mut(&mut t.buf), n: n as u64, seed, offset, scale };
         let grid = (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1);
@@ -686,36 +696,43 @@ impl Backend for Cuda {
         }
     }
 
-    fn graph_step(&self, key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    fn graph_step(&self, key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<GraphUse> {
         if !self.graphs_on.get() {
-            return step();
+            step()?;
+            return Ok(GraphUse::Eager);
         }
         if let Some(g) = self.graphs.borrow().get(&key) {
-            return g.launch().map_err(drv("graph launch"));
+            g.launch().map_err(drv("graph launch"))?;
+            self.replays.set(self.replays.get() + 1);
+            return Ok(GraphUse::Replayed);
         }
         // Capture (nothing runs while capturing), then launch the graph to run this step.
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("begin capture"))?;
         let queued = step();
-        let captured = self.stream.end_capture(CUgraphInstantiate_flags(0));
-        match (queued, captured) {
+        match (queued, self.stream.end_capture(CUgraphInstantiate_flags(0))) {
             (Ok(()), Ok(Some(g))) => {
+                g.upload().map_err(drv("graph upload"))?;
                 g.launch().map_err(drv("graph launch"))?;
                 self.graphs.borrow_mut().insert(key, g);
-                Ok(())
+                self.captures.set(self.captures.get() + 1);
+                Ok(GraphUse::Captured)
             }
+            // The capture itself was fine: the step's own error (a shape check, say) is the error.
+            (Err(e), Ok(Some(_))) => Err(e),
             (queued, captured) => {
-                // A step that cannot be captured still runs: without graphs, from now on.
+                // The work could not be captured: run it eagerly, and every later step too.
                 let why = match (&queued, &captured) {
-                    (Err(e), _) => e.to_string(),
                     (_, Err(e)) => format!("{:?}", e.0),
+                    (Err(e), _) => e.to_string(),
                     _ => "empty graph".to_string(),
                 };
                 eprintln!("warning: CUDA graph capture failed ({why}); running steps without graphs");
                 self.graphs_on.set(false);
                 self.graphs.borrow_mut().clear();
-                step()
+                step()?;
+                Ok(GraphUse::Eager)
             }
         }
     }
