@@ -8,7 +8,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use dllm::backend::cpu::{Cpu, CpuTensor};
-use dllm::backend::{Backend, DType, Rule, Sampling, Step, Window};
+use dllm::backend::{Backend, DType, Rule, Sampling, Score, Step, Window};
 use dllm::cache::KvCache;
 use dllm::decode::select::{commit_count, quota_schedule, rank, Candidate};
 use dllm::decode::{DecodeOptions, Engine};
@@ -56,7 +56,14 @@ fn confidence(c: &mut Criterion) {
     for (name, t) in [("greedy", 0.0), ("temperature 1", 1.0)] {
         c.bench_function(&format!("argmax_confidence/126464 vocab/{name}"), |b| {
             b.iter(|| {
-                let s = Sampling { temperature: t, seeds: &[1], counters: &[0], mask_id: 126336 };
+                let s = Sampling {
+                    temperature: t,
+                    seeds: &[1],
+                    counters: &[0],
+                    mask_id: 126336,
+                    score: Score::Confidence,
+                    bf16_probs: false,
+                };
                 cpu.argmax_confidence(&logits, &pads, Window { start: 0, len: 1 }, 1, s, &mut out).unwrap();
                 black_box(out.tokens[0])
             })

@@ -5,6 +5,10 @@
 //                                            when nothing beats -inf the lowest non-mask id)
 //        = argmax_{v ≠ mask} l_v / T + Gumbel(seed, counter, pos, v)   (T > 0, f64 noise)
 //   conf = exp(l_x0 − max) / Σ_v exp(l_v − max)          (the sum in f64, tree-reduced)
+// The score written is conf, or (Dream's entropy rule, spec §3) the negative entropy
+//   Σ_v p_v · ln(p_v + 1e-10)                            (a third pass over the row)
+// With bf16_probs (Dream with bf16 activations, spec §3) every p is rounded to bf16 first, x0 is
+// the lowest id whose rounded p equals the best one's, and the score is rounded to bf16.
 // The mask token is never drawn (docs/spec-notes.md). Logits are in the activation dtype (bf16
 // logits for a bf16 model, spec §4.1).
 // Layout: logits [B·BL, vocab]; tokens u32, conf f64 [B·BL]. One block of 256 threads per row.
@@ -78,9 +82,37 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     double sum = 0.0;
     for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) sum += exp((double)to_f(l[v]) - m);
     sum = block_sum_d(sum);
+    const bool r16 = p.bf16_probs != 0;
+    auto prob = [&](float x) {
+        const double q = exp((double)x - m) / sum;
+        return r16 ? (double)__bfloat162float(__double2bfloat16(q)) : q;
+    };
+    unsigned int tok = x0;
+    if (r16 && greedy) {
+        __shared__ unsigned int low_s;
+        if (threadIdx.x == 0) low_s = x0;
+        __syncthreads();
+        const double top = prob(to_f(l[x0]));
+        for (unsigned int v = threadIdx.x; v < x0; v += blockDim.x)
+            if (v != p.mask_id && prob(to_f(l[v])) == top) atomicMin(&low_s, v);
+        __syncthreads();
+        tok = low_s;
+    }
+    double score;
+    if (p.score == DLLM_SCORE_NEG_ENTROPY) {
+        double e = 0.0;
+        for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) {
+            const double q = prob(to_f(l[v]));
+            e += q * log(q + 1e-10);
+        }
+        e = block_sum_d(e);
+        score = r16 ? (double)__bfloat162float(__double2bfloat16(e)) : e;
+    } else {
+        score = prob(to_f(l[tok]));
+    }
     if (threadIdx.x == 0) {
-        ((unsigned int*)p.tokens)[r] = x0;
-        ((double*)p.conf)[r] = exp((double)to_f(l[x0]) - m) / sum;
+        ((unsigned int*)p.tokens)[r] = tok;
+        ((double*)p.conf)[r] = score;
     }
 }
 

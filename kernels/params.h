@@ -79,6 +79,13 @@ typedef struct {
 } AddParams;
 
 typedef struct {
+    dptr_t x;     /* [rows, cols] updated in place: x[r] += bias */
+    dptr_t bias;  /* [cols] */
+    unsigned int rows;
+    unsigned int cols;
+} BiasParams;
+
+typedef struct {
     dptr_t h;    /* [batch x win_len, d] */
     dptr_t out;  /* [batch x block_len, d] */
     unsigned int batch;
@@ -86,7 +93,12 @@ typedef struct {
     unsigned int win_len;
     unsigned int offset;     /* block start - window start */
     unsigned int block_len;
+    unsigned int shift;      /* 1: Dream's shifted logits, row p - 1 predicts p (spec §3) */
 } GatherParams;
+
+/* What argmax_conf writes as a candidate's score (values match the Rust side). */
+#define DLLM_SCORE_CONFIDENCE 0
+#define DLLM_SCORE_NEG_ENTROPY 1
 
 typedef struct {
     dptr_t logits;    /* [batch x block_len, vocab] activation dtype */
@@ -100,6 +112,8 @@ typedef struct {
     unsigned int block_start;
     unsigned int block_len;
     unsigned int mask_id;
+    unsigned int score;       /* DLLM_SCORE_* */
+    unsigned int bf16_probs;  /* 1: Dream's bf16 softmax (spec §3) */
     unsigned int pad_;
     double temperature;
 } ArgmaxParams;
@@ -116,6 +130,8 @@ typedef struct {
 #define DLLM_RULE_QUOTA 0
 #define DLLM_RULE_THRESHOLD 1
 #define DLLM_RULE_FACTOR 2
+#define DLLM_RULE_FIRST 3             /* Dream: the block's first mask (spec §3) */
+#define DLLM_RULE_CAPPED_THRESHOLD 4  /* Dream: threshold within quota[b] (spec §3) */
 
 typedef struct {
     dptr_t tokens;   /* [batch x block_len] u32, from argmax */

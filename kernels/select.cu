@@ -8,6 +8,8 @@
 //   threshold: max(1, #{c ≥ τ})
 //   factor:    first failure c(i) < 1 − f/(i+1) (1-based i ≥ 2) at i; all n if none failed or the
 //              failure is the last candidate (reference quirk), else the i − 1 that passed.
+//   capped threshold (Dream's uncached "+parallel", spec §3): min(max(1, #{c ≥ τ}), max(1, quota[b]))
+//   first (Dream's cached block start, spec §3): the lowest masked position, whatever its score.
 // Layout: tokens/conf [B·BL] (from argmax_conf), canvas [B, L] u32, active/quota/counts [B].
 // One block per batch row, one thread per block position (BL ≤ 1024); O(BL²) ranking in shared
 // memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / decode::select.
@@ -52,9 +54,16 @@ extern "C" __global__ void __launch_bounds__(SEL_MAX) select_commit(const Select
             if (p.rule == DLLM_RULE_QUOTA) {
                 const unsigned int q = ((const unsigned int*)p.quota)[b];
                 k = q < n ? q : n;
-            } else if (p.rule == DLLM_RULE_THRESHOLD) {
+            } else if (p.rule == DLLM_RULE_THRESHOLD || p.rule == DLLM_RULE_CAPPED_THRESHOLD) {
                 while (k < n && sorted[k] >= p.param) ++k;
                 if (k == 0) k = 1;
+                if (p.rule == DLLM_RULE_CAPPED_THRESHOLD) {
+                    unsigned int q = ((const unsigned int*)p.quota)[b];
+                    if (q == 0) q = 1;
+                    if (k > q) k = q;
+                }
+            } else if (p.rule == DLLM_RULE_FIRST) {
+                k = 1;
             } else {
                 unsigned int fail = n;
                 for (unsigned int j = 1; j < n; ++j) {
@@ -70,5 +79,14 @@ extern "C" __global__ void __launch_bounds__(SEL_MAX) select_commit(const Select
         ((unsigned int*)p.counts)[b] = k;
     }
     __syncthreads();
+    if (p.rule == DLLM_RULE_FIRST) {
+        // the lowest masked position: no masked position before it
+        if (m) {
+            bool first = true;
+            for (unsigned int j = 0; j < i; ++j) first = first && !masked_s[j];
+            if (first) canvas[i] = ((const unsigned int*)p.tokens)[(size_t)b * bl + i];
+        }
+        return;
+    }
     if (m && rank < k_s) canvas[i] = ((const unsigned int*)p.tokens)[(size_t)b * bl + i];
 }

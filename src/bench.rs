@@ -24,14 +24,20 @@ use crate::error::{Error, Result};
 use crate::graph::{OpStat, Weights};
 use crate::model::{Arch, ModelConfig, SpecialIds};
 
-pub const PRESETS: &[&str] = &["llada-8b", "tiny"];
+pub const PRESETS: &[&str] = &["llada-8b", "dream-7b", "tiny"];
 
 /// A preset's config, divided by `scale` (a power of two) in width, depth, MLP and vocabulary;
 /// head_dim stays that of the real model.
 pub fn preset(name: &str, scale: usize) -> Result<ModelConfig> {
+    let (arch, kv_heads, eps) = match name {
+        "dream-7b" => (Arch::Dream, 4, 1e-6),
+        _ => (Arch::Llada, 0, 1e-5),
+    };
     let base = match name {
         // spec §2: LLaDA-8B-Instruct
         "llada-8b" => (4096, 32, 32, 12288, 126464, 500000.0),
+        // spec §3: Dream-v0-7B (GQA: 28 query heads over 4 KV heads)
+        "dream-7b" => (3584, 28, 28, 18944, 152064, 1000000.0),
         // a small shape for quick runs
         "tiny" => (512, 4, 4, 1536, 8192, 10000.0),
         other => {
@@ -45,17 +51,19 @@ pub fn preset(name: &str, scale: usize) -> Result<ModelConfig> {
     let head_dim = d / heads;
     let heads = (heads / scale).max(1);
     let d = heads * head_dim;
+    let kv = if kv_heads == 0 { heads } else { (kv_heads / scale).max(1) };
+    let kv = if heads % kv == 0 { kv } else { 1 };
     Ok(ModelConfig {
-        arch: Arch::Llada,
+        arch,
         d_model: d,
         n_layers: (layers / scale).max(1),
         n_heads: heads,
-        n_kv_heads: heads,
+        n_kv_heads: kv,
         head_dim,
         mlp_hidden: (mlp / scale).max(1),
         n_logits: (vocab / scale).max(64),
         vocab_size: (vocab / scale).max(64),
-        rms_eps: 1e-5,
+        rms_eps: eps,
         rope_theta: theta,
         max_seq_len: 4096,
         mask_token_id: None,
@@ -435,6 +443,11 @@ mod tests {
         let small = preset("llada-8b", 16).unwrap();
         assert_eq!((small.head_dim, small.n_heads, small.d_model, small.n_layers), (128, 2, 256, 2));
         assert!(preset("gpt-9", 1).is_err());
+        let dream = preset("dream-7b", 1).unwrap();
+        assert_eq!((dream.arch, dream.d_model, dream.n_layers, dream.n_kv_heads), (Arch::Dream, 3584, 28, 4));
+        assert_eq!((dream.head_dim, dream.mlp_hidden, dream.n_logits), (128, 18944, 152064));
+        let d4 = preset("dream-7b", 4).unwrap();
+        assert_eq!((d4.n_heads, d4.n_kv_heads, d4.head_dim), (7, 1, 128));
         assert!(preset("llada-8b", 3).is_err());
     }
 

@@ -1,17 +1,21 @@
-//! The LLaDA transformer (spec §2), written once over the [`Backend`] ops: the only place the
-//! architecture lives. Weights are laid out for the ops at load: q|k|v stacked into one matrix and
-//! gate|up into another, so each is one GEMM on any backend.
+//! The transformer of both families (LLaDA, spec §2; Dream, spec §3), written once over the
+//! [`Backend`] ops: the only place the architecture lives. The two differ only in tensor names,
+//! Dream's q/k/v biases, its bf16 RoPE tables and its shifted logits. Weights are laid out for the
+//! ops at load: q|k|v stacked into one matrix (and their biases into one row) and gate|up into
+//! another, so each is one GEMM on any backend.
 
 use crate::backend::{Backend, Heads, Step, Window};
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::model::checkpoint::{Checkpoint, DType};
-use crate::model::config::ModelConfig;
+use crate::model::config::{Arch, ModelConfig};
 
 pub struct LayerWeights<T> {
     pub attn_norm: T,
     /// `[q_proj; k_proj; v_proj]`: `[(n_heads + 2·n_kv_heads)·head_dim, d]`.
     pub qkv: T,
+    /// Dream: `[q_bias | k_bias | v_bias]`, `[1, qkv_dim]`.
+    pub qkv_bias: Option<T>,
     pub attn_out: T,
     pub ff_norm: T,
     /// `[ff_proj (gate, gets SiLU); up_proj]`: `[2·mlp, d]`.
@@ -30,32 +34,119 @@ pub struct Weights<T> {
     pub rope_sin: T,
 }
 
-/// Every tensor a LLaDA checkpoint must hold, with its shape (spec §2 table).
-pub fn llada_layout(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, v, m, kv) = (cfg.d_model, cfg.n_logits, cfg.mlp_hidden, cfg.kv_dim());
-    let p = "model.transformer.";
-    let mut out = vec![(format!("{p}wte.weight"), vec![v, d])];
+/// One tensor of a checkpoint, named per family by [`tensor_name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Embed,
+    FinalNorm,
+    LmHead,
+    AttnNorm,
+    Q,
+    K,
+    V,
+    QBias,
+    KBias,
+    VBias,
+    O,
+    FfNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+/// The checkpoint name of `part` (of layer `layer` for per-layer parts): spec §2 for LLaDA,
+/// spec §3 for Dream.
+pub fn tensor_name(arch: Arch, part: Part, layer: usize) -> String {
+    use Part::*;
+    match arch {
+        Arch::Llada => {
+            let p = "model.transformer.";
+            let n = match part {
+                Embed => return format!("{p}wte.weight"),
+                FinalNorm => return format!("{p}ln_f.weight"),
+                LmHead => return format!("{p}ff_out.weight"),
+                AttnNorm => "attn_norm",
+                Q => "q_proj",
+                K => "k_proj",
+                V => "v_proj",
+                QBias | KBias | VBias => unreachable!("LLaDA has no biases"),
+                O => "attn_out",
+                FfNorm => "ff_norm",
+                Gate => "ff_proj",
+                Up => "up_proj",
+                Down => "ff_out",
+            };
+            format!("{p}blocks.{layer}.{n}.weight")
+        }
+        Arch::Dream => {
+            let n = match part {
+                Embed => return "model.embed_tokens.weight".into(),
+                FinalNorm => return "model.norm.weight".into(),
+                LmHead => return "lm_head.weight".into(),
+                AttnNorm => "input_layernorm.weight",
+                Q => "self_attn.q_proj.weight",
+                K => "self_attn.k_proj.weight",
+                V => "self_attn.v_proj.weight",
+                QBias => "self_attn.q_proj.bias",
+                KBias => "self_attn.k_proj.bias",
+                VBias => "self_attn.v_proj.bias",
+                O => "self_attn.o_proj.weight",
+                FfNorm => "post_attention_layernorm.weight",
+                Gate => "mlp.gate_proj.weight",
+                Up => "mlp.up_proj.weight",
+                Down => "mlp.down_proj.weight",
+            };
+            format!("model.layers.{layer}.{n}")
+        }
+    }
+}
+
+/// Every tensor a checkpoint of `cfg`'s family must hold, with its shape (spec §2, §3).
+pub fn layout(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    use Part::*;
+    let (d, v, m, q, kv) =
+        (cfg.d_model, cfg.n_logits, cfg.mlp_hidden, cfg.n_heads * cfg.head_dim, cfg.kv_dim());
+    let name = |p, i| tensor_name(cfg.arch, p, i);
+    let mut out = vec![(name(Embed, 0), vec![v, d])];
     for i in 0..cfg.n_layers {
-        let b = format!("{p}blocks.{i}.");
         out.extend([
-            (format!("{b}attn_norm.weight"), vec![d]),
-            (format!("{b}q_proj.weight"), vec![d, d]),
-            (format!("{b}k_proj.weight"), vec![kv, d]),
-            (format!("{b}v_proj.weight"), vec![kv, d]),
-            (format!("{b}attn_out.weight"), vec![d, d]),
-            (format!("{b}ff_norm.weight"), vec![d]),
-            (format!("{b}ff_proj.weight"), vec![m, d]),
-            (format!("{b}up_proj.weight"), vec![m, d]),
-            (format!("{b}ff_out.weight"), vec![d, m]),
+            (name(AttnNorm, i), vec![d]),
+            (name(Q, i), vec![q, d]),
+            (name(K, i), vec![kv, d]),
+            (name(V, i), vec![kv, d]),
+        ]);
+        if cfg.arch == Arch::Dream {
+            out.extend([(name(QBias, i), vec![q]), (name(KBias, i), vec![kv]), (name(VBias, i), vec![kv])]);
+        }
+        out.extend([
+            (name(O, i), vec![d, q]),
+            (name(FfNorm, i), vec![d]),
+            (name(Gate, i), vec![m, d]),
+            (name(Up, i), vec![m, d]),
+            (name(Down, i), vec![d, m]),
         ]);
     }
-    out.push((format!("{p}ln_f.weight"), vec![d]));
-    out.push((format!("{p}ff_out.weight"), vec![v, d]));
+    out.push((name(FinalNorm, 0), vec![d]));
+    out.push((name(LmHead, 0), vec![v, d]));
     out
 }
 
 /// RoPE cos/sin tables exactly as spec §2 orders the fp32 operations:
 /// `inv_freq = 1 / θ^(arange(0, hd, 2) / hd)`, `angle = f32(pos) · inv_freq`, duplicated halves.
+/// Dream casts cos/sin to the activation dtype before rotating (spec §3): for a bf16 Dream model
+/// the tables are rounded to bf16 (the rotation itself stays fp32 with one rounding, a difference
+/// within the bf16 tolerance of spec §8).
+pub fn rope_tables_for(cfg: &ModelConfig, dtype: DType) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = rope_tables(cfg);
+    if cfg.arch == Arch::Dream && dtype == DType::Bf16 {
+        for x in cos.iter_mut().chain(sin.iter_mut()) {
+            *x = half::bf16::from_f32(*x).to_f32();
+        }
+    }
+    (cos, sin)
+}
+
+/// The fp32 tables of [`rope_tables_for`], before any cast.
 pub fn rope_tables(cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
     let hd = cfg.head_dim;
     let inv_freq: Vec<f32> =
@@ -84,29 +175,34 @@ impl<T> Weights<T> {
         cfg: &ModelConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        use Part::*;
         let (d, v, m) = (cfg.d_model, cfg.n_logits, cfg.mlp_hidden);
-        let p = "model.transformer.";
-        let one = |name: &str, rows: usize, cols: usize| be.upload(&[ck.get(name)?], rows, cols);
+        let t = |p: Part, i: usize| ck.get(&tensor_name(cfg.arch, p, i));
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let b = format!("{p}blocks.{i}.");
-            let t = |n: &str| ck.get(&format!("{b}{n}.weight"));
+            let qkv_bias = match cfg.arch {
+                Arch::Dream => {
+                    Some(be.upload(&[t(QBias, i)?, t(KBias, i)?, t(VBias, i)?], 1, cfg.qkv_dim())?)
+                }
+                Arch::Llada => None,
+            };
             layers.push(LayerWeights {
-                attn_norm: be.upload(&[t("attn_norm")?], 1, d)?,
-                qkv: be.upload(&[t("q_proj")?, t("k_proj")?, t("v_proj")?], cfg.qkv_dim(), d)?,
-                attn_out: be.upload(&[t("attn_out")?], d, d)?,
-                ff_norm: be.upload(&[t("ff_norm")?], 1, d)?,
-                gate_up: be.upload(&[t("ff_proj")?, t("up_proj")?], 2 * m, d)?,
-                down: be.upload(&[t("ff_out")?], d, m)?,
+                attn_norm: be.upload(&[t(AttnNorm, i)?], 1, d)?,
+                qkv: be.upload(&[t(Q, i)?, t(K, i)?, t(V, i)?], cfg.qkv_dim(), d)?,
+                qkv_bias,
+                attn_out: be.upload(&[t(O, i)?], d, cfg.n_heads * cfg.head_dim)?,
+                ff_norm: be.upload(&[t(FfNorm, i)?], 1, d)?,
+                gate_up: be.upload(&[t(Gate, i)?, t(Up, i)?], 2 * m, d)?,
+                down: be.upload(&[t(Down, i)?], d, m)?,
             });
             progress(i + 1, cfg.n_layers);
         }
-        let (cos, sin) = rope_tables(cfg);
+        let (cos, sin) = rope_tables_for(cfg, be.dtype());
         Ok(Weights {
-            wte: one(&format!("{p}wte.weight"), v, d)?,
+            wte: be.upload(&[t(Embed, 0)?], v, d)?,
             layers,
-            ln_f: one(&format!("{p}ln_f.weight"), 1, d)?,
-            lm_head: one(&format!("{p}ff_out.weight"), v, d)?,
+            ln_f: be.upload(&[t(FinalNorm, 0)?], 1, d)?,
+            lm_head: be.upload(&[t(LmHead, 0)?], v, d)?,
             rope_cos: be.upload_f32(&cos, cfg.max_seq_len, cfg.head_dim)?,
             rope_sin: be.upload_f32(&sin, cfg.max_seq_len, cfg.head_dim)?,
         })
@@ -132,13 +228,17 @@ impl<T> Weights<T> {
             layers.push(LayerWeights {
                 attn_norm: rand(1, d, 1.0, 0.1)?,
                 qkv: rand(cfg.qkv_dim(), d, 0.0, lin(d))?,
+                qkv_bias: match cfg.arch {
+                    Arch::Dream => Some(rand(1, cfg.qkv_dim(), 0.0, 0.1)?),
+                    Arch::Llada => None,
+                },
                 attn_out: rand(d, d, 0.0, lin(d))?,
                 ff_norm: rand(1, d, 1.0, 0.1)?,
                 gate_up: rand(2 * m, d, 0.0, lin(d))?,
                 down: rand(d, m, 0.0, lin(m))?,
             });
         }
-        let (cos, sin) = rope_tables(cfg);
+        let (cos, sin) = rope_tables_for(cfg, be.dtype());
         Ok(Weights {
             wte: rand(v, d, 0.0, 1.7)?,
             layers,
@@ -150,9 +250,9 @@ impl<T> Weights<T> {
     }
 }
 
-/// Check a checkpoint against the LLaDA layout of `cfg`; returns its dtype.
+/// Check a checkpoint against the layout of `cfg`'s family; returns its dtype.
 pub fn validate(ck: &Checkpoint, cfg: &ModelConfig) -> Result<DType> {
-    ck.validate(&llada_layout(cfg))
+    ck.validate(&layout(cfg))
 }
 
 /// Activation buffers, sized once for the largest window (the whole canvas) of a batch.
@@ -310,6 +410,11 @@ pub fn forward<B: Backend>(
             be.rmsnorm(&ws.h, &lw.attn_norm, cfg.rms_eps, rows, &mut ws.a)
         })?;
         op(be, p, "linear qkv", qb, qf, || be.linear(&ws.a, &lw.qkv, rows, &mut ws.qkv))?;
+        if let Some(bias) = &lw.qkv_bias {
+            op(be, p, "qkv bias", 2.0 * act(cfg.qkv_dim()), r * cfg.qkv_dim() as f64, || {
+                be.add_bias(&mut ws.qkv, bias, rows)
+            })?;
+        }
         op(be, p, "rope + kv write", 2.0 * act(cfg.qkv_dim()), 6.0 * act(cfg.qkv_dim()) / s, || {
             be.rope_store_kv(
                 &mut ws.qkv,
@@ -339,8 +444,9 @@ pub fn forward<B: Backend>(
     Ok(())
 }
 
-/// Logits of the current block's rows only (the final norm and the LM head never touch the rest
-/// of the window), into `ws.logits` as `[batch × block.len, n_logits]`.
+/// Logits of the current block's positions only (the final norm and the LM head never touch the
+/// rest of the window), into `ws.logits` as `[batch × block.len, n_logits]`. Dream's come from
+/// the row before each position (spec §3).
 pub fn block_logits<B: Backend>(
     be: &B,
     cfg: &ModelConfig,
@@ -355,7 +461,9 @@ pub fn block_logits<B: Backend>(
     let d = cfg.d_model;
     let act = 2.0 * (rows * d) as f64 * s;
     let p = &mut prof;
-    op(be, p, "gather block", act, 0.0, || be.gather_block(&ws.h, step, block, &mut ws.block_h))?;
+    op(be, p, "gather block", act, 0.0, || {
+        be.gather_block(&ws.h, step, block, cfg.arch == Arch::Dream, &mut ws.block_h)
+    })?;
     op(be, p, "rmsnorm", act, 4.0 * (rows * d) as f64, || {
         be.rmsnorm(&ws.block_h, &w.ln_f, cfg.rms_eps, rows, &mut ws.block_norm)
     })?;

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cache;
 pub mod decode;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod model;
 

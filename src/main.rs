@@ -12,10 +12,11 @@ use dllm::backend::cpu::Cpu;
 #[cfg(feature = "cuda")]
 use dllm::backend::cuda::Cuda;
 use dllm::backend::{Backend, DType, Rule};
-use dllm::bench;
 use dllm::cache::CacheMode;
 use dllm::decode::{DecodeOptions, Engine, Output};
+use dllm::model::embedded;
 use dllm::model::ModelFiles;
+use dllm::{bench, eval};
 use dllm::{Error, Result};
 
 #[derive(Parser)]
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Generate an answer to one or more prompts (several prompts run as one batch).
     Generate(GenerateArgs),
+    /// Exact-match accuracy on a GSM8K-format JSONL file, with speed, per decoding mode.
+    Eval(EvalArgs),
     /// Benchmark workload S1 on seeded random weights of a real model's shape, beside floors.
     Bench(BenchArgs),
 }
@@ -41,7 +44,7 @@ enum DTypeArg {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Preset shape of the synthetic weights: llada-8b (spec §2) or tiny.
+    /// Preset shape of the synthetic weights: llada-8b (spec §2), dream-7b (spec §3) or tiny.
     #[arg(long, value_name = "PRESET")]
     synthetic: String,
     /// Divide the preset's width (heads), depth, MLP and vocabulary by this power of two.
@@ -66,11 +69,8 @@ struct BenchArgs {
     /// Activation and weight dtype of the synthetic model.
     #[arg(long, value_enum, default_value_t = DTypeArg::Bf16)]
     dtype: DTypeArg,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
-    /// CPU worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    dev: DeviceArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -93,37 +93,39 @@ enum DeviceArg {
     Cuda,
 }
 
+/// How to decode (shared by `generate` and `eval`).
 #[derive(Args)]
-struct GenerateArgs {
-    /// Checkpoint directory as Hugging Face ships it (config.json, *.safetensors, tokenizer.json).
+struct DecodeArgs {
+    /// Generated positions (a multiple of --block-length). Default: the checkpoint's
+    /// generation_config.json `max_new_tokens` rounded up to whole blocks, else 128.
     #[arg(long)]
-    model: PathBuf,
-    /// The prompt. Repeat to decode several prompts as one batch.
-    #[arg(long, required = true)]
-    prompt: Vec<String>,
-    /// Generated positions (a multiple of --block-length).
-    #[arg(long, default_value_t = 128)]
-    gen_length: usize,
-    /// Positions per block, decoded left to right.
+    gen_length: Option<usize>,
+    /// Positions per block, decoded left to right. Dream with --cache none has no blocks (the
+    /// whole generation is one window) and ignores it.
     #[arg(long, default_value_t = 32)]
     block_length: usize,
     /// Steps for the quota rule (a multiple of the number of blocks). Default: gen-length.
+    /// Dream: the steps of its entropy schedule (per block: steps / blocks, at least 2; with
+    /// --cache none: exactly this many forwards), and with --cache none --threshold the nominal
+    /// steps of its budgeted threshold (gen-length must be a multiple).
     #[arg(long)]
     steps: Option<usize>,
     /// KV cache: none (baseline), prefix or dual.
     #[arg(long, value_enum, default_value_t = CacheArg::Dual)]
     cache: CacheArg,
     /// Commit every masked token with confidence ≥ T (and always the most confident one).
-    /// The default rule, with T = 0.9.
+    /// The default rule, with T = 0.9. Dream compares its bf16 confidences with bf16(T); with
+    /// --cache none it commits at most the step's budget (spec §3).
     #[arg(long, conflicts_with_all = ["factor", "quota"])]
     threshold: Option<f64>,
-    /// Commit by the factor rule: the n-th most confident passes if c ≥ 1 − F/(n+1).
+    /// Commit by the factor rule: the n-th most confident passes if c ≥ 1 − F/(n+1). LLaDA only.
     #[arg(long, conflicts_with = "quota")]
     factor: Option<f64>,
-    /// Commit a fixed quota per step (LLaDA's low-confidence schedule over --steps).
+    /// Commit a fixed quota per step (LLaDA's low-confidence schedule over --steps). Dream: its
+    /// entropy schedule (the most certain positions by negative entropy, Dream's timestep rule).
     #[arg(long)]
     quota: bool,
-    /// Sampling temperature; 0 is greedy.
+    /// Sampling temperature; 0 is greedy (the only choice for Dream so far).
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
     /// Seed of the sampling noise (with --temperature > 0).
@@ -135,11 +137,34 @@ struct GenerateArgs {
     /// Stop a row once a whole block of it is end-of-sequence tokens.
     #[arg(long)]
     early_exit: bool,
+    /// Run every step eagerly instead of replaying captured CUDA graphs.
+    #[arg(long)]
+    no_graphs: bool,
+}
+
+/// Where to run.
+#[derive(Args)]
+struct DeviceArgs {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory as Hugging Face ships it (config.json, *.safetensors, tokenizer.json).
+    /// Default: the small arithmetic model embedded in dllm.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The prompt. Repeat to decode several prompts as one batch.
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    #[command(flatten)]
+    dev: DeviceArgs,
     /// Print one JSON object (prompt and generated ids, text, NFE, commits per forward) instead
     /// of the answer text.
     #[arg(long)]
@@ -147,15 +172,48 @@ struct GenerateArgs {
     /// Print what every forward committed to stderr (and into --json).
     #[arg(long)]
     trace: bool,
-    /// Run every step eagerly instead of replaying captured CUDA graphs.
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Checkpoint directory. Default: the small arithmetic model embedded in dllm.
     #[arg(long)]
-    no_graphs: bool,
+    model: Option<PathBuf>,
+    /// GSM8K-format JSONL (`question`, `answer` ending in `#### N`). Default: the embedded
+    /// model's 500 held-out problems.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Few-shot examples to put before each question, taken from --fewshot.
+    #[arg(long, default_value_t = 0)]
+    shots: usize,
+    /// JSONL of few-shot examples (same format). Default with --shots: the embedded set.
+    #[arg(long)]
+    fewshot: Option<PathBuf>,
+    /// Evaluate only the first N problems.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Problems decoded together as one batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Run the paper's configurations (baseline, +PrefixCache, +parallel, Fast-dLLM, DualCache,
+    /// factor) and print the accuracy / tok/s / speedup / NFE table; --cache and the rule flags
+    /// are then ignored.
+    #[arg(long)]
+    table: bool,
+    /// Write every sample (question, target, prediction, output, NFE) as JSONL here.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
     };
     match result {
@@ -167,17 +225,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn decode_options(a: &GenerateArgs) -> DecodeOptions {
+fn decode_options(a: &DecodeArgs, files: &ModelFiles) -> DecodeOptions {
     let rule = match (a.threshold, a.factor, a.quota) {
         (_, _, true) => Rule::Quota,
         (_, Some(f), _) => Rule::Factor(f),
         (Some(t), _, _) => Rule::Threshold(t),
         (None, None, false) => Rule::Threshold(0.9),
     };
+    let bl = a.block_length.max(1);
+    let gen_length =
+        a.gen_length.unwrap_or_else(|| files.max_new_tokens.map_or(128, |n| n.div_ceil(bl) * bl));
     DecodeOptions {
-        gen_length: a.gen_length,
+        gen_length,
         block_length: a.block_length,
-        steps: a.steps.unwrap_or(a.gen_length),
+        steps: a.steps.unwrap_or(gen_length),
         cache: match a.cache {
             CacheArg::None => CacheMode::None,
             CacheArg::Prefix => CacheMode::Prefix,
@@ -187,36 +248,33 @@ fn decode_options(a: &GenerateArgs) -> DecodeOptions {
         temperature: a.temperature,
         seed: a.seed,
         early_exit: a.early_exit,
-        trace: a.trace,
+        trace: false,
         cuda_graphs: !a.no_graphs,
         profile: false,
     }
 }
 
-fn generate(a: GenerateArgs) -> Result<()> {
-    let opts = decode_options(&a);
-    if a.threads == Some(0) {
+/// Work that runs on whichever backend `--device` picks.
+trait OnBackend {
+    fn run<B: Backend>(self, backend: B) -> Result<()>;
+}
+
+/// `auto`: CUDA when it works (saying why not otherwise), else the CPU.
+fn dispatch(dev: &DeviceArgs, dtype: DType, work: impl OnBackend) -> Result<()> {
+    if dev.threads == Some(0) {
         return Err(Error::options("--threads must be at least 1"));
     }
-    let files = ModelFiles::open(&a.model)?;
-    let tok = &files.tokenizer;
-    let prompts = a
-        .prompt
-        .iter()
-        .map(|p| if a.no_chat { tok.encode(p) } else { tok.encode_chat(p) })
-        .collect::<Result<Vec<_>>>()?;
-    opts.validate(&files.config, &prompts)?;
-    let cpu = || Cpu::new(files.dtype, a.threads);
-    match a.device {
-        DeviceArg::Cpu => run(cpu(), &a, &files, &prompts, &opts),
+    let cpu = || Cpu::new(dtype, dev.threads);
+    match dev.device {
+        DeviceArg::Cpu => work.run(cpu()),
         #[cfg(feature = "cuda")]
-        DeviceArg::Cuda => run(Cuda::new(0, files.dtype)?, &a, &files, &prompts, &opts),
+        DeviceArg::Cuda => work.run(Cuda::new(0, dtype)?),
         #[cfg(feature = "cuda")]
-        DeviceArg::Auto => match Cuda::new(0, files.dtype) {
-            Ok(gpu) => run(gpu, &a, &files, &prompts, &opts),
+        DeviceArg::Auto => match Cuda::new(0, dtype) {
+            Ok(gpu) => work.run(gpu),
             Err(e) => {
                 eprintln!("CUDA unavailable ({e}); using the CPU");
-                run(cpu(), &a, &files, &prompts, &opts)
+                work.run(cpu())
             }
         },
         #[cfg(not(feature = "cuda"))]
@@ -224,77 +282,183 @@ fn generate(a: GenerateArgs) -> Result<()> {
             "--device cuda: this build of dllm has no CUDA backend (built without the `cuda` feature)".into(),
         )),
         #[cfg(not(feature = "cuda"))]
-        DeviceArg::Auto => run(cpu(), &a, &files, &prompts, &opts),
+        DeviceArg::Auto => work.run(cpu()),
     }
 }
 
-fn bench(a: BenchArgs) -> Result<()> {
-    if a.threads == Some(0) {
-        return Err(Error::options("--threads must be at least 1"));
+/// The checkpoint of `--model`, or the embedded one.
+fn open_model(model: &Option<PathBuf>) -> Result<ModelFiles> {
+    match model {
+        Some(dir) => ModelFiles::open(dir),
+        None => ModelFiles::open(&embedded::model_dir()?),
     }
-    let dtype = match a.dtype {
-        DTypeArg::Bf16 => DType::Bf16,
-        DTypeArg::F32 => DType::F32,
-    };
-    let args = |gpu: bool| bench::BenchArgs {
-        preset: a.synthetic.clone(),
-        scale: a.scale.unwrap_or(if gpu { 1 } else { 16 }),
-        workload_scale: a.workload_scale.unwrap_or(if gpu { 1 } else { 4 }),
-        variants: a.variants.clone(),
-        profile: a.profile,
-        cuda_graphs: !a.no_graphs,
-        seed: a.seed,
-    };
-    // fail on a bad preset or scale before touching any device
-    bench::preset(&a.synthetic, args(false).scale)?;
-    let cpu = || Cpu::new(dtype, a.threads);
-    let json = match a.device {
-        DeviceArg::Cpu => bench::run(cpu(), &args(false), false)?,
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda => bench::run(Cuda::new(0, dtype)?, &args(true), true)?,
-        #[cfg(feature = "cuda")]
-        DeviceArg::Auto => match Cuda::new(0, dtype) {
-            Ok(gpu) => bench::run(gpu, &args(true), true)?,
-            Err(e) => {
-                eprintln!("CUDA unavailable ({e}); benchmarking the CPU, scaled down");
-                bench::run(cpu(), &args(false), false)?
-            }
-        },
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda => {
-            return Err(Error::Device("--device cuda: this build of dllm has no CUDA backend".into()))
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Auto => bench::run(cpu(), &args(false), false)?,
-    };
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default() + "\n")
-            .map_err(|e| Error::io(path, e))?;
-    }
-    Ok(())
 }
 
-fn run<B: Backend>(
-    backend: B,
-    a: &GenerateArgs,
-    files: &ModelFiles,
-    prompts: &[Vec<u32>],
-    opts: &DecodeOptions,
-) -> Result<()> {
+/// Upload the weights, with a progress line on a terminal.
+fn load_engine<B: Backend>(backend: B, files: &ModelFiles) -> Result<Engine<B>> {
     eprintln!("device: {}", backend.name());
     let tty = std::io::stderr().is_terminal();
     let t0 = std::time::Instant::now();
-    let engine = Engine::with_progress(backend, files, &mut |done, all| {
+    Engine::with_progress(backend, files, &mut |done, all| {
         if tty {
             eprint!("\rloading weights: layer {done}/{all}");
             if done == all {
                 eprintln!(" ({:.1} s)", t0.elapsed().as_secs_f64());
             }
         }
-    })?;
-    let out = engine.generate(prompts, opts)?;
-    report(a, files, opts, &out);
-    Ok(())
+    })
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let files = open_model(&a.model)?;
+    let mut opts = decode_options(&a.decode, &files);
+    opts.trace = a.trace;
+    let tok = &files.tokenizer;
+    let prompts = a
+        .prompt
+        .iter()
+        .map(|p| if a.decode.no_chat { tok.encode(p) } else { tok.encode_chat(p) })
+        .collect::<Result<Vec<_>>>()?;
+    opts.validate(&files.config, &prompts)?;
+    struct Work<'a>(&'a GenerateArgs, &'a ModelFiles, Vec<Vec<u32>>, DecodeOptions);
+    impl OnBackend for Work<'_> {
+        fn run<B: Backend>(self, backend: B) -> Result<()> {
+            let Work(a, files, prompts, opts) = self;
+            let engine = load_engine(backend, files)?;
+            let out = engine.generate(&prompts, &opts)?;
+            report(a, files, &opts, &out);
+            Ok(())
+        }
+    }
+    dispatch(&a.dev, files.dtype, Work(&a, &files, prompts, opts))
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let files = open_model(&a.model)?;
+    let opts = decode_options(&a.decode, &files);
+    let mut problems = match &a.data {
+        Some(p) => eval::read_jsonl(p)?,
+        None => embedded::test_set()?,
+    };
+    if let Some(n) = a.limit {
+        problems.truncate(n);
+    }
+    let shots = match (a.shots, &a.fewshot) {
+        (0, _) => vec![],
+        (n, Some(p)) => eval::read_jsonl(p)?.into_iter().take(n).collect(),
+        (n, None) => embedded::fewshot_set()?.into_iter().take(n).collect(),
+    };
+    if shots.len() < a.shots {
+        return Err(Error::options(format!(
+            "--shots {}: only {} few-shot examples available",
+            a.shots,
+            shots.len()
+        )));
+    }
+    if a.batch_size == 0 {
+        return Err(Error::options("--batch-size must be at least 1"));
+    }
+    struct Work<'a>(&'a EvalArgs, &'a ModelFiles, Vec<eval::Problem>, Vec<eval::Problem>, DecodeOptions);
+    impl OnBackend for Work<'_> {
+        fn run<B: Backend>(self, backend: B) -> Result<()> {
+            let Work(a, files, problems, shots, opts) = self;
+            let engine = load_engine(backend, files)?;
+            let modes: Vec<(String, DecodeOptions)> = if a.table {
+                eval::TABLE_MODES
+                    .iter()
+                    .map(|m| {
+                        (m.name.to_string(), DecodeOptions { cache: m.cache, rule: m.rule, ..opts.clone() })
+                    })
+                    .collect()
+            } else {
+                vec![(format!("{} cache, {}", opts.cache.name(), opts.rule), opts.clone())]
+            };
+            println!(
+                "dllm eval: {} problems, {}-shot, gen {}, block {}, steps {} (quota modes), batch {}, on {}",
+                problems.len(),
+                shots.len(),
+                opts.gen_length,
+                opts.block_length,
+                opts.steps,
+                a.batch_size,
+                engine.backend.name()
+            );
+            println!();
+            println!("| configuration | accuracy | NFE / problem | TPF | strict tok/s | speedup | wall s |");
+            println!("|---|---|---|---|---|---|---|");
+            let tty = std::io::stderr().is_terminal();
+            let mut base_rate = None;
+            let mut jsonl = String::new();
+            for (name, o) in &modes {
+                let r = eval::run(
+                    &engine,
+                    &files.tokenizer,
+                    &problems,
+                    eval::Prompting { shots: &shots, chat: !a.decode.no_chat, batch_size: a.batch_size },
+                    o,
+                    |d, n| {
+                        if tty {
+                            eprint!("\r{name}: {d}/{n}   ");
+                        }
+                    },
+                )?;
+                if tty {
+                    eprint!("\r{:60}\r", "");
+                }
+                let rate = r.strict_tok_per_s();
+                let speedup = rate / *base_rate.get_or_insert(rate);
+                println!(
+                    "| {name} | {:.1}% ({}/{}) | {:.1} | {:.2} | {:.1} | {:.1}× | {:.1} |",
+                    100.0 * r.accuracy(),
+                    r.samples.iter().filter(|s| s.correct()).count(),
+                    r.samples.len(),
+                    r.nfe(),
+                    r.tpf(),
+                    rate,
+                    speedup,
+                    r.wall_s
+                );
+                jsonl.push_str(&eval::samples_jsonl(&problems, name, &r));
+            }
+            if let Some(path) = &a.out {
+                std::fs::write(path, jsonl).map_err(|e| Error::io(path, e))?;
+            }
+            Ok(())
+        }
+    }
+    dispatch(&a.dev, files.dtype, Work(&a, &files, problems, shots, opts))
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let dtype = match a.dtype {
+        DTypeArg::Bf16 => DType::Bf16,
+        DTypeArg::F32 => DType::F32,
+    };
+    // fail on a bad preset or scale before touching any device
+    bench::preset(&a.synthetic, a.scale.unwrap_or(16))?;
+    struct Work<'a>(&'a BenchArgs);
+    impl OnBackend for Work<'_> {
+        fn run<B: Backend>(self, backend: B) -> Result<()> {
+            let a = self.0;
+            let gpu = !backend.name().starts_with("cpu");
+            let args = bench::BenchArgs {
+                preset: a.synthetic.clone(),
+                scale: a.scale.unwrap_or(if gpu { 1 } else { 16 }),
+                workload_scale: a.workload_scale.unwrap_or(if gpu { 1 } else { 4 }),
+                variants: a.variants.clone(),
+                profile: a.profile,
+                cuda_graphs: !a.no_graphs,
+                seed: a.seed,
+            };
+            let json = bench::run(backend, &args, gpu)?;
+            if let Some(path) = &a.json {
+                std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default() + "\n")
+                    .map_err(|e| Error::io(path, e))?;
+            }
+            Ok(())
+        }
+    }
+    dispatch(&a.dev, dtype, Work(&a))
 }
 
 /// Tokens up to and including the first end-of-sequence token (spec §1 strict tok/s).
@@ -348,7 +512,7 @@ fn report(a: &GenerateArgs, files: &ModelFiles, opts: &DecodeOptions, out: &Outp
             "strict_tok_per_s": strict as f64 / wall,
             "options": {
                 "gen_length": opts.gen_length, "block_length": opts.block_length,
-                "steps": opts.steps, "cache": opts.cache.name(), "rule": format!("{:?}", opts.rule),
+                "steps": opts.steps, "cache": opts.cache.name(), "rule": opts.rule.to_string(),
                 "temperature": opts.temperature, "seed": opts.seed, "early_exit": opts.early_exit,
             },
             "trace": trace,

@@ -142,7 +142,6 @@ fn assert_run_error(args: &[&str], mention: &str) {
 #[test]
 fn bad_flags_are_usage_errors_naming_the_flag() {
     let m = model();
-    assert_usage_error(&["generate", "--prompt", "x"], "--model");
     assert_usage_error(&["generate", "--model", &m], "--prompt");
     assert_usage_error(&["generate", "--model", &m, "--prompt", "x", "--cache", "triple"], "--cache");
     assert_usage_error(

@@ -43,14 +43,7 @@ fn golden_prompts_tokenize_with_the_fixtures_own_special_ids() {
         assert_eq!(tok.special.mask as u64, sp["<|mdm_mask|>"].as_u64().unwrap(), "{name}");
         assert_eq!(tok.special.eos as u64, sp["<|endoftext|>"].as_u64().unwrap(), "{name}");
         assert_eq!(tok.special.bos.map(u64::from), sp["<|startoftext|>"].as_u64(), "{name}");
-        for p in doc["prompts"].as_array().unwrap() {
-            let text = p["text"].as_str().unwrap();
-            let want: Vec<u32> =
-                p["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let got =
-                if p["chat"].as_bool().unwrap() { tok.encode_chat(text) } else { tok.encode(text) }.unwrap();
-            assert_eq!(got, want, "{name} prompt {}", p["id"]);
-        }
+        assert_prompts_tokenize(&doc, tok, name);
     }
 }
 

@@ -12,7 +12,8 @@ use dllm::model::ModelFiles;
 
 #[test]
 fn bf16_checkpoint_runs_in_bf16_within_tolerance_of_f32() {
-    for name in ["tiny-mha", "tiny-gqa"] {
+    // tiny-dream: Dream's bf16 specifics too (bf16 RoPE tables, bf16 probabilities, spec §3)
+    for name in ["tiny-mha", "tiny-gqa", "tiny-dream"] {
         let dir = temp_copy(&fixture(name).join("checkpoint"), &format!("bf16-{name}"));
         to_bf16(&dir.join("model.safetensors"));
         let files = ModelFiles::open(&dir).unwrap();
@@ -50,16 +51,7 @@ fn f32_checkpoint_is_not_rounded() {
 
 /// Deterministic pseudo-random bf16-representable values in [-scale, scale].
 fn rand_bf16(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            z ^= z << 13;
-            z ^= z >> 7;
-            z ^= z << 17;
-            let u = (z >> 11) as f32 / (1u64 << 53) as f32;
-            half::bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
-        })
-        .collect()
+    rand_uniform(n, seed, scale).into_iter().map(|x| half::bf16::from_f32(x).to_f32()).collect()
 }
 
 fn t(rows: usize, cols: usize, seed: u64, scale: f32) -> CpuTensor {
@@ -71,7 +63,7 @@ fn t(rows: usize, cols: usize, seed: u64, scale: f32) -> CpuTensor {
 /// made of bf16 values.
 #[test]
 fn every_op_in_bf16_is_within_1e_2_of_f32() {
-    use dllm::backend::{Heads, Rule, Sampling, Select};
+    use dllm::backend::{Heads, Rule, Sampling, Score, Select};
     let fb = Cpu::new(DType::Bf16, Some(2));
     let ff = Cpu::new(DType::F32, Some(2));
     let check = |what: &str, a: &CpuTensor, b: &CpuTensor, n: usize| {
@@ -145,7 +137,14 @@ fn every_op_in_bf16_is_within_1e_2_of_f32() {
     let logits = t(batch * 3, 300, 9, 8.0);
     let mut cands = [fb.cands(9).unwrap(), ff.cands(9).unwrap()];
     for (be, c) in [&fb, &ff].into_iter().zip(cands.iter_mut()) {
-        let s = Sampling { temperature: 0.0, seeds: &[0; 3], counters: &[0; 3], mask_id: 299 };
+        let s = Sampling {
+            temperature: 0.0,
+            seeds: &[0; 3],
+            counters: &[0; 3],
+            mask_id: 299,
+            score: Score::Confidence,
+            bf16_probs: false,
+        };
         be.argmax_confidence(&logits, &pads, block, batch, s, c).unwrap();
     }
     assert_eq!(cands[0], cands[1]);

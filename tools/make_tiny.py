@@ -11,8 +11,15 @@ Seeds are searched: a seed is rejected when any decision of any golden case sits
 than spec §8 allows (top-1 vs top-2 logit gap < 1e-4; confidence vs threshold, factor threshold or
 a rank cut < 1e-5), or when confidences do not spread (no token above 0.9 besides the forced one).
 
-Usage: python3 tools/make_tiny.py [OUT_DIR]     (default: tests/fixtures)
-Needs only NumPy. CI never runs it: its outputs are committed.
+A third fixture, tiny-dream, is a Dream-v0-layout checkpoint (spec §3: Qwen2.5 names, q/k/v
+biases, GQA, untied lm_head, Qwen chat template) with goldens from reference.generate_dream: Dream's
+own loops (logit shift, entropy timestep rule, threshold, uncached "+parallel"), same margin checks
+plus the entropy and budget rank cuts.
+
+Usage: python3 tools/make_tiny.py [OUT_DIR]                 (default: tests/fixtures; all fixtures)
+       python3 tools/make_tiny.py --only tiny-dream [OUT_DIR]   (one fixture)
+Needs only NumPy (and jinja2 for tiny-dream's chat prompt). CI never runs it: its outputs are
+committed.
 """
 
 import json
@@ -258,22 +265,253 @@ def try_seed(out, name, spec, seed):
     return goldens, None
 
 
+# ----------------------------------------------------------------------------- Dream (spec §3)
+
+DREAM_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{%- if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Dream's specials at small ids of their own: not the real Dream's (151643.., 151666) nor the LLaDA
+# fixtures', so an engine that hard-codes ids fails. <|endoftext|> is BOS, EOS and pad.
+DREAM_FIXTURES = {
+    "tiny-dream": dict(
+        d_model=96, n_layers=3, n_heads=6, n_kv_heads=2, mlp=160, vocab=320,
+        rope_theta=1000000.0, max_seq=512, gen_length=96,
+        specials={"<|endoftext|>": 290, "<|im_start|>": 291, "<|im_end|>": 292, "<|mask|>": 293},
+    ),
+}
+
+
+def dream_config_json(spec):
+    sp = spec["specials"]
+    return {
+        "architectures": ["DreamModel"], "attention_dropout": 0.0,
+        "bos_token_id": sp["<|endoftext|>"], "eos_token_id": sp["<|endoftext|>"],
+        "hidden_act": "silu", "hidden_size": spec["d_model"], "initializer_range": 0.02,
+        "intermediate_size": spec["mlp"], "mask_token_id": sp["<|mask|>"],
+        "max_position_embeddings": spec["max_seq"], "max_window_layers": spec["n_layers"],
+        "model_type": "Dream", "num_attention_heads": spec["n_heads"],
+        "num_hidden_layers": spec["n_layers"], "num_key_value_heads": spec["n_kv_heads"],
+        "pad_token_id": sp["<|endoftext|>"], "rms_norm_eps": 1e-06, "rope_scaling": None,
+        "rope_theta": spec["rope_theta"], "sliding_window": None, "tie_word_embeddings": False,
+        "torch_dtype": "float32", "transformers_version": "4.46.2", "use_cache": False,
+        "use_sliding_window": False, "vocab_size": spec["vocab"],
+    }
+
+
+def dream_tokenizer_config(spec):
+    specials = special_names(spec)
+    return {
+        "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
+        "added_tokens_decoder": {str(i): {"content": n, "lstrip": False, "normalized": False,
+                                          "rstrip": False, "single_word": False, "special": True}
+                                 for i, n in sorted(specials.items())},
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": "<|endoftext|>", "chat_template": DREAM_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False, "eos_token": "<|endoftext|>", "errors": "replace",
+        "mask_token": "<|mask|>", "model_max_length": spec["max_seq"],
+        "pad_token": "<|endoftext|>", "split_special_tokens": False,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+def dream_weights(spec, seed):
+    """Seeded weights scaled like the LLaDA fixtures; q/k/v biases with half the standard
+    deviation of their projection's output (q/k outputs ~3, v ~1), so they change decodes."""
+    rng = np.random.default_rng(seed)
+    d, m, v = spec["d_model"], spec["mlp"], spec["vocab"]
+    hd = d // spec["n_heads"]
+    qd = spec["n_heads"] * hd
+    kvd = spec["n_kv_heads"] * hd
+
+    def mat(rows, cols, scale):
+        return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+
+    def vec(n, scale):
+        return (rng.standard_normal(n) * scale).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": mat(v, d, 1.0)}
+    for i in range(spec["n_layers"]):
+        b = f"model.layers.{i}."
+        w[b + "input_layernorm.weight"] = norm(d)
+        w[b + "self_attn.q_proj.weight"] = mat(qd, d, 3.0 / np.sqrt(d))
+        w[b + "self_attn.q_proj.bias"] = vec(qd, 1.5)
+        w[b + "self_attn.k_proj.weight"] = mat(kvd, d, 3.0 / np.sqrt(d))
+        w[b + "self_attn.k_proj.bias"] = vec(kvd, 1.5)
+        w[b + "self_attn.v_proj.weight"] = mat(kvd, d, 1.0 / np.sqrt(d))
+        w[b + "self_attn.v_proj.bias"] = vec(kvd, 0.5)
+        w[b + "self_attn.o_proj.weight"] = mat(d, qd, 1.0 / np.sqrt(qd))
+        w[b + "post_attention_layernorm.weight"] = norm(d)
+        w[b + "mlp.gate_proj.weight"] = mat(m, d, 1.0 / np.sqrt(d))
+        w[b + "mlp.up_proj.weight"] = mat(m, d, 1.0 / np.sqrt(d))
+        w[b + "mlp.down_proj.weight"] = mat(d, m, 1.0 / np.sqrt(m))
+    w["model.norm.weight"] = norm(d)
+    w["lm_head.weight"] = mat(v, d, 1.0)
+    return w
+
+
+def dream_prompt_ids(spec, text, chat):
+    """Raw prompts: UTF-8 bytes, no BOS. Chat prompts: the checkpoint's chat_template rendered with
+    jinja2 as transformers does, then special-token strings -> ids, everything else UTF-8 bytes."""
+    if not chat:
+        return list(text.encode("utf-8"))
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    rendered = env.from_string(DREAM_CHAT_TEMPLATE).render(
+        messages=[{"role": "user", "content": text}], add_generation_prompt=True,
+        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    sp = spec["specials"]
+    ids, i = [], 0
+    while i < len(rendered):
+        hit = next((t for t in sp if rendered.startswith(t, i)), None)
+        if hit:
+            ids.append(sp[hit])
+            i += len(hit)
+        else:
+            ids.extend(rendered[i].encode("utf-8"))
+            i += 1
+    return ids
+
+
+def dream_rules(spec):
+    """(name, cache, rule, steps): the cases of every prompt (cached block length 32)."""
+    g = spec["gen_length"]
+    return [("entropy", "none", ("entropy",), g),
+            ("entropy48", "none", ("entropy",), g // 2),
+            ("thr0.9", "none", ("threshold", 0.9), g // 2),
+            ("thr0.9", "prefix", ("threshold", 0.9), g),
+            ("entropy", "prefix", ("entropy",), g),
+            ("entropy24", "prefix", ("entropy",), g // 4),
+            ("thr0.9", "dual", ("threshold", 0.9), g),
+            ("thr0.7", "dual", ("threshold", 0.7), g),
+            ("entropy", "dual", ("entropy",), g)]
+
+
+def write_dream_fixture(out, name, spec, seed):
+    ck = out / name / "checkpoint"
+    ck.mkdir(parents=True, exist_ok=True)
+    reference.write_safetensors(ck / "model.safetensors", dream_weights(spec, seed))
+    dump = lambda f, obj: (ck / f).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    dump("config.json", dream_config_json(spec))
+    dump("tokenizer.json", tokenizer_json(spec))
+    dump("tokenizer_config.json", dream_tokenizer_config(spec))
+    sp = spec["specials"]
+    dump("generation_config.json", {"bos_token_id": sp["<|endoftext|>"],
+                                    "eos_token_id": sp["<|endoftext|>"],
+                                    "pad_token_id": sp["<|endoftext|>"],
+                                    "mask_token_id": sp["<|mask|>"]})
+    dump("special_tokens_map.json", {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+                                     "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                     "mask_token": "<|mask|>", "pad_token": "<|endoftext|>"})
+    return ck
+
+
+def check_dream_schedule(cname, cache, rule, steps, gen_length, commits):
+    """Spec §3's worked examples of the timestep rule, asserted on every case they cover."""
+    if rule[0] != "entropy":
+        return
+    if cache != "none" and steps // (gen_length // 32) == 32:
+        want = [1, 0] + [1] * 29 + [2]
+        for b in range(gen_length // 32):
+            got = commits[32 * b: 32 * (b + 1)]
+            assert got == want, f"{cname}: block {b} commits {got}, spec §3 says {want}"
+    if cache == "none" and steps == gen_length:
+        assert commits[0] == 0 and commits[-1] == 2, f"{cname}: commits {commits}"
+
+
+def try_dream_seed(out, name, spec, seed):
+    ck = write_dream_fixture(out, name, spec, seed)
+    model = reference.DreamModel(ck)
+    G = spec["gen_length"]
+    cases = []
+    worst_gap, worst_dec, worst_sched = float("inf"), float("inf"), float("inf")
+    spread = False
+    for pid, text, chat in PROMPTS:
+        ids = dream_prompt_ids(spec, text, chat)
+        for rname, cache, rule, steps in dream_rules(spec):
+            cname = f"{pid}/{cache}/{rname}"
+            try:
+                r = reference.generate_dream(model, ids, G, 32, steps, cache, rule)
+            except reference.MaskArgmax as e:
+                return None, f"{cname}: {e}"
+            m = r["margins"]
+            if not m.ok():
+                return None, f"{cname}: too close to a tie or mask argmax " \
+                    f"(mask argmax {m.mask_argmax}, logit gap {m.logit_gap:.1e}, " \
+                    f"decision {m.decision:.1e}, {m.where})"
+            check_dream_schedule(cname, cache, rule, steps, G, r["commits"])
+            worst_gap = min(worst_gap, m.logit_gap)
+            worst_dec = min(worst_dec, m.decision)
+            if r["schedule_gap"] is not None:
+                worst_sched = min(worst_sched, r["schedule_gap"])
+            thr = rule[1] if rule[0] == "threshold" else None
+            if thr == 0.9 and max(r["commits"]) > 1:
+                spread = True
+            cases.append({
+                "name": cname, "prompt": pid, "cache": cache, "rule": rule[0],
+                "steps": steps, "threshold": thr, "factor": None,
+                "gen_length": G, "block_length": 32,
+                "tokens": r["tokens"], "nfe": r["nfe"], "forward_kinds": r["kinds"],
+                "commits_per_forward": r["commits"],
+                "min_logit_gap": m.logit_gap, "min_decision_margin": m.decision,
+                "min_schedule_frac_gap": r["schedule_gap"],
+            })
+    if not spread:
+        return None, "no confidence above 0.9 besides the forced top-1"
+    goldens = {
+        "what": "Golden decodes of tools/reference.py generate_dream (NumPy, f32, temperature 0, "
+                "Dream's own loops of spec §3) on this fixture; regenerate with "
+                "tools/make_tiny.py --only tiny-dream.",
+        "family": "dream",
+        "seed": seed,
+        "min_logit_gap": worst_gap, "min_decision_margin": worst_dec,
+        "min_schedule_frac_gap": worst_sched,
+        "special_ids": spec["specials"],
+        "prompts": [{"id": pid, "text": t, "chat": c, "ids": dream_prompt_ids(spec, t, c)}
+                    for pid, t, c in PROMPTS],
+        "cases": cases,
+    }
+    return goldens, None
+
+
+def search(out, name, spec, try_fn):
+    for seed in range(1, 200):
+        goldens, why = try_fn(out, name, spec, seed)
+        if goldens is None:
+            print(f"{name}: seed {seed} rejected: {why}", flush=True)
+            continue
+        (out / name / "goldens.json").write_text(json.dumps(goldens, indent=1) + "\n")
+        print(f"{name}: seed {seed} accepted, {len(goldens['cases'])} cases, "
+              f"min logit gap {goldens['min_logit_gap']:.2e}, "
+              f"min decision margin {goldens['min_decision_margin']:.2e}", flush=True)
+        return
+    sys.exit(f"{name}: no seed passed the margin checks")
+
+
 def main():
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else \
+    args = sys.argv[1:]
+    only = None
+    if args[:1] == ["--only"]:
+        if len(args) < 2:
+            sys.exit("usage: make_tiny.py [--only NAME] [OUT_DIR]")
+        only, args = args[1], args[2:]
+    known = list(FIXTURES) + list(DREAM_FIXTURES)
+    if only is not None and only not in known:
+        sys.exit(f"--only {only}: unknown fixture (known: {', '.join(known)})")
+    out = Path(args[0]) if args else \
         Path(__file__).resolve().parent.parent / "tests" / "fixtures"
     for name, spec in FIXTURES.items():
-        for seed in range(1, 200):
-            goldens, why = try_seed(out, name, spec, seed)
-            if goldens is None:
-                print(f"{name}: seed {seed} rejected: {why}", flush=True)
-                continue
-            (out / name / "goldens.json").write_text(json.dumps(goldens, indent=1) + "\n")
-            print(f"{name}: seed {seed} accepted, {len(goldens['cases'])} cases, "
-                  f"min logit gap {goldens['min_logit_gap']:.2e}, "
-                  f"min decision margin {goldens['min_decision_margin']:.2e}")
-            break
-        else:
-            sys.exit(f"{name}: no seed passed the margin checks")
+        if only in (None, name):
+            search(out, name, spec, try_seed)
+    for name, spec in DREAM_FIXTURES.items():
+        if only in (None, name):
+            search(out, name, spec, try_dream_seed)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Independent NumPy reference of the LLaDA forward and of every Fast-dLLM decoding mode.
+"""Independent NumPy reference of the LLaDA and Dream forwards and of every Fast-dLLM decoding mode.
 
 Written from ../shared/spec/fast-dllm.md (cited as "spec §N"), not from the Rust code, and
 deliberately structured differently from it: the Rust engine writes fresh K/V into one canvas-sized
 cache and always attends over the whole canvas, while this file keeps the reference's own shape:
 a block-start forward that returns per-layer K/V, PrefixCache that concatenates [cached prefix |
 fresh window] keys, and DualCache that splices fresh block keys between the stale prefix and suffix.
+Dream (spec §3) is DreamModel (same ops, Qwen2.5 names, q/k/v biases) plus generate_dream (its
+own loops: logit shift, block-start commit of the first position, entropy timestep rule, uncached
+"+parallel" budget).
 
 Everything runs in float32 (golden parity is defined on f32 checkpoints, spec §8); confidences are
 float64 (spec §4.2). Batch size is 1: batching is an engine property, checked in Rust against these
@@ -97,11 +100,14 @@ class Model:
             self.layers.append({k: w[b + k + ".weight"] for k in (
                 "attn_norm", "q_proj", "k_proj", "v_proj", "attn_out",
                 "ff_norm", "ff_proj", "up_proj", "ff_out")})
+        self.rope_table(cfg["rope_theta"], cfg["max_sequence_length"])
+
+    def rope_table(self, rope_theta, n_positions):
         # spec §2 rope table: inv_freq = 1 / theta^(arange(0, hd, 2)/hd), all fp32, this order.
-        theta = F32(cfg["rope_theta"])
+        theta = F32(rope_theta)
         expo = np.arange(0, self.hd, 2, dtype=F32) / F32(self.hd)
         inv_freq = F32(1.0) / np.power(theta, expo, dtype=F32)
-        pos = np.arange(cfg["max_sequence_length"], dtype=F32)
+        pos = np.arange(n_positions, dtype=F32)
         ang = np.outer(pos, inv_freq).astype(F32)
         ang = np.concatenate([ang, ang], axis=1)
         self.cos = np.cos(ang).astype(F32)
@@ -150,9 +156,16 @@ class Model:
         kv = []
         for li, L in enumerate(self.layers):
             a = self.rmsnorm(h, L["attn_norm"])
-            q = (a @ L["q_proj"].T).astype(F32).reshape(T, self.n_heads, self.hd)
-            k = (a @ L["k_proj"].T).astype(F32).reshape(T, self.n_kv, self.hd)
-            v = (a @ L["v_proj"].T).astype(F32).reshape(T, self.n_kv, self.hd)
+            q = (a @ L["q_proj"].T).astype(F32)
+            k = (a @ L["k_proj"].T).astype(F32)
+            v = (a @ L["v_proj"].T).astype(F32)
+            if "q_bias" in L:   # Dream only (spec §3): biases on q/k/v, none on o_proj
+                q = (q + L["q_bias"]).astype(F32)
+                k = (k + L["k_bias"]).astype(F32)
+                v = (v + L["v_bias"]).astype(F32)
+            q = q.reshape(T, self.n_heads, self.hd)
+            k = k.reshape(T, self.n_kv, self.hd)
+            v = v.reshape(T, self.n_kv, self.hd)
             q = self.rope(q, positions)
             k = self.rope(k, positions)
             if splice is not None:
@@ -355,6 +368,224 @@ def generate(model, prompt, gen_length, block_length, steps, cache, rule):
             i += 1
     return {"tokens": x[P:], "nfe": nfe, "kinds": "".join(kinds), "commits": commits,
             "margins": margins}
+
+
+# ----------------------------------------------------------------------------- Dream (spec §3)
+
+class DreamModel(Model):
+    """The Dream-v0 forward of spec §3 in float32.
+
+    Qwen2.5 layout run bidirectionally: q/k/v projections with biases (o_proj without), GQA, RMSNorm
+    eps and rope θ from config.json, untied lm_head. The ops (rmsnorm, rotate_half rope with the
+    spec §2 fp32 table, unmasked attention, the PrefixCache/DualCache K/V splice) are Model's; only
+    the tensor names, the config keys and the q/k/v biases differ. In f32 the bf16 cos/sin cast of
+    spec §3 is a no-op. The logit shift (spec §3) is applied by generate_dream, not here: row i of
+    `logits` is still the output at position i.
+    """
+
+    LAYER_TENSORS = {
+        "attn_norm": "input_layernorm.weight",
+        "q_proj": "self_attn.q_proj.weight", "q_bias": "self_attn.q_proj.bias",
+        "k_proj": "self_attn.k_proj.weight", "k_bias": "self_attn.k_proj.bias",
+        "v_proj": "self_attn.v_proj.weight", "v_bias": "self_attn.v_proj.bias",
+        "attn_out": "self_attn.o_proj.weight",
+        "ff_norm": "post_attention_layernorm.weight",
+        "ff_proj": "mlp.gate_proj.weight",    # the gate (gets SiLU)
+        "up_proj": "mlp.up_proj.weight",
+        "ff_out": "mlp.down_proj.weight",
+    }
+
+    def __init__(self, ckpt_dir):
+        ckpt_dir = Path(ckpt_dir)
+        cfg = json.loads((ckpt_dir / "config.json").read_text())
+        self.cfg = cfg
+        self.d = cfg["hidden_size"]
+        self.n_layers = cfg["num_hidden_layers"]
+        self.n_heads = cfg["num_attention_heads"]
+        self.n_kv = cfg.get("num_key_value_heads") or self.n_heads
+        self.hd = self.d // self.n_heads
+        self.eps = cfg["rms_norm_eps"]
+        self.mask_id = cfg["mask_token_id"]
+        w = read_safetensors(ckpt_dir / "model.safetensors")
+        self.wte = w["model.embed_tokens.weight"]
+        self.ln_f = w["model.norm.weight"]
+        self.lm_head = w["lm_head.weight"]
+        self.layers = [{k: w[f"model.layers.{i}.{n}"] for k, n in self.LAYER_TENSORS.items()}
+                       for i in range(self.n_layers)]
+        self.rope_table(cfg["rope_theta"], cfg["max_position_embeddings"])
+
+
+def torch_linspace_f32(start, end, n):
+    """torch.linspace(start, end, n) for float32 on the CPU, scalar path (spec §3 timesteps):
+    step = (end - start) / (n - 1) in f32; i < n // 2: start + step·i, else end - step·(n-1-i)."""
+    start, end = F32(start), F32(end)
+    if n == 1:
+        return [start]
+    step = F32((end - start) / F32(n - 1))
+    half = n // 2
+    return [F32(start + F32(step * F32(i))) if i < half else F32(end - F32(step * F32(n - 1 - i)))
+            for i in range(n)]
+
+
+def dream_candidates(model, logits_rows):
+    """(x0, c, logit gap, negative entropy) per row: x0, c as candidates() (spec §4.1-2); negative
+    entropy Σ p·log(p + 1e-10) of the float64 softmax (spec §3; higher = more confident)."""
+    out = []
+    for (x0, c, gap), row in zip(candidates(model, logits_rows), logits_rows):
+        r64 = row.astype(np.float64)
+        z = np.exp(r64 - r64[x0])
+        p = z / np.sum(z)
+        out.append((x0, c, gap, float(np.sum(p * np.log(p + 1e-10)))))
+    return out
+
+
+def generate_dream(model, prompt, gen_length, block_length, steps, cache, rule):
+    """Dream's own decoding loops (spec §3), one prompt, temperature 0.
+
+    rule: ("entropy",) or ("threshold", tau). cache: "none" (the uncached baseline: one window over
+    the whole generation; "threshold" is the "+parallel" variant), "prefix" or "dual".
+    Logit shift (spec §3): in a full-canvas forward the prediction for position i is row i-1; in a
+    cached window starting at s, position s reads its own row and position j > s reads row j-1.
+    Returns dict(tokens, nfe, kinds, commits, margins, schedule_gap); schedule_gap is the smallest
+    distance of an f32 timestep-rule product to an integer (None when the rule never ran).
+    """
+    mask = model.mask_id
+    P = len(prompt)
+    G = gen_length
+    assert P >= 1, "the logit shift reads the row before the first generated position"
+    x = list(prompt) + [mask] * G
+    allpos = np.arange(P + G)
+    kinds, commits = [], []
+    margins = Margins()
+    st = {"nfe": 0, "sched": math.inf}
+    entropy = rule[0] == "entropy"
+    if not entropy:
+        assert rule[0] == "threshold", rule
+        # f32 checkpoint: c >= f32(tau) (the bf16 analogue of spec §3); margins are noted vs it
+        tau = float(F32(rule[1]))
+
+    def where():
+        return f"nfe {st['nfe']}"
+
+    def cands_at(h, positions, row_of):
+        rows = [row_of(p) for p in positions]
+        info = dream_candidates(model, model.logits(h[rows]) if rows else [])
+        # spec §4.1: argmax over the whole vocabulary, mask id included; seeds avoid it (as LLaDA)
+        margins.mask_argmax += sum(1 for t in info if t[0] == mask)
+        if margins.mask_argmax:
+            raise MaskArgmax(f"{where()}: the mask token is the argmax of a candidate")
+        return [(p,) + t for p, t in zip(positions, info)]   # (pos, x0, c, gap, negent)
+
+    def commit(chosen):
+        for t in chosen:
+            margins.note("logit_gap", t[3], where() + f" pos {t[0]}")
+            x[t[0]] = t[1]
+        commits.append(len(chosen))
+
+    def masked(s, e):
+        return [p for p in range(s, e) if x[p] == mask]
+
+    def n_transfer(m, ts, i, last):
+        """Timestep rule (spec §3): int(f32(#mask)·(1 - ts[i+1]/ts[i])), all f32; all at the last."""
+        if i == last:
+            return m
+        v = F32(F32(m) * F32(F32(1.0) - F32(ts[i + 1] / ts[i])))
+        st["sched"] = min(st["sched"], abs(float(v) - round(float(v))))
+        n = int(v)
+        assert 0 <= n < m, (m, n, i)
+        return n
+
+    def top_by_entropy(cands, n):
+        order = sorted(cands, key=lambda t: (-t[4], t[0]))   # ties: lower position first
+        if 0 < n < len(order):
+            margins.note("decision", order[n - 1][4] - order[n][4], where() + " entropy cut")
+        return order[:n]
+
+    def full():
+        h, kv = model.forward(x, allpos)
+        st["nfe"] += 1
+        kinds.append("F")
+        return h, kv
+
+    full_row = lambda p: p - 1                                   # noqa: E731
+
+    if cache == "none":
+        # uncached baseline (spec §3): no blocks, every forward is a full canvas forward
+        if entropy:
+            ts = torch_linspace_f32(1.0, 1e-3, steps + 1)
+            for i in range(steps):
+                h, _ = full()
+                cands = cands_at(h, masked(P, P + G), full_row)
+                commit(top_by_entropy(cands, n_transfer(len(cands), ts, i, steps - 1)))
+        else:
+            # "+parallel": budget G/steps per step plus the slots rejected earlier; after the last
+            # nominal step the quota is 0, so the budget is every remaining mask (spec §3)
+            assert G % steps == 0, "uncached +parallel needs gen_length % steps == 0"
+            quota, left, i = G // steps, 0, 0
+            while masked(P, P + G):
+                h, _ = full()
+                cands = cands_at(h, masked(P, P + G), full_row)
+                order = sorted(cands, key=lambda t: (-t[2], t[0]))
+                budget = (quota if i < steps else 0) + left
+                assert 1 <= budget <= len(order), (budget, len(order))
+                chosen = [order[0]]
+                if order[0][2] < tau:
+                    margins.note("decision", abs(order[0][2] - tau), where() + " threshold top1")
+                    if len(order) > 1:
+                        margins.note("decision", rank_gap(order[0][2], order[1][2]),
+                                     where() + " forced top1")
+                for t in order[1:budget]:
+                    margins.note("decision", abs(t[2] - tau), where() + " threshold")
+                    if t[2] >= tau:
+                        chosen.append(t)
+                if budget < len(order):
+                    margins.note("decision", rank_gap(order[budget - 1][2], order[budget][2]),
+                                 where() + " budget cut")
+                left = budget - len(chosen)
+                commit(chosen)
+                i += 1
+        assert not masked(P, P + G)
+    else:
+        assert cache in ("prefix", "dual"), cache
+        assert G % block_length == 0
+        K = G // block_length
+        if entropy:
+            assert steps % K == 0, "steps must be a multiple of the number of blocks"
+            spb = steps // K
+            # spb = 1 would stop before filling the block (spec §3): refuse it
+            assert spb >= 2, "Dream entropy decoding needs at least 2 steps per block"
+            ts = torch_linspace_f32(1.0, 1e-3, spb + 1)
+        for b in range(K):
+            s = P + b * block_length
+            e = s + block_length
+            # block start: full forward refreshes the cache; commit only position s, unconditionally
+            h, kv = full()
+            commit(cands_at(h, [s], full_row)[:1])
+            win_row = lambda p: max(p - s - 1, 0)            # noqa: E731 (shift inside the window)
+
+            def window():
+                if cache == "prefix":
+                    hw, _ = model.forward(x[s:], allpos[s:], splice=(kv, "prefix", s, None))
+                    kinds.append("P")
+                else:
+                    hw, _ = model.forward(x[s:e], allpos[s:e], splice=(kv, "dual", s, e))
+                    kinds.append("D")
+                st["nfe"] += 1
+                return hw
+
+            if entropy:
+                for i in range(1, spb):     # exactly spb forwards per block, n_i = 0 included
+                    hw = window()
+                    cands = cands_at(hw, masked(s, e), win_row)
+                    commit(top_by_entropy(cands, n_transfer(len(cands), ts, i, spb - 1)))
+                assert not masked(s, e)
+            else:
+                while masked(s, e):
+                    hw = window()
+                    cands = cands_at(hw, masked(s, e), win_row)
+                    commit(select(cands, ("threshold", tau), 0, margins, where()))
+    return {"tokens": x[P:], "nfe": st["nfe"], "kinds": "".join(kinds), "commits": commits,
+            "margins": margins, "schedule_gap": None if st["sched"] == math.inf else st["sched"]}
 
 
 def rule_of(case):

@@ -11,9 +11,7 @@ use std::thread;
 
 use half::{bf16, f16};
 
-#[cfg(test)]
-use super::Rule;
-use super::{Backend, DType, Heads, Sampling, Select, Step, Window};
+use super::{Backend, DType, Heads, Rule, Sampling, Score, Select, Step, Window};
 use crate::decode::select::{self, Candidate};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
@@ -372,7 +370,24 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn gather_block(&self, h: &CpuTensor, step: Step, block: Window, out: &mut CpuTensor) -> Result<()> {
+    fn add_bias(&self, x: &mut CpuTensor, bias: &CpuTensor, rows: usize) -> Result<()> {
+        check(bias.data.len() == x.cols && x.rows >= rows, "add_bias: shapes")?;
+        for r in 0..rows {
+            for (a, b) in x.data[r * x.cols..(r + 1) * x.cols].iter_mut().zip(&bias.data) {
+                *a = self.round(*a + b);
+            }
+        }
+        Ok(())
+    }
+
+    fn gather_block(
+        &self,
+        h: &CpuTensor,
+        step: Step,
+        block: Window,
+        shift: bool,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
         let d = h.cols;
         check(out.cols == d && out.rows >= step.batch * block.len, "gather_block: output shape")?;
         check(
@@ -382,7 +397,8 @@ impl Backend for Cpu {
         let off = block.start - step.win.start;
         for b in 0..step.batch {
             for i in 0..block.len {
-                let src = b * step.win.len + off + i;
+                // Dream's shift (spec §3): row p − 1 predicts p; the window's first row itself.
+                let src = b * step.win.len + if shift { (off + i).saturating_sub(1) } else { off + i };
                 let dst = b * block.len + i;
                 out.data[dst * d..(dst + 1) * d].copy_from_slice(h.row(src));
             }
@@ -428,8 +444,34 @@ impl Backend for Cpu {
                     best = (score, v);
                 }
             }
+            let prob = |x: f32| {
+                let p = (x as f64 - max).exp() / sum;
+                if sampling.bf16_probs {
+                    bf16::from_f64(p).to_f64()
+                } else {
+                    p
+                }
+            };
+            if greedy && sampling.bf16_probs {
+                // Dream's bf16 softmax (spec §3): the argmax of the rounded probabilities, so
+                // the lowest id among those that round like the best one.
+                let top = prob(l[best.1]);
+                if let Some(v) = (0..best.1).find(|&v| v != sampling.mask_id as usize && prob(l[v]) == top) {
+                    best.1 = v;
+                }
+            }
             out.tokens[r] = best.1 as u32;
-            out.conf[r] = (l[best.1] as f64 - max).exp() / sum;
+            out.conf[r] = match sampling.score {
+                Score::Confidence => prob(l[best.1]),
+                Score::NegEntropy => {
+                    let e: f64 = l.iter().map(|&x| prob(x)).map(|p| p * (p + 1e-10).ln()).sum();
+                    if sampling.bf16_probs {
+                        bf16::from_f64(e).to_f64()
+                    } else {
+                        e
+                    }
+                }
+            };
         }
         Ok(())
     }
@@ -456,6 +498,14 @@ impl Backend for Cpu {
                     let c = b * bl + i;
                     row.push(Candidate { pos: p, token: cands.tokens[c], conf: cands.conf[c] });
                 }
+            }
+            if sel.rule == Rule::First {
+                // `row` is in position order: its first entry is the block's first mask.
+                if let Some(c) = row.first() {
+                    canvas[b * canvas_len + c.pos] = c.token;
+                    counts[b] = 1;
+                }
+                continue;
             }
             select::rank(&mut row);
             confs.clear();
@@ -540,7 +590,14 @@ mod tests {
         ];
         let logits = CpuTensor::new(4, 4, rows.concat());
         let mut out = cpu.cands(4).unwrap();
-        let s = Sampling { temperature: 0.0, seeds: &[0], counters: &[0], mask_id: 0 };
+        let s = Sampling {
+            temperature: 0.0,
+            seeds: &[0],
+            counters: &[0],
+            mask_id: 0,
+            score: Score::Confidence,
+            bf16_probs: false,
+        };
         cpu.argmax_confidence(&logits, &vec![0], Window { start: 0, len: 4 }, 1, s, &mut out).unwrap();
         assert_eq!(out.tokens, vec![1, 2, 1, 1]);
         assert!(out.conf[0].is_nan() && out.conf[2].is_nan() && out.conf[3].is_nan());
@@ -556,5 +613,32 @@ mod tests {
             assert_eq!(counts[0] as usize, committed, "{rule:?}");
             assert!(committed >= 1);
         }
+    }
+
+    /// Dream's scores (spec §3): the negative entropy of the row's distribution, and with bf16
+    /// probabilities the lowest id among tokens whose rounded probabilities tie with the best.
+    #[test]
+    fn dream_entropy_and_bf16_probability_ties() {
+        let cpu = Cpu::new(DType::F32, Some(1));
+        // ids 1 and 3 differ by 1e-4 in logit: their probabilities round to one bf16 value
+        let logits = CpuTensor::new(2, 4, vec![0.0, 2.0, 0.0, 2.0001, 0.0, 0.0, 0.0, 0.0]);
+        let mut out = cpu.cands(2).unwrap();
+        let pads = vec![0u32];
+        let block = Window { start: 0, len: 2 };
+        let run = |score, bf16_probs, out: &mut CpuCands| {
+            let s =
+                Sampling { temperature: 0.0, seeds: &[0], counters: &[0], mask_id: 99, score, bf16_probs };
+            cpu.argmax_confidence(&logits, &pads, block, 1, s, out).unwrap();
+        };
+        run(Score::Confidence, false, &mut out);
+        assert_eq!(out.tokens, vec![3, 0], "f32: the larger logit");
+        run(Score::Confidence, true, &mut out);
+        assert_eq!(out.tokens, vec![1, 0], "bf16 probabilities tie: the lowest id");
+        assert_eq!(out.conf[1], 0.25);
+        assert_eq!(bf16::from_f64(out.conf[0]).to_f64(), out.conf[0], "a bf16 confidence");
+        run(Score::NegEntropy, false, &mut out);
+        // uniform over 4: Σ p ln(p + 1e-10) = ln(0.25 + 1e-10)
+        assert!((out.conf[1] - (0.25f64 + 1e-10).ln()).abs() < 1e-12, "{}", out.conf[1]);
+        assert!(out.conf[0] > out.conf[1], "a peaked row is more certain");
     }
 }

@@ -71,6 +71,22 @@ pub struct Sampling<'a> {
     /// Never drawn: committing the mask token would leave its position masked
     /// (docs/spec-notes.md).
     pub mask_id: u32,
+    /// What the candidate's score (the value ranked and compared with a threshold) is.
+    pub score: Score,
+    /// Dream with bf16 activations (spec §3): the softmax is taken in bf16, so the token is the
+    /// argmax of the bf16-rounded probabilities (lowest id among equal ones) and the score is
+    /// rounded to bf16.
+    pub bf16_probs: bool,
+}
+
+/// The per-candidate score a step ranks by (spec §4.2; Dream's entropy rule, spec §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Score {
+    /// softmax probability of the drawn token.
+    Confidence,
+    /// Negative entropy `Σ_v p_v · ln(p_v + 1e-10)` of the position's distribution (higher is
+    /// more certain).
+    NegEntropy,
 }
 
 /// How [`Backend::graph_step`] ran a step.
@@ -91,6 +107,24 @@ pub enum Rule {
     Threshold(f64),
     /// Fast-dLLM's factor rule, reference quirk included.
     Factor(f64),
+    /// Dream's block start in cached modes (spec §3): the block's first masked position,
+    /// unconditionally.
+    First,
+    /// Dream's uncached "+parallel" (spec §3): the top-1 always, then the next candidates while
+    /// they pass τ, at most `quota[b]` in all (the step's budget).
+    CappedThreshold(f64),
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Quota => write!(f, "quota"),
+            Rule::Threshold(t) => write!(f, "threshold {t}"),
+            Rule::Factor(x) => write!(f, "factor {x}"),
+            Rule::First => write!(f, "first position"),
+            Rule::CappedThreshold(t) => write!(f, "threshold {t} within the step budget"),
+        }
+    }
 }
 
 /// Per-step arguments of [`Backend::select`].
@@ -186,13 +220,24 @@ pub trait Backend {
     fn swiglu(&self, gate_up: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
     /// `h += x` (the residual).
     fn add(&self, h: &mut Self::Tensor, x: &Self::Tensor, rows: usize) -> Result<()>;
-    /// Copy the block's rows out of the window's activations: `out` is `[batch × block.len, cols]`.
-    fn gather_block(&self, h: &Self::Tensor, step: Step, block: Window, out: &mut Self::Tensor)
-        -> Result<()>;
+    /// `x[r] += bias` for every row `r < rows` (`bias` is `[1, cols]`): Dream's q/k/v biases.
+    fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Tensor, rows: usize) -> Result<()>;
+    /// Copy the rows that predict the block's positions out of the window's activations: `out`
+    /// is `[batch × block.len, cols]`. Unshifted (LLaDA), position p reads its own row; shifted
+    /// (Dream, spec §3), it reads row p − 1, except the window's first position, which reads
+    /// itself.
+    fn gather_block(
+        &self,
+        h: &Self::Tensor,
+        step: Step,
+        block: Window,
+        shift: bool,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
 
     // ---- decoding (spec §4)
     /// Per logits row: the token (argmax, lowest id on ties; with temperature, argmax of the
-    /// Gumbel-perturbed logits) and its confidence (softmax of the unperturbed logits, wide).
+    /// Gumbel-perturbed logits) and its score (`sampling.score` of the unperturbed softmax, wide).
     /// Rows are `[batch × block.len]`; `pads` give each row's positions for the noise keys.
     fn argmax_confidence(
         &self,

@@ -1,15 +1,17 @@
 //! The Fast-dLLM block loop (spec §5) over any backend: baseline, PrefixCache and DualCache; the
 //! quota, threshold and factor rules (spec §4); batches whose rows each decode exactly as they
-//! would alone (spec §6).
+//! would alone (spec §6). Dream runs the same loop with its own rules (spec §3): the block's first
+//! token committed unconditionally at a cached block start, the entropy schedule where LLaDA has
+//! its quota, and an uncached baseline over the whole generation as one window.
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, GraphUse, Rule, Sampling, Select, Step, Window};
+use crate::backend::{Backend, DType, GraphUse, Rule, Sampling, Score, Select, Step, Window};
 use crate::cache::{CacheMode, KvCache};
 use crate::decode::select::quota_schedule;
 use crate::error::{Error, Result};
 use crate::graph::{self, Profiler, Weights, Workspace};
-use crate::model::{ModelConfig, ModelFiles, SpecialIds};
+use crate::model::{Arch, ModelConfig, ModelFiles, SpecialIds};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecodeOptions {
@@ -63,14 +65,16 @@ impl DecodeOptions {
         if self.block_length == 0 {
             return fail("block_length must be at least 1".into());
         }
-        if self.gen_length % self.block_length != 0 {
+        if cfg.arch == Arch::Dream {
+            self.validate_dream()?;
+        } else if self.gen_length % self.block_length != 0 {
             return fail(format!(
                 "gen_length {} is not a multiple of block_length {}",
                 self.gen_length, self.block_length
             ));
         }
         let blocks = self.gen_length / self.block_length;
-        if self.steps == 0 || self.steps % blocks != 0 {
+        if cfg.arch == Arch::Llada && (self.steps == 0 || self.steps % blocks != 0) {
             return fail(format!(
                 "steps {} is not a positive multiple of the number of blocks {blocks} (gen_length / block_length)",
                 self.steps
@@ -113,6 +117,82 @@ impl DecodeOptions {
         }
         Ok(())
     }
+}
+
+impl DecodeOptions {
+    /// Dream's own constraints (spec §3). Its uncached baseline has no blocks (`block_length` is
+    /// ignored there); the factor rule and sampling are LLaDA-only in dllm.
+    fn validate_dream(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::options(m));
+        match self.rule {
+            Rule::Factor(_) => {
+                return fail(
+                    "the factor rule is not defined for Dream (spec §3): use --threshold or --quota".into(),
+                )
+            }
+            Rule::First | Rule::CappedThreshold(_) => {
+                return fail(format!("rule {} is internal to the decoder", self.rule))
+            }
+            _ => {}
+        }
+        if self.temperature != 0.0 {
+            return fail("temperature > 0 is not supported for Dream yet: greedy decoding only".into());
+        }
+        if self.steps == 0 {
+            return fail("steps must be at least 1".into());
+        }
+        if self.cache == CacheMode::None {
+            if matches!(self.rule, Rule::Threshold(_)) && self.gen_length % self.steps != 0 {
+                return fail(format!(
+                    "Dream's uncached threshold mode needs gen_length {} to be a multiple of steps {} (spec §3)",
+                    self.gen_length, self.steps
+                ));
+            }
+            return Ok(());
+        }
+        if self.gen_length % self.block_length != 0 {
+            return fail(format!(
+                "gen_length {} is not a multiple of block_length {}",
+                self.gen_length, self.block_length
+            ));
+        }
+        let blocks = self.gen_length / self.block_length;
+        if self.steps % blocks != 0 {
+            return fail(format!(
+                "steps {} is not a multiple of the number of blocks {blocks} (gen_length / block_length)",
+                self.steps
+            ));
+        }
+        if self.rule == Rule::Quota && self.steps / blocks < 2 {
+            return fail(format!(
+                "Dream's entropy schedule needs at least 2 steps per block (got {}): with 1 the reference leaves masks behind (spec §3)",
+                self.steps / blocks
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `torch.linspace(start, end, n)` in f32, element by element as PyTorch computes it on the CPU
+/// (from both ends towards the middle), so Dream's timestep schedule matches bit for bit.
+pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 }).collect()
+}
+
+/// Dream's timestep rule (spec §3): at step `i` of `steps`, with `masks` left, commit
+/// `int(masks · (1 − ts[i+1]/ts[i]))` for `ts = linspace(1, 1e-3, steps + 1)` in f32, and every
+/// remaining mask at the last step.
+pub fn dream_step_count(masks: usize, i: usize, steps: usize) -> u32 {
+    if i + 1 >= steps {
+        return masks as u32;
+    }
+    let ts = linspace_f32(1.0, 1e-3, steps + 1);
+    (masks as f32 * (1.0 - ts[i + 1] / ts[i])) as u32
 }
 
 /// What one batch row produced.
@@ -209,15 +289,19 @@ impl<B: Backend> Engine<B> {
         opts.validate(&self.config, prompts)?;
         let t0 = Instant::now();
         let be = &self.backend;
-        be.reset_graphs(); // this call's buffers are new
         let cfg = &self.config;
         let sp = &self.special;
         let batch = prompts.len();
         let p_max = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let canvas_len = p_max + opts.gen_length;
-        let bl = opts.block_length;
+        let dream = cfg.arch == Arch::Dream;
+        // Dream's uncached baseline decodes the whole generation as one window (spec §3).
+        let bl = if dream && opts.cache == CacheMode::None { opts.gen_length } else { opts.block_length };
         let blocks = opts.gen_length / bl;
         let steps_per_block = opts.steps / blocks;
+        // Dream compares its bf16 confidences with bf16(τ) (spec §3).
+        let bf16_probs = dream && be.dtype() == DType::Bf16;
+        let tau = |t: f64| if bf16_probs { half::bf16::from_f64(t).to_f64() } else { t };
 
         // Canvas: each row left-padded to the longest prompt, then G masks (spec §1, §6).
         let pads: Vec<u32> = prompts.iter().map(|p| (p_max - p.len()) as u32).collect();
@@ -249,6 +333,8 @@ impl<B: Backend> Engine<B> {
             })
             .collect();
         let mut finished = vec![false; batch];
+        // Dream's uncached threshold budget: tokens committed so far per row (spec §3).
+        let mut committed = vec![0usize; batch];
         let mut forwards = 0usize;
         let mut trace = Vec::new();
         let mut forward_ms = Vec::new();
@@ -262,7 +348,8 @@ impl<B: Backend> Engine<B> {
             // Every generated position of this block is still masked at its start.
             let mut masks_left: Vec<usize> = finished.iter().map(|&f| if f { 0 } else { bl }).collect();
             let schedule = quota_schedule(bl, steps_per_block);
-            be.reset_graphs(); // the previous block's graphs are never replayed again
+            // Graphs bake in this call's buffers and this block's window: none is reused later.
+            be.reset_graphs();
             let mut step_in_block = vec![0usize; batch];
             let mut block_start = true;
             // Check first (spec §8): no forward once the block is done.
@@ -303,20 +390,52 @@ impl<B: Backend> Engine<B> {
                 }
                 let active: Vec<bool> = masks_left.iter().map(|&m| m > 0).collect();
                 let counters: Vec<u64> = rows.iter().map(|r| r.nfe as u64).collect();
+                // The step's rule, what it ranks by, and each row's quota.
+                let (rule, score, quota): (Rule, Score, Vec<u32>) = match (dream, opts.rule) {
+                    (false, rule) => {
+                        let q =
+                            step_in_block.iter().map(|&i| schedule.get(i).copied().unwrap_or(1)).collect();
+                        (rule, Score::Confidence, q)
+                    }
+                    (true, _) if block_start && opts.cache != CacheMode::None => {
+                        (Rule::First, Score::Confidence, vec![1; batch])
+                    }
+                    (true, Rule::Quota) => {
+                        let q = (0..batch)
+                            .map(|b| dream_step_count(masks_left[b], step_in_block[b], steps_per_block))
+                            .collect();
+                        (Rule::Quota, Score::NegEntropy, q)
+                    }
+                    (true, Rule::Threshold(t)) if opts.cache == CacheMode::None => {
+                        let per_step = opts.gen_length / opts.steps;
+                        let q = (0..batch)
+                            .map(|b| {
+                                ((step_in_block[b] + 1).min(opts.steps) * per_step - committed[b]) as u32
+                            })
+                            .collect();
+                        (Rule::CappedThreshold(tau(t)), Score::Confidence, q)
+                    }
+                    (true, Rule::Threshold(t)) => {
+                        (Rule::Threshold(tau(t)), Score::Confidence, vec![0; batch])
+                    }
+                    (true, rule) => {
+                        return Err(Error::options(format!("rule {rule} is not defined for Dream")))
+                    }
+                };
                 let sampling = Sampling {
                     temperature: opts.temperature,
                     seeds: &seeds,
                     counters: &counters,
                     mask_id: sp.mask,
+                    score,
+                    bf16_probs,
                 };
                 let vocab_bytes = (batch * bl * cfg.n_logits * be.dtype().size()) as f64;
                 let mut p = opts.profile.then_some(&mut prof);
                 graph::op(be, &mut p, "argmax + confidence", vocab_bytes, 0.0, || {
                     be.argmax_confidence(&ws.logits, &pad_ids, block, batch, sampling, &mut cands)
                 })?;
-                let quota: Vec<u32> =
-                    step_in_block.iter().map(|&i| schedule.get(i).copied().unwrap_or(1)).collect();
-                let sel = Select { rule: opts.rule, active: &active, quota: &quota, mask_id: sp.mask, block };
+                let sel = Select { rule, active: &active, quota: &quota, mask_id: sp.mask, block };
                 let mut counts = vec![];
                 graph::op(be, &mut p, "select", 0.0, 0.0, || {
                     counts = be.select(&mut cands, &mut canvas, canvas_len, sel)?;
@@ -337,6 +456,7 @@ impl<B: Backend> Engine<B> {
                         )));
                     }
                     masks_left[b] -= c;
+                    committed[b] += c;
                     step_in_block[b] += 1;
                     rows[b].nfe += 1;
                     rows[b].kinds.push(kind);
@@ -378,5 +498,41 @@ impl<B: Backend> Engine<B> {
                 .collect();
         }
         Ok(Output { rows, forwards, trace, elapsed: t0.elapsed(), forward_ms, profile: prof.ops })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linspace_matches_torch_from_both_ends() {
+        let ts = linspace_f32(1.0, 1e-3, 33);
+        assert_eq!(ts.len(), 33);
+        assert_eq!((ts[0], ts[32]), (1.0, 1e-3));
+        let step = (1e-3f32 - 1.0) / 32.0;
+        assert_eq!(ts[5], 1.0 + step * 5.0);
+        assert_eq!(ts[20], 1e-3 - step * 12.0);
+    }
+
+    /// spec §3: with 32 steps per block, after the unconditional first token the entropy
+    /// schedule commits [0, 1, …, 1, 2]; uncached with steps = G it commits 0 first, 2 last.
+    #[test]
+    fn dream_schedule_of_spec_3() {
+        let mut masks = 31;
+        let mut got = vec![];
+        for i in 1..32 {
+            let n = dream_step_count(masks, i, 32);
+            masks -= n as usize;
+            got.push(n);
+        }
+        assert_eq!(got, [vec![0], vec![1; 29], vec![2]].concat());
+        let (mut masks, mut got) = (96, vec![]);
+        for i in 0..96 {
+            let n = dream_step_count(masks, i, 96);
+            masks -= n as usize;
+            got.push(n);
+        }
+        assert_eq!((got[0], got[95], masks), (0, 2, 0));
     }
 }

@@ -32,6 +32,9 @@ pub fn commit_count(rule: Rule, confs: &[f64], quota: u32) -> usize {
         Rule::Quota => (quota as usize).min(n),
         Rule::Threshold(tau) => select_threshold(confs, tau),
         Rule::Factor(f) => select_factor(confs, f),
+        Rule::CappedThreshold(tau) => select_threshold(confs, tau).min((quota as usize).max(1)),
+        // Not a prefix of the ranking: backends take the block's first mask themselves.
+        Rule::First => 1,
     }
 }
 
@@ -134,6 +137,15 @@ mod tests {
         assert_eq!(select_factor(&[0.99, 0.98, 0.97, 0.96], 1.0), 4);
         // a larger factor lowers every threshold (thr(2) = 1 - 2/3).
         assert_eq!(select_factor(&[0.9, 0.4, 0.3, 0.1], 2.0), 2);
+    }
+
+    #[test]
+    fn capped_threshold_keeps_the_top_one_and_the_budget() {
+        let c = [0.99, 0.95, 0.93, 0.5];
+        assert_eq!(commit_count(Rule::CappedThreshold(0.9), &c, 2), 2);
+        assert_eq!(commit_count(Rule::CappedThreshold(0.9), &c, 5), 3);
+        assert_eq!(commit_count(Rule::CappedThreshold(0.9), &[0.3, 0.2], 2), 1);
+        assert_eq!(commit_count(Rule::CappedThreshold(0.9), &[0.3], 0), 1);
     }
 
     #[test]

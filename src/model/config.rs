@@ -15,9 +15,37 @@ use crate::error::{Error, Result};
 pub enum Arch {
     /// LLaDA-8B (spec §2): no biases, full-precision RoPE, untied LM head.
     Llada,
+    /// Dream-v0-7B (spec §3): the Qwen2.5 layout run bidirectionally; q/k/v biases, GQA, bf16
+    /// RoPE tables, logits shifted by one position, its own decoding rules.
+    Dream,
 }
 
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llada"];
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Llada => "LLaDA",
+            Arch::Dream => "Dream",
+        })
+    }
+}
+
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llada", "Dream"];
+
+/// Fields only a LLaDA (OLMo-style) config has, and fields only a Dream (Qwen2-style) config has:
+/// a config holding fields of the other family is refused (which family is it really?).
+const LLADA_ONLY: &[&str] = &[
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "mlp_hidden_size",
+    "mlp_ratio",
+    "block_type",
+    "include_bias",
+    "alibi",
+];
+const DREAM_ONLY: &[&str] =
+    &["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -140,13 +168,109 @@ impl ModelConfig {
         let model_type = f
             .str("model_type")?
             .ok_or_else(|| f.err("model_type", format!("missing (supported: {SUPPORTED_MODEL_TYPES:?})")))?;
-        match model_type {
-            "llada" => Self::llada(&f),
-            other => Err(f.err(
-                "model_type",
-                format!("`{other}` is not supported (supported: {SUPPORTED_MODEL_TYPES:?})"),
-            )),
+        let (own, other, theirs) = match model_type {
+            "llada" => (Arch::Llada, Arch::Dream, DREAM_ONLY),
+            "Dream" | "dream" => (Arch::Dream, Arch::Llada, LLADA_ONLY),
+            other => {
+                return Err(f.err(
+                    "model_type",
+                    format!("`{other}` is not supported (supported: {SUPPORTED_MODEL_TYPES:?})"),
+                ))
+            }
+        };
+        if let Some(field) = theirs.iter().find(|k| f.get(k).is_some()) {
+            return Err(f.err(
+                field,
+                format!(
+                    "is a {other} config field, but model_type `{model_type}` says {own}: the config \
+                     mixes the two families"
+                ),
+            ));
         }
+        match own {
+            Arch::Llada => Self::llada(&f),
+            Arch::Dream => Self::dream(&f),
+        }
+    }
+
+    /// Dream's Qwen2-style config (spec §3).
+    fn dream(f: &Fields) -> Result<Self> {
+        f.must_be_off("tie_word_embeddings", "Dream's lm_head is separate from embed_tokens (spec §3)")?;
+        f.must_be_off("use_sliding_window", "Dream attends bidirectionally over the whole canvas")?;
+        f.one_of("hidden_act", &["silu"])?;
+        if f.get("rope_scaling").is_some() {
+            return Err(
+                f.err("rope_scaling", "RoPE scaling is not supported (Dream uses plain RoPE, spec §3)")
+            );
+        }
+        if let Some(a) = f.get("architectures") {
+            let ok = a.as_array().is_some_and(|v| v.iter().all(|x| x.as_str() == Some("DreamModel")));
+            if !ok {
+                return Err(f.err("architectures", format!("{a} is not [\"DreamModel\"]")));
+            }
+        }
+        let d_model = f.usize("hidden_size")?;
+        let n_layers = f.usize("num_hidden_layers")?;
+        let n_heads = f.usize("num_attention_heads")?;
+        let n_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+        if d_model % n_heads != 0 {
+            return Err(
+                f.err("num_attention_heads", format!("{n_heads} does not divide hidden_size {d_model}"))
+            );
+        }
+        if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
+            return Err(f.err(
+                "num_key_value_heads",
+                format!("{n_kv_heads} must divide num_attention_heads {n_heads}"),
+            ));
+        }
+        let head_dim = d_model / n_heads;
+        if let Some(h) = f.opt_usize("head_dim")? {
+            if h != head_dim {
+                return Err(f.err(
+                    "head_dim",
+                    format!("{h} differs from hidden_size / num_attention_heads = {head_dim}"),
+                ));
+            }
+        }
+        if head_dim % 2 != 0 {
+            return Err(f.err("num_attention_heads", format!("head_dim {head_dim} must be even for RoPE")));
+        }
+        let vocab_size = f.usize("vocab_size")?;
+        let cfg = ModelConfig {
+            arch: Arch::Dream,
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            mlp_hidden: f.usize("intermediate_size")?,
+            n_logits: vocab_size,
+            vocab_size,
+            rms_eps: f.f32("rms_norm_eps")?,
+            rope_theta: f.f32("rope_theta")?,
+            max_seq_len: f.usize("max_position_embeddings")?,
+            mask_token_id: f.opt_id("mask_token_id")?,
+            eos_token_id: f.opt_id("eos_token_id")?,
+            pad_token_id: f.opt_id("pad_token_id")?,
+        };
+        cfg.check_ids(f)?;
+        Ok(cfg)
+    }
+
+    fn check_ids(&self, f: &Fields) -> Result<()> {
+        for (field, id) in [
+            ("mask_token_id", self.mask_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
+            if let Some(id) = id {
+                if id as usize >= self.n_logits {
+                    return Err(f.err(field, format!("{id} is outside the vocabulary ({})", self.n_logits)));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn llada(f: &Fields) -> Result<Self> {
@@ -212,19 +336,7 @@ impl ModelConfig {
         let rms_eps = f.f32("rms_norm_eps")?;
         let rope_theta = f.f32("rope_theta")?;
         let max_seq_len = f.usize("max_sequence_length")?;
-        let mask_token_id = f.opt_id("mask_token_id")?;
-        let eos_token_id = f.opt_id("eos_token_id")?;
-        let pad_token_id = f.opt_id("pad_token_id")?;
-        for (field, id) in
-            [("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)]
-        {
-            if let Some(id) = id {
-                if id as usize >= n_logits {
-                    return Err(f.err(field, format!("{id} is outside the vocabulary ({n_logits})")));
-                }
-            }
-        }
-        Ok(ModelConfig {
+        let cfg = ModelConfig {
             arch: Arch::Llada,
             d_model,
             n_layers,
@@ -237,10 +349,12 @@ impl ModelConfig {
             rms_eps,
             rope_theta,
             max_seq_len,
-            mask_token_id,
-            eos_token_id,
-            pad_token_id,
-        })
+            mask_token_id: f.opt_id("mask_token_id")?,
+            eos_token_id: f.opt_id("eos_token_id")?,
+            pad_token_id: f.opt_id("pad_token_id")?,
+        };
+        cfg.check_ids(f)?;
+        Ok(cfg)
     }
 
     /// Columns of the fused q|k|v projection output.
@@ -289,11 +403,60 @@ mod tests {
         assert!(err_of(r#"{"include_bias": true}"#).contains("`include_bias`"));
         assert!(err_of(r#"{"activation_type": "gelu"}"#).contains("`activation_type`"));
         assert!(err_of(r#"{"weight_tying": true}"#).contains("`weight_tying`"));
-        assert!(err_of(r#"{"model_type": "gpt2"}"#).contains("supported: [\"llada\"]"));
+        assert!(err_of(r#"{"model_type": "gpt2"}"#).contains("supported: [\"llada\", \"Dream\"]"));
         assert!(err_of(r#"{"n_kv_heads": 5}"#).contains("`n_kv_heads`"));
         assert!(err_of(r#"{"d_model": "big"}"#).contains("`d_model`"));
         assert!(err_of(r#"{"rms_norm_eps": null}"#).contains("`rms_norm_eps`: missing"));
         assert!(err_of(r#"{"mask_token_id": 200000}"#).contains("outside the vocabulary"));
+    }
+
+    pub const DREAM_7B: &str = r#"{"architectures": ["DreamModel"], "model_type": "Dream",
+        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "max_position_embeddings": 131072, "vocab_size": 152064,
+        "tie_word_embeddings": false, "hidden_act": "silu", "use_sliding_window": false,
+        "rope_scaling": null, "mask_token_id": 151666, "pad_token_id": 151643,
+        "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16"}"#;
+
+    #[test]
+    fn parses_the_dream_7b_config_of_spec_3() {
+        let c = ModelConfig::parse(Path::new("config.json"), DREAM_7B).unwrap();
+        assert_eq!(c.arch, Arch::Dream);
+        assert_eq!((c.d_model, c.n_layers, c.n_heads, c.n_kv_heads), (3584, 28, 28, 4));
+        assert_eq!((c.head_dim, c.mlp_hidden, c.n_logits), (128, 18944, 152064));
+        assert_eq!((c.rms_eps, c.rope_theta, c.max_seq_len), (1e-6, 1e6, 131072));
+        assert_eq!((c.mask_token_id, c.eos_token_id), (Some(151666), Some(151643)));
+        assert_eq!(c.qkv_dim(), (28 + 8) * 128);
+    }
+
+    fn patched(base: &str, patch: &str) -> String {
+        let mut v: Value = serde_json::from_str(base).unwrap();
+        let p: Value = serde_json::from_str(patch).unwrap();
+        for (k, x) in p.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        match ModelConfig::parse(Path::new("config.json"), &v.to_string()) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn mixed_families_and_unsupported_dream_fields_are_named() {
+        let e = patched(DREAM_7B, r#"{"d_model": 3584}"#);
+        assert!(e.contains("`d_model`") && e.contains("mixes the two families"), "{e}");
+        let e = patched(LLADA_8B, r#"{"num_hidden_layers": 32}"#);
+        assert!(e.contains("`num_hidden_layers`") && e.contains("mixes the two families"), "{e}");
+        assert!(patched(DREAM_7B, r#"{"tie_word_embeddings": true}"#).contains("`tie_word_embeddings`"));
+        assert!(patched(DREAM_7B, r#"{"use_sliding_window": true}"#).contains("`use_sliding_window`"));
+        assert!(patched(DREAM_7B, r#"{"hidden_act": "gelu"}"#).contains("`hidden_act`"));
+        assert!(patched(DREAM_7B, r#"{"rope_scaling": {"type": "yarn"}}"#).contains("`rope_scaling`"));
+        assert!(patched(DREAM_7B, r#"{"architectures": ["Qwen2ForCausalLM"]}"#).contains("`architectures`"));
+        assert!(patched(DREAM_7B, r#"{"num_key_value_heads": 5}"#).contains("`num_key_value_heads`"));
+        assert!(patched(DREAM_7B, r#"{"intermediate_size": null}"#).contains("`intermediate_size`: missing"));
+        assert_eq!(patched(DREAM_7B, r#"{"model_type": "dream"}"#), "ok");
+        let e = patched(DREAM_7B, r#"{"model_type": "qwen2"}"#);
+        assert!(e.contains("supported: [\"llada\", \"Dream\"]"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod embedded;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ pub struct ModelFiles {
     /// The checkpoint's dtype, which is the activation dtype (spec §8).
     pub dtype: DType,
     pub tokenizer: Tokenizer,
+    /// generation_config.json's `max_new_tokens`: the default generation length.
+    pub max_new_tokens: Option<usize>,
 }
 
 impl ModelFiles {
@@ -30,6 +33,22 @@ impl ModelFiles {
         let checkpoint = Checkpoint::open(dir)?;
         let dtype = crate::graph::validate(&checkpoint, &config)?;
         let tokenizer = Tokenizer::load(dir, &config)?;
-        Ok(ModelFiles { dir: dir.to_path_buf(), config, checkpoint, dtype, tokenizer })
+        let max_new_tokens = max_new_tokens(&dir.join("generation_config.json"))?;
+        Ok(ModelFiles { dir: dir.to_path_buf(), config, checkpoint, dtype, tokenizer, max_new_tokens })
+    }
+}
+
+fn max_new_tokens(path: &Path) -> Result<Option<usize>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| crate::Error::config(path, "(json)", format!("not valid JSON: {e}")))?;
+    match v.get("max_new_tokens") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(n) => n.as_u64().filter(|&n| n > 0).map(|n| Some(n as usize)).ok_or_else(|| {
+            crate::Error::config(path, "max_new_tokens", format!("expected a positive integer, got {n}"))
+        }),
     }
 }

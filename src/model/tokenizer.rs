@@ -1,5 +1,6 @@
-//! `tokenizer.json` (HF `tokenizers`, no network), the LLaDA chat template (spec §2), and the
-//! special token ids, read from the checkpoint's own files (`config.json`,
+//! `tokenizer.json` (HF `tokenizers`, no network), the checkpoint's own chat template (Jinja, from
+//! `tokenizer_config.json`, rendered with minijinja; the built-in LLaDA template of spec §2 only
+//! when a checkpoint ships none), and the special token ids, read from the checkpoint's own files (`config.json`,
 //! `generation_config.json`, `tokenizer_config.json`, the vocabulary) and never hard-coded: a tiny
 //! test model has ids of its own.
 
@@ -26,6 +27,42 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub special: SpecialIds,
     bos_text: Option<String>,
+    eos_text: Option<String>,
+    /// `tokenizer_config.json`'s `chat_template`, checked to compile at load.
+    chat_template: Option<String>,
+}
+
+/// The `chat_template` of a tokenizer_config.json: a string, or a list of named templates (the
+/// one named "default" is used).
+fn chat_template_of(path: &Path, cfg: &Value) -> Result<Option<String>> {
+    match cfg.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(Value::Array(list)) => {
+            let named = |n: &str| list.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(n));
+            let t = named("default").or(list.first()).and_then(|x| x.get("template")).and_then(Value::as_str);
+            t.map(|t| Some(t.to_string()))
+                .ok_or_else(|| Error::tokenizer(path, "chat_template: a list without a usable template"))
+        }
+        Some(v) => Err(Error::tokenizer(path, format!("chat_template: expected a string, got {v}"))),
+    }
+}
+
+/// Render a chat template for one user message, as `apply_chat_template(...,
+/// add_generation_prompt=True)` does.
+fn render_chat(template: &str, content: &str, bos: &str, eos: &str) -> std::result::Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template).map_err(|e| e.to_string())?;
+    let ctx = minijinja::context! {
+        messages => vec![minijinja::context! { role => "user", content => content }],
+        add_generation_prompt => true,
+        bos_token => bos,
+        eos_token => eos,
+    };
+    env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| e.to_string())
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -70,13 +107,19 @@ impl Tokenizer {
         let gen_cfg = read_json(&gen_cfg_path)?.unwrap_or(Value::Null);
         let lookup = |text: &str| inner.token_to_id(text);
 
-        let mask = cfg.mask_token_id.or_else(|| lookup("<|mdm_mask|>")).ok_or_else(|| {
-            Error::config(
-                &dir.join("config.json"),
-                "mask_token_id",
-                "missing, and the vocabulary has no <|mdm_mask|> token",
-            )
-        })?;
+        let mask = cfg
+            .mask_token_id
+            .or_else(|| ids_of(gen_cfg.get("mask_token_id")).first().copied())
+            .or_else(|| token_text(tok_cfg.get("mask_token")).and_then(|t| lookup(&t)))
+            .or_else(|| lookup("<|mdm_mask|>"))
+            .or_else(|| lookup("<|mask|>"))
+            .ok_or_else(|| {
+                Error::config(
+                    &dir.join("config.json"),
+                    "mask_token_id",
+                    "missing here, in generation_config.json and tokenizer_config.json, and the vocabulary has no <|mdm_mask|> or <|mask|> token",
+                )
+            })?;
         let eos = cfg
             .eos_token_id
             .or_else(|| ids_of(gen_cfg.get("eos_token_id")).first().copied())
@@ -114,10 +157,18 @@ impl Tokenizer {
                 format!("{vocab} tokens, more than the model's {} logits", cfg.n_logits),
             ));
         }
+        let chat_template = chat_template_of(&tok_cfg_path, &tok_cfg)?;
+        if let Some(t) = &chat_template {
+            render_chat(t, "hi", "", "").map_err(|e| {
+                Error::tokenizer(&tok_cfg_path, format!("chat_template does not render: {e}"))
+            })?;
+        }
         Ok(Tokenizer {
             inner,
             special: SpecialIds { mask, eos, pad, bos, stop },
             bos_text: bos.and(bos_text),
+            eos_text: token_text(tok_cfg.get("eos_token")),
+            chat_template,
         })
     }
 
@@ -129,7 +180,12 @@ impl Tokenizer {
             .map_err(|e| Error::options(format!("cannot tokenize the prompt: {e}")))
     }
 
-    /// The LLaDA chat template for one user turn (spec §2): BOS, the user header, the stripped
+    /// Whether prompts are rendered with the checkpoint's own template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// The built-in LLaDA chat template for one user turn (spec §2): BOS, the user header, the stripped
     /// content, `<|eot_id|>`, then the assistant header. The template carries the BOS, so none
     /// is added when tokenizing.
     pub fn chat_prompt(&self, content: &str) -> String {
@@ -140,8 +196,16 @@ impl Tokenizer {
         )
     }
 
-    /// Ids of a user message rendered with the chat template.
+    /// Ids of a user message rendered with the checkpoint's chat template, or the built-in LLaDA
+    /// one when the checkpoint has none.
     pub fn encode_chat(&self, content: &str) -> Result<Vec<u32>> {
+        if let Some(t) = &self.chat_template {
+            let bos = self.bos_text.as_deref().unwrap_or("");
+            let eos = self.eos_text.as_deref().unwrap_or("");
+            let text = render_chat(t, content, bos, eos)
+                .map_err(|e| Error::options(format!("the checkpoint's chat_template failed: {e}")))?;
+            return self.encode(&text);
+        }
         for t in ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"] {
             if self.inner.token_to_id(t).is_none() {
                 return Err(Error::options(format!(

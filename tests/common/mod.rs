@@ -231,3 +231,28 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().max(1e-30);
     (num / den).sqrt()
 }
+
+/// Deterministic pseudo-random values, uniform in [-scale, scale] (xorshift64).
+pub fn rand_uniform(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            ((z >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Every prompt of a goldens document (`prompts`: id, text, chat, ids) tokenizes to its ids.
+pub fn assert_prompts_tokenize(doc: &Value, tok: &dllm::model::Tokenizer, label: &str) {
+    for p in doc["prompts"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        let want: Vec<u32> =
+            p["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let got =
+            if p["chat"].as_bool().unwrap() { tok.encode_chat(text) } else { tok.encode(text) }.unwrap();
+        assert_eq!(got, want, "{label} prompt {}", p["id"]);
+    }
+}

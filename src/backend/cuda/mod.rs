@@ -25,7 +25,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::bf16;
 
-use super::{Backend, DType, GraphUse, Heads, Rule, Sampling, Select, Step, Window};
+use super::{Backend, DType, GraphUse, Heads, Rule, Sampling, Score, Select, Step, Window};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
 
@@ -43,6 +43,7 @@ unsafe impl DeviceRepr for RopeKvParams {}
 unsafe impl DeviceRepr for AttentionParams {}
 unsafe impl DeviceRepr for SwigluParams {}
 unsafe impl DeviceRepr for AddParams {}
+unsafe impl DeviceRepr for BiasParams {}
 unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for ArgmaxParams {}
 unsafe impl DeviceRepr for SelectParams {}
@@ -85,6 +86,7 @@ struct Kernels {
     attention: CudaFunction,
     swiglu: CudaFunction,
     add: CudaFunction,
+    add_bias: CudaFunction,
     gather: CudaFunction,
     argmax: CudaFunction,
     select: CudaFunction,
@@ -171,6 +173,7 @@ impl Cuda {
             attention: f(&format!("attention_{sfx}"))?,
             swiglu: f(&format!("swiglu_{sfx}"))?,
             add: f(&format!("add_{sfx}"))?,
+            add_bias: f(&format!("add_bias_{sfx}"))?,
             gather: f(&format!("gather_{sfx}"))?,
             argmax: f(&format!("argmax_conf_{sfx}"))?,
             select: f("select_commit")?,
@@ -556,7 +559,27 @@ impl Backend for Cuda {
         self.launch(&self.k.add, Self::elementwise_grid(n), 256, 0, &p)
     }
 
-    fn gather_block(&self, h: &CudaTensor, step: Step, block: Window, out: &mut CudaTensor) -> Result<()> {
+    fn add_bias(&self, x: &mut CudaTensor, bias: &CudaTensor, rows: usize) -> Result<()> {
+        check(bias.rows * bias.cols == x.cols && x.rows >= rows, "add_bias: shapes")?;
+        let n = rows * x.cols;
+        check(n <= u32::MAX as usize, "add_bias: more than 2^32 elements")?;
+        let p = BiasParams {
+            x: self.ptr_mut(&mut x.buf),
+            bias: self.ptr(&bias.buf),
+            rows: rows as u32,
+            cols: x.cols as u32,
+        };
+        self.launch(&self.k.add_bias, Self::elementwise_grid(n), 256, 0, &p)
+    }
+
+    fn gather_block(
+        &self,
+        h: &CudaTensor,
+        step: Step,
+        block: Window,
+        shift: bool,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         check(out.cols == h.cols && out.rows >= step.batch * block.len, "gather_block: output shape")?;
         check(h.rows >= step.rows(), "gather_block: input rows")?;
         check(
@@ -571,6 +594,7 @@ impl Backend for Cuda {
             win_len: step.win.len as u32,
             offset: (block.start - step.win.start) as u32,
             block_len: block.len as u32,
+            shift: shift as u32,
         };
         self.launch(&self.k.gather, Self::grid1(step.batch * block.len), 128, 0, &p)
     }
@@ -609,6 +633,11 @@ impl Backend for Cuda {
             block_start: block.start as u32,
             block_len: block.len as u32,
             mask_id: sampling.mask_id,
+            score: match sampling.score {
+                Score::Confidence => DLLM_SCORE_CONFIDENCE,
+                Score::NegEntropy => DLLM_SCORE_NEG_ENTROPY,
+            },
+            bf16_probs: sampling.bf16_probs as u32,
             pad_: 0,
             temperature: sampling.temperature,
         };
@@ -635,6 +664,8 @@ impl Backend for Cuda {
             Rule::Quota => (DLLM_RULE_QUOTA, 0.0),
             Rule::Threshold(t) => (DLLM_RULE_THRESHOLD, t),
             Rule::Factor(f) => (DLLM_RULE_FACTOR, f),
+            Rule::First => (DLLM_RULE_FIRST, 0.0),
+            Rule::CappedThreshold(t) => (DLLM_RULE_CAPPED_THRESHOLD, t),
         };
         let p = SelectParams {
             tokens: self.ptr(&cands.tokens),
