@@ -85,7 +85,8 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     const bool r16 = p.bf16_probs != 0;
     auto prob = [&](float x) {
         const double q = exp((double)x - m) / sum;
-        return r16 ? (double)__bfloat162float(__double2bfloat16(q)) : q;
+        // through f32 (both steps round to nearest), bit for bit as the CPU twin
+        return r16 ? (double)__bfloat162float(__float2bfloat16_rn(__double2float_rn(q))) : q;
     };
     unsigned int tok = x0;
     if (r16 && greedy) {
@@ -106,7 +107,7 @@ __device__ void argmax_conf(const ArgmaxParams p) {
             e += q * log(q + 1e-10);
         }
         e = block_sum_d(e);
-        score = r16 ? (double)__bfloat162float(__double2bfloat16(e)) : e;
+        score = r16 ? (double)__bfloat162float(__float2bfloat16_rn(__double2float_rn(e))) : e;
     } else {
         score = prob(to_f(l[tok]));
     }

@@ -34,6 +34,35 @@ enum Command {
     Eval(EvalArgs),
     /// Benchmark workload S1 on seeded random weights of a real model's shape, beside floors.
     Bench(BenchArgs),
+    /// An OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models, /health).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Checkpoint directory. Default: the small arithmetic model embedded in dllm.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Address to listen on. Only loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port; the one chosen is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Most requests decoded together as one batch.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Most requests waiting for the engine; one more is answered 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    body_limit: usize,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -215,6 +244,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -307,6 +337,36 @@ fn load_engine<B: Backend>(backend: B, files: &ModelFiles) -> Result<Engine<B>> 
             }
         }
     })
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let files = open_model(&a.model)?;
+    let http_tok = dllm::model::Tokenizer::load(&files.dir, &files.config)?;
+    let cfg = dllm::serve::ServeConfig {
+        host: a.host.clone(),
+        port: a.port,
+        max_batch: a.max_batch,
+        max_queue: a.max_queue,
+        api_key: a.api_key.clone(),
+        model_id: match &a.model {
+            Some(d) => {
+                d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned())
+            }
+            None => dllm::model::embedded::NAME.to_string(),
+        },
+        body_limit: a.body_limit,
+        default_max_tokens: files.max_new_tokens.unwrap_or(128),
+    };
+    struct Work(ModelFiles, dllm::model::Tokenizer, dllm::serve::ServeConfig);
+    impl OnBackend for Work {
+        fn run<B: Backend>(self, backend: B) -> Result<()> {
+            let Work(files, http_tok, cfg) = self;
+            let engine = load_engine(backend, &files)?;
+            dllm::serve::serve(engine, http_tok, files.tokenizer, cfg)
+        }
+    }
+    let dtype = files.dtype;
+    dispatch(&a.dev, dtype, Work(files, http_tok, cfg))
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

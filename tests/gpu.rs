@@ -121,6 +121,11 @@ fn run_ops<B: Backend>(be: &B, temperature: f64, rule: Rule, dream: bool) -> Out
     let mut g = poison(batch * block.len, heads.q_dim());
     be.gather_block(&att, step, block, dream, &mut g).unwrap();
     o.named.push(("gather", be.to_host(&g, batch * block.len).unwrap()));
+    // a block at the window's start: with Dream's shift its first row reads itself
+    let first = Window { start: step.win.start, len: 9 };
+    let mut g0 = poison(batch * first.len, heads.q_dim());
+    be.gather_block(&att, step, first, dream, &mut g0).unwrap();
+    o.named.push(("gather at window start", be.to_host(&g0, batch * first.len).unwrap()));
 
     // argmax + confidence over logits with clear winners, then selection into the canvas
     let lrows = batch * block.len;

@@ -23,10 +23,18 @@ committed.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread, set before NumPy loads: multi-threaded OpenBLAS changes the f32 summation order
+# with the thread count, which moves the goldens' recorded margins (and could move a near-tie); the
+# committed goldens were written single-threaded. (Also far faster beside other CPU jobs.)
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402

@@ -20,11 +20,19 @@ Usage:
 
 import json
 import math
+import os
 import struct
 import sys
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread, set before NumPy loads: multi-threaded OpenBLAS changes the f32 summation order
+# with the thread count, which moves the goldens' recorded margins (and could move a near-tie); the
+# committed goldens were written single-threaded. (Also far faster beside other CPU jobs.)
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
 
 F32 = np.float32
 

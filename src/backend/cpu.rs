@@ -447,7 +447,8 @@ impl Backend for Cpu {
             let prob = |x: f32| {
                 let p = (x as f64 - max).exp() / sum;
                 if sampling.bf16_probs {
-                    bf16::from_f64(p).to_f64()
+                    // through f32, as the kernel does (and torch: f32 softmax, then bf16)
+                    bf16::from_f32(p as f32).to_f64()
                 } else {
                     p
                 }
@@ -466,7 +467,7 @@ impl Backend for Cpu {
                 Score::NegEntropy => {
                     let e: f64 = l.iter().map(|&x| prob(x)).map(|p| p * (p + 1e-10).ln()).sum();
                     if sampling.bf16_probs {
-                        bf16::from_f64(e).to_f64()
+                        bf16::from_f32(e as f32).to_f64()
                     } else {
                         e
                     }
@@ -635,7 +636,7 @@ mod tests {
         run(Score::Confidence, true, &mut out);
         assert_eq!(out.tokens, vec![1, 0], "bf16 probabilities tie: the lowest id");
         assert_eq!(out.conf[1], 0.25);
-        assert_eq!(bf16::from_f64(out.conf[0]).to_f64(), out.conf[0], "a bf16 confidence");
+        assert_eq!(bf16::from_f32(out.conf[0] as f32).to_f64(), out.conf[0], "a bf16 confidence");
         run(Score::NegEntropy, false, &mut out);
         // uniform over 4: Σ p ln(p + 1e-10) = ln(0.25 + 1e-10)
         assert!((out.conf[1] - (0.25f64 + 1e-10).ln()).abs() < 1e-12, "{}", out.conf[1]);

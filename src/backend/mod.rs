@@ -151,6 +151,10 @@ pub trait Backend {
     type Mark;
 
     fn name(&self) -> String;
+    /// The longest block (candidate window) [`Backend::select`] handles.
+    fn max_block_length(&self) -> usize {
+        usize::MAX
+    }
     /// The activation dtype (spec §8): every op's output is rounded to it.
     fn dtype(&self) -> DType;
 

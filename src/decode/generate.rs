@@ -245,6 +245,27 @@ pub struct Output {
     pub profile: Vec<(&'static str, crate::graph::OpStat)>,
 }
 
+/// What a caller can observe and steer while a batch decodes (`dllm serve`: streaming text block
+/// by block, freeing the row of a client that went away). Every method has a do-nothing default.
+pub trait Progress {
+    /// Whether [`Progress::block_done`] wants the canvas: one read-back per block.
+    fn wants_blocks(&self) -> bool {
+        false
+    }
+    /// After block `block`: each row's generated ids so far (blocks `0..=block`; a finished or
+    /// cancelled row's later positions may still be masks).
+    fn block_done(&mut self, _block: usize, _generated: &[&[u32]]) {}
+    /// Whether batch row `row` should stop now. Checked before every forward; a stopped row is
+    /// not changed any more and its answer ends where it stopped.
+    fn cancelled(&mut self, _row: usize) -> bool {
+        false
+    }
+}
+
+/// No observer.
+pub struct Quiet;
+impl Progress for Quiet {}
+
 /// A model on a backend, ready to decode.
 pub struct Engine<B: Backend> {
     pub backend: B,
@@ -286,6 +307,16 @@ impl<B: Backend> Engine<B> {
 
     /// Decode a batch of prompts (token ids, already templated) with Fast-dLLM.
     pub fn generate(&self, prompts: &[Vec<u32>], opts: &DecodeOptions) -> Result<Output> {
+        self.generate_with(prompts, opts, &mut Quiet)
+    }
+
+    /// [`Engine::generate`] with an observer of each block and of cancellations.
+    pub fn generate_with(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &DecodeOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Output> {
         opts.validate(&self.config, prompts)?;
         let t0 = Instant::now();
         let be = &self.backend;
@@ -301,7 +332,20 @@ impl<B: Backend> Engine<B> {
         let steps_per_block = opts.steps / blocks;
         // Dream compares its bf16 confidences with bf16(τ) (spec §3).
         let bf16_probs = dream && be.dtype() == DType::Bf16;
-        let tau = |t: f64| if bf16_probs { half::bf16::from_f64(t).to_f64() } else { t };
+        let tau = |t: f64| if bf16_probs { half::bf16::from_f32(t as f32).to_f64() } else { t };
+        if bl > be.max_block_length() {
+            return Err(Error::options(format!(
+                "{} {bl} is above the {} backend's longest block ({}){}",
+                if bl == opts.gen_length && dream {
+                    "gen_length (Dream's uncached window)"
+                } else {
+                    "block_length"
+                },
+                be.name(),
+                be.max_block_length(),
+                if dream { ": use --cache prefix or dual, or a shorter generation" } else { "" }
+            )));
+        }
 
         // Canvas: each row left-padded to the longest prompt, then G masks (spec §1, §6).
         let pads: Vec<u32> = prompts.iter().map(|p| (p_max - p.len()) as u32).collect();
@@ -353,7 +397,16 @@ impl<B: Backend> Engine<B> {
             let mut step_in_block = vec![0usize; batch];
             let mut block_start = true;
             // Check first (spec §8): no forward once the block is done.
-            while masks_left.iter().any(|&m| m > 0) {
+            loop {
+                for b in 0..batch {
+                    if !finished[b] && progress.cancelled(b) {
+                        finished[b] = true;
+                        masks_left[b] = 0;
+                    }
+                }
+                if masks_left.iter().all(|&m| m == 0) {
+                    break;
+                }
                 let win = opts.cache.window(block_start, s, e, canvas_len);
                 let step = Step { batch, canvas: canvas_len, win };
                 let kind = opts.cache.kind(block_start);
@@ -479,15 +532,22 @@ impl<B: Backend> Engine<B> {
                     before = now;
                 }
             }
-            if opts.early_exit {
+            if opts.early_exit || progress.wants_blocks() {
                 be.read_ids(&canvas, &mut host)?;
+            }
+            if progress.wants_blocks() {
+                let generated: Vec<&[u32]> =
+                    (0..batch).map(|b| &host[b * canvas_len + p_max..b * canvas_len + e]).collect();
+                progress.block_done(k, &generated);
+            }
+            if opts.early_exit {
                 for (b, done) in finished.iter_mut().enumerate() {
                     let row = &host[b * canvas_len + s..b * canvas_len + e];
                     *done = *done || row.iter().all(|t| sp.stop.contains(t));
                 }
-                if finished.iter().all(|&f| f) {
-                    break;
-                }
+            }
+            if finished.iter().all(|&f| f) {
+                break;
             }
         }
         be.read_ids(&canvas, &mut host)?;

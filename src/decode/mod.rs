@@ -3,4 +3,4 @@
 pub mod generate;
 pub mod select;
 
-pub use generate::{DecodeOptions, Engine, ForwardTime, Output, RowOutput, TraceStep};
+pub use generate::{DecodeOptions, Engine, ForwardTime, Output, Progress, Quiet, RowOutput, TraceStep};

@@ -48,16 +48,24 @@ fn chat_template_of(path: &Path, cfg: &Value) -> Result<Option<String>> {
     }
 }
 
-/// Render a chat template for one user message, as `apply_chat_template(...,
-/// add_generation_prompt=True)` does.
-fn render_chat(template: &str, content: &str, bos: &str, eos: &str) -> std::result::Result<String, String> {
+/// Render a chat template for a conversation of `(role, content)` messages, as
+/// `apply_chat_template(..., add_generation_prompt=True)` does.
+fn render_chat(
+    template: &str,
+    messages: &[(&str, &str)],
+    bos: &str,
+    eos: &str,
+) -> std::result::Result<String, String> {
     let mut env = minijinja::Environment::new();
     env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
     });
     env.add_template("chat", template).map_err(|e| e.to_string())?;
     let ctx = minijinja::context! {
-        messages => vec![minijinja::context! { role => "user", content => content }],
+        messages => messages
+            .iter()
+            .map(|&(role, content)| minijinja::context! { role => role, content => content })
+            .collect::<Vec<_>>(),
         add_generation_prompt => true,
         bos_token => bos,
         eos_token => eos,
@@ -159,7 +167,7 @@ impl Tokenizer {
         }
         let chat_template = chat_template_of(&tok_cfg_path, &tok_cfg)?;
         if let Some(t) = &chat_template {
-            render_chat(t, "hi", "", "").map_err(|e| {
+            render_chat(t, &[("user", "hi")], "", "").map_err(|e| {
                 Error::tokenizer(&tok_cfg_path, format!("chat_template does not render: {e}"))
             })?;
         }
@@ -199,10 +207,16 @@ impl Tokenizer {
     /// Ids of a user message rendered with the checkpoint's chat template, or the built-in LLaDA
     /// one when the checkpoint has none.
     pub fn encode_chat(&self, content: &str) -> Result<Vec<u32>> {
+        self.encode_messages(&[("user", content)])
+    }
+
+    /// Ids of a conversation of `(role, content)` messages rendered with the checkpoint's chat
+    /// template (or the built-in LLaDA one), ending with the assistant's header.
+    pub fn encode_messages(&self, messages: &[(&str, &str)]) -> Result<Vec<u32>> {
         if let Some(t) = &self.chat_template {
             let bos = self.bos_text.as_deref().unwrap_or("");
             let eos = self.eos_text.as_deref().unwrap_or("");
-            let text = render_chat(t, content, bos, eos)
+            let text = render_chat(t, messages, bos, eos)
                 .map_err(|e| Error::options(format!("the checkpoint's chat_template failed: {e}")))?;
             return self.encode(&text);
         }
@@ -213,7 +227,15 @@ impl Tokenizer {
                 )));
             }
         }
-        self.encode(&self.chat_prompt(content))
+        let mut text = self.bos_text.clone().unwrap_or_default();
+        for (role, content) in messages {
+            text.push_str(&format!(
+                "<|start_header_id|>{role}<|end_header_id|>\n\n{}<|eot_id|>",
+                content.trim()
+            ));
+        }
+        text.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+        self.encode(&text)
     }
 
     /// Text of `ids`, special tokens dropped.

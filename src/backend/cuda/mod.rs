@@ -309,6 +309,10 @@ impl Backend for Cuda {
     type Cands = CudaCands;
     type Mark = CudaEvent;
 
+    fn max_block_length(&self) -> usize {
+        MAX_BLOCK_LENGTH
+    }
+
     fn name(&self) -> String {
         let nvtx = if self.nvtx { "NVTX ranges on" } else { "NVTX off: no libnvToolsExt" };
         format!("cuda ({}, {} activations, {nvtx})", self.device, self.dtype.name())
