@@ -1,6 +1,7 @@
 // attention: bidirectional multi-head attention of the window's queries over every cached key
 // of their batch row (spec §2: no causal mask; scale 1/sqrt(hd); GQA: query head h reads KV head
-// h / (H / KV)); keys before the row's first real token (pads[b]) are masked (spec §6).
+// h / (H / KV)); keys before the row's first real token (pads[b]) and from the row's end
+// (pads[B + b], a row shorter than the canvas in a continuous batch) on are masked (spec §6).
 // Fresh K/V of the window are already in the cache (rope_kv ran first), so PrefixCache, DualCache
 // and full forwards are the same kernel over [cached | fresh] keys (src/cache.rs).
 //
@@ -35,6 +36,7 @@ __device__ void attention(const AttentionParams p) {
     const unsigned int kvh = h / (p.n_heads / p.n_kv_heads);
     const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const unsigned int first = ((const unsigned int*)p.pads)[b];
+    const unsigned int end = ((const unsigned int*)p.pads)[p.step.batch + b];
 
     const T* qkv = (const T*)p.qkv;
     for (unsigned int e = threadIdx.x; e < ATT_QROWS * hd; e += blockDim.x) {
@@ -52,12 +54,12 @@ __device__ void attention(const AttentionParams p) {
     const T* K = (const T*)p.k_cache + (size_t)b * L * kvd + kvh * hd;
     const T* V = (const T*)p.v_cache + (size_t)b * L * kvd + kvh * hd;
 
-    for (unsigned int k0 = first; k0 < L; k0 += ATT_KTILE) {
+    for (unsigned int k0 = first; k0 < end; k0 += ATT_KTILE) {
         __syncthreads();  // the previous tile is consumed (and q_s is complete on the first pass)
         for (unsigned int e = threadIdx.x; e < ATT_KTILE * hd; e += blockDim.x) {
             const unsigned int j = e / hd, d = e % hd, key = k0 + j;
             float kv = 0.0f, vv = 0.0f;
-            if (key < L) {
+            if (key < end) {
                 kv = to_f(K[(size_t)key * kvd + d]);
                 vv = to_f(V[(size_t)key * kvd + d]);
             }
@@ -65,7 +67,7 @@ __device__ void attention(const AttentionParams p) {
             v_s[j * hd + d] = vv;
         }
         __syncthreads();
-        const bool valid = k0 + lane < L;
+        const bool valid = k0 + lane < end;
 #pragma unroll
         for (int rr = 0; rr < ATT_ROWS_PER_WARP; ++rr) {
             const float* q = q_s + (warp * ATT_ROWS_PER_WARP + rr) * hd;

@@ -56,7 +56,7 @@ typedef struct {
     dptr_t qkv;      /* queries: the q part of each row */
     dptr_t k_cache;
     dptr_t v_cache;
-    dptr_t pads;
+    dptr_t pads;     /* [2 batch] u32: left pads, then row ends (exclusive canvas column) */
     dptr_t out;      /* [batch x win_len, n_heads head_dim] */
     StepShape step;
     unsigned int n_heads;

@@ -3,14 +3,11 @@
 //!
 //! Two threads: the engine's (it owns the backend, the only place decoding happens) and the HTTP
 //! side (tokio + axum). A request is validated and tokenized on the HTTP side, then queued as a
-//! [`Job`]. The engine thread takes every waiting job whose decoding options equal the oldest
-//! one's (up to `--max-batch`) and decodes them as one batch; per-row padding masks and positions
-//! (spec §6) make each answer token-identical to running it alone. After each block it reads the
-//! canvas back once, streams the new text of every row, and frees the rows whose answer is done
-//! (end token, `max_tokens`, a stop string) or whose client went away.
-//!
-//! Not yet: requests joining a running batch at a block boundary (continuous batching); a request
-//! that arrives while a batch runs waits for the next one.
+//! [`Job`]. The engine thread runs a continuous batch: at every block boundary, rows whose answer
+//! is complete (end token, `max_tokens`, a stop string) leave, and waiting requests with the
+//! batch's decoding options join (up to `--max-batch`); then every row decodes its next block.
+//! Per-row padding masks, positions and progress (spec §6) make each answer token-identical to
+//! running it alone. A row whose client went away is freed at the next step.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -30,7 +27,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::backend::{Backend, Rule};
 use crate::cache::CacheMode;
-use crate::decode::{DecodeOptions, Engine, Progress};
+use crate::decode::{DecodeOptions, Engine, Progress, RowStart};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, Tokenizer};
 
@@ -126,121 +123,178 @@ fn delta<'a>(sent: &str, now: &'a str, done: bool, hold: usize) -> Option<&'a st
     now.strip_prefix(sent).filter(|d| !d.is_empty())
 }
 
-/// Streams each row's text after every block and frees finished or abandoned rows.
-struct BatchProgress<'a> {
-    jobs: &'a [Job],
-    tok: &'a Tokenizer,
-    sent: Vec<String>,
-    done: Vec<bool>,
-    gone: Vec<bool>,
+/// A request in the running batch.
+struct Active {
+    job: Job,
+    row: RowStart,
+    /// Answer text streamed so far.
+    sent: String,
+    admitted: Instant,
+    /// The most rows it shared a forward with.
+    batch: usize,
+    gone: bool,
+}
+
+/// Frees, at the next step, the rows whose client went away.
+struct Abandon<'a> {
+    rows: &'a mut [Active],
     shared: &'a Shared,
 }
 
-impl Progress for BatchProgress<'_> {
-    fn wants_blocks(&self) -> bool {
-        true
-    }
-    fn block_done(&mut self, _block: usize, generated: &[&[u32]]) {
-        for (b, job) in self.jobs.iter().enumerate() {
-            if self.done[b] {
-                continue;
-            }
-            let (text, _, why) = answer(self.tok, generated[b], job.max_tokens, &job.stop);
-            let hold = job.stop.iter().map(|s| s.chars().count()).max().unwrap_or(1).saturating_sub(1);
-            if let Some(d) = delta(&self.sent[b], &text, why.is_some(), hold) {
-                let _ = job.events.send(JobEvent::Delta(d.to_string()));
-                self.sent[b].push_str(d);
-            }
-            self.done[b] = why.is_some();
-        }
-    }
+impl Progress for Abandon<'_> {
     fn cancelled(&mut self, row: usize) -> bool {
-        if !self.done[row] && !self.gone[row] && self.jobs[row].events.is_closed() {
-            self.gone[row] = true;
+        let a = &mut self.rows[row];
+        if !a.gone && a.job.events.is_closed() {
+            a.gone = true;
             self.shared.abandoned.fetch_add(1, Ordering::SeqCst);
         }
-        self.done[row] || self.gone[row]
+        a.gone
     }
 }
 
-/// The engine loop: batches of waiting jobs with equal options, until every sender is gone.
+/// The engine loop (continuous batching): before every block, rows whose answer is complete
+/// leave and waiting requests with the batch's decoding options join (up to `--max-batch`);
+/// then every row decodes its next block ([`Engine::generate_rows`]). Runs until every sender is
+/// gone and the work is drained.
 fn engine_loop<B: Backend>(engine: &Engine<B>, tok: &Tokenizer, jobs: mpsc::Receiver<Job>, shared: &Shared) {
     let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut running: Vec<Active> = Vec::new();
+    let mut open = true;
     loop {
-        if pending.is_empty() {
+        if running.is_empty() && pending.is_empty() {
+            if !open {
+                return;
+            }
             match jobs.recv() {
                 Ok(j) => pending.push_back(j),
                 Err(_) => return,
             }
         }
-        while let Ok(j) = jobs.try_recv() {
-            pending.push_back(j);
-        }
-        let opts = pending[0].opts.clone();
-        let (mut batch, mut rest) = (Vec::new(), VecDeque::new());
-        for j in pending.drain(..) {
-            if batch.len() < shared.max_batch && j.opts == opts && !j.events.is_closed() {
-                batch.push(j);
-            } else if !j.events.is_closed() {
-                rest.push_back(j);
-            } else {
-                shared.queued.fetch_sub(1, Ordering::SeqCst);
+        loop {
+            match jobs.try_recv() {
+                Ok(j) => pending.push_back(j),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
             }
         }
-        pending = rest;
-        shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
-        if batch.is_empty() {
-            continue;
+        // Requests whose client left while waiting.
+        let before = pending.len();
+        pending.retain(|j| !j.events.is_closed());
+        shared.queued.fetch_sub(before - pending.len(), Ordering::SeqCst);
+        // Admit: the batch's options are the first row's; a waiting request with other options
+        // stops admissions until the batch drains (no starvation).
+        let key = match running.first() {
+            Some(a) => batch_key(engine, &a.job.opts),
+            None => match pending.front() {
+                Some(j) => batch_key(engine, &j.opts),
+                None => continue,
+            },
+        };
+        while running.len() < shared.max_batch
+            && pending.front().is_some_and(|j| batch_key(engine, &j.opts) == key)
+        {
+            let job = pending.pop_front().expect("checked");
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+            let row = RowStart {
+                prompt: job.prompt.clone(),
+                seed: Some(job.opts.seed),
+                gen_length: Some(job.opts.gen_length),
+                ..RowStart::default()
+            };
+            running.push(Active {
+                job,
+                row,
+                sent: String::new(),
+                admitted: Instant::now(),
+                batch: 1,
+                gone: false,
+            });
         }
-        shared.running.store(batch.len(), Ordering::SeqCst);
-        run_batch(engine, tok, &batch, &opts, shared);
-        shared.running.store(0, Ordering::SeqCst);
+        let n = running.len();
+        shared.running.store(n, Ordering::SeqCst);
+        for a in running.iter_mut() {
+            a.batch = a.batch.max(n);
+        }
+        let starts: Vec<RowStart> = running.iter().map(|a| a.row.clone()).collect();
+        let longest = running.iter().map(|a| a.job.opts.gen_length).max().unwrap_or(0);
+        let opts = call_options(&key, longest);
+        let result = engine.generate_rows(&starts, &opts, 1, &mut Abandon { rows: &mut running, shared });
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                for a in running.drain(..) {
+                    let _ = a.job.events.send(JobEvent::Failed(e.to_string()));
+                }
+                continue;
+            }
+        };
+        // One more block per row: stream it, and let finished rows go.
+        let bl = block_window(engine, &opts);
+        let mut keep = Vec::with_capacity(n);
+        for (mut a, o) in running.drain(..).zip(&out.rows) {
+            let upto = (a.row.done.len() + bl).min(o.tokens.len());
+            a.row.done = o.tokens[..upto].to_vec();
+            a.row.forwards += o.nfe as u64;
+            if a.gone {
+                continue;
+            }
+            let (text, tokens, why) = answer(tok, &a.row.done, a.job.max_tokens, &a.job.stop);
+            let finished = why.is_some() || a.row.done.len() >= a.job.opts.gen_length;
+            let hold = a.job.stop.iter().map(|s| s.chars().count()).max().unwrap_or(1).saturating_sub(1);
+            if let Some(d) = delta(&a.sent, &text, finished, hold) {
+                let _ = a.job.events.send(JobEvent::Delta(d.to_string()));
+                a.sent.push_str(d);
+            }
+            if finished {
+                let _ = a.job.events.send(JobEvent::Done(Finished {
+                    text,
+                    finish_reason: why.unwrap_or("length"),
+                    prompt_tokens: a.job.prompt.len(),
+                    completion_tokens: tokens,
+                    nfe: a.row.forwards as usize,
+                    ms: a.admitted.elapsed().as_secs_f64() * 1e3,
+                    batch: a.batch,
+                }));
+                shared.completed.fetch_add(1, Ordering::SeqCst);
+            } else {
+                keep.push(a);
+            }
+        }
+        running = keep;
+        shared.running.store(running.len(), Ordering::SeqCst);
     }
 }
 
-fn run_batch<B: Backend>(
-    engine: &Engine<B>,
-    tok: &Tokenizer,
-    batch: &[Job],
-    opts: &DecodeOptions,
-    shared: &Shared,
-) {
-    let prompts: Vec<Vec<u32>> = batch.iter().map(|j| j.prompt.clone()).collect();
-    let n = batch.len();
-    let mut progress = BatchProgress {
-        jobs: batch,
-        tok,
-        sent: vec![String::new(); n],
-        done: vec![false; n],
-        gone: vec![false; n],
-        shared,
-    };
-    let t0 = Instant::now();
-    match engine.generate_with(&prompts, opts, &mut progress) {
-        Ok(out) => {
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            for (b, (job, row)) in batch.iter().zip(&out.rows).enumerate() {
-                let (text, tokens, why) = answer(tok, &row.tokens, job.max_tokens, &job.stop);
-                if let Some(d) = delta(&progress.sent[b], &text, true, 0) {
-                    let _ = job.events.send(JobEvent::Delta(d.to_string()));
-                }
-                let _ = job.events.send(JobEvent::Done(Finished {
-                    text,
-                    finish_reason: why.unwrap_or("length"),
-                    prompt_tokens: job.prompt.len(),
-                    completion_tokens: tokens,
-                    nfe: row.nfe,
-                    ms,
-                    batch: n,
-                }));
-                shared.completed.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        Err(e) => {
-            for job in batch {
-                let _ = job.events.send(JobEvent::Failed(e.to_string()));
-            }
-        }
+/// What requests must share to decode in one batch: every option but the seed (rows keep their
+/// own) and the generation length (rows end where they end), with the steps as steps per block —
+/// unless the whole generation is one window (Dream's uncached baseline), where the length
+/// stays part of it.
+fn batch_key<B: Backend>(engine: &Engine<B>, o: &DecodeOptions) -> DecodeOptions {
+    let bl = block_window(engine, o);
+    if bl == o.gen_length {
+        return DecodeOptions { seed: 0, ..o.clone() };
+    }
+    DecodeOptions { seed: 0, gen_length: 0, steps: o.steps / (o.gen_length / bl), ..o.clone() }
+}
+
+/// The options of one call for a batch of `key`'s rows, the longest generating `longest`.
+fn call_options(key: &DecodeOptions, longest: usize) -> DecodeOptions {
+    if key.gen_length != 0 {
+        return key.clone();
+    }
+    let bl = key.block_length;
+    DecodeOptions { gen_length: longest, steps: key.steps * (longest / bl), ..key.clone() }
+}
+
+/// Positions one call of [`Engine::generate_rows`] with `max_blocks = 1` decodes per row.
+fn block_window<B: Backend>(engine: &Engine<B>, opts: &DecodeOptions) -> usize {
+    if engine.config.arch == crate::model::Arch::Dream && opts.cache == CacheMode::None {
+        opts.gen_length // Dream's uncached baseline: the whole generation is one window (spec §3)
+    } else {
+        opts.block_length
     }
 }
 

@@ -26,3 +26,48 @@ fn embedded_checkpoint_loads_and_validates() {
         embedded::test_set().unwrap().into_iter().map(|p| p.question).collect();
     assert!(embedded::fewshot_set().unwrap().iter().all(|p| !test.contains(&p.question)));
 }
+
+/// spec §8: bf16 is checked end to end on the trained model by agreement, not exact tokens — the
+/// embedded model converted to bf16 decodes the first 24 held-out problems with ≥ 99% of the f32
+/// run's tokens and the same accuracy within one problem.
+#[test]
+fn bf16_run_of_the_trained_model_agrees_with_f32() {
+    use dllm::backend::cpu::Cpu;
+    use dllm::backend::DType;
+    use dllm::decode::{DecodeOptions, Engine};
+    let dir = common::temp_copy(&embedded::model_dir().unwrap(), "bf16-arith");
+    common::to_bf16(&dir.join("model.safetensors"));
+    let files = ModelFiles::open(&dir).unwrap();
+    assert_eq!(files.dtype, DType::Bf16);
+    let problems: Vec<_> = embedded::test_set().unwrap().into_iter().take(24).collect();
+    let tok = &files.tokenizer;
+    let prompts: Vec<Vec<u32>> = problems.iter().map(|p| tok.encode_chat(&p.question).unwrap()).collect();
+    let opts = DecodeOptions { gen_length: 64, steps: 64, ..DecodeOptions::default() };
+    let mut runs = vec![];
+    for dtype in [DType::F32, DType::Bf16] {
+        let engine = Engine::new(Cpu::new(dtype, None), &files).unwrap();
+        runs.push(engine.generate(&prompts, &opts).unwrap());
+    }
+    let (f, b) = (&runs[0], &runs[1]);
+    let total: usize = f.rows.iter().map(|r| r.tokens.len()).sum();
+    let same: usize = f
+        .rows
+        .iter()
+        .zip(&b.rows)
+        .map(|(x, y)| x.tokens.iter().zip(&y.tokens).filter(|(p, q)| p == q).count())
+        .sum();
+    let right = |o: &dllm::decode::Output| {
+        o.rows
+            .iter()
+            .zip(&problems)
+            .filter(|(r, p)| {
+                let text = tok.decode(tok.cut_at_stop(&r.tokens));
+                dllm::eval::extract_answer(&text) == dllm::eval::extract_answer(&p.answer)
+            })
+            .count()
+    };
+    let (rf, rb) = (right(f), right(b));
+    eprintln!("bf16 vs f32: {same}/{total} tokens equal; correct {rb} (bf16) vs {rf} (f32) of 24");
+    assert!(same * 100 >= total * 99, "only {same} of {total} tokens agree");
+    assert!(rf.abs_diff(rb) <= 1, "accuracy differs: {rb} vs {rf}");
+}

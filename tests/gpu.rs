@@ -70,13 +70,15 @@ fn run_ops<B: Backend>(be: &B, temperature: f64, rule: Rule, dream: bool) -> Out
     be.add(&mut h, &x, rows).unwrap();
     o.named.push(("add", be.to_host(&h, rows).unwrap()));
 
-    // embed, rope + cache write, attention, gather: batch 3, canvas 45, window [7, 45), pads 0/5/11,
+    // embed, rope + cache write, attention, gather: batch 3, canvas 45, window [7, 45), pads 0/5/11
+    // (row 1 ending at 40),
     // GQA 6 query heads over 2 KV heads, head_dim 24
     let heads = Heads { n_heads: 6, n_kv_heads: 2, head_dim: 24 };
     let (batch, canvas) = (3usize, 45usize);
     let step = Step { batch, canvas, win: Window { start: 7, len: 38 } };
-    let pads_host = vec![0u32, 5, 11];
-    let mut pads = be.ids(batch).unwrap();
+    // left pads, then row ends: row 1 ends 5 columns before the canvas (a continuous batch)
+    let pads_host = vec![0u32, 5, 11, 45, 40, 45];
+    let mut pads = be.ids(2 * batch).unwrap();
     be.write_ids(&mut pads, &pads_host).unwrap();
     let vocab = 300usize;
     let canvas_host: Vec<u32> = (0..batch * canvas).map(|i| ((i * 37 + 11) % vocab) as u32).collect();

@@ -99,7 +99,8 @@ fn every_op_in_bf16_is_within_1e_2_of_f32() {
     let heads = Heads { n_heads: 6, n_kv_heads: 2, head_dim: 12 };
     let (batch, canvas) = (3, 23);
     let step = Step { batch, canvas, win: Window { start: 5, len: 13 } };
-    let pads = vec![0u32, 4, 9];
+    // left pads, then row ends (row 1 ends before the canvas does)
+    let pads = vec![0u32, 4, 9, 23, 20, 23];
     let cols = heads.q_dim() + 2 * heads.kv_dim();
     let cfg_like = |hd: usize| {
         let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / hd as f32)).collect();

@@ -217,6 +217,43 @@ fn concurrent_requests_answer_as_if_alone() {
     assert!(batched >= 2, "concurrent requests were decoded together ({batched} batched)");
 }
 
+/// Continuous batching: a request that arrives while another is decoding joins it at the next
+/// block boundary, finishes first, and still answers exactly as it does alone.
+#[test]
+fn a_request_joins_a_running_batch_at_a_block_boundary() {
+    let srv = Server::start(&[]);
+    let p = srv.port;
+    let short = json!({"prompt": "Hello world", "max_tokens": 64, "threshold": 1.0});
+    let (_, alone) = post(p, "/v1/completions", &short);
+    assert_eq!(alone["dllm"]["batch"], 1);
+    // a long request: one token per forward over 448 positions, streamed
+    let long = json!({"prompt": "Once", "max_tokens": 448, "stream": true, "threshold": 1.0}).to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
+        long.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // wait until the long request has finished its first block (its first text chunk)
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("data: {") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let (st, joined) = post(p, "/v1/completions", &short);
+    assert_eq!(st, 200, "{joined}");
+    assert_eq!(joined["dllm"]["batch"], 2, "it shared the running batch: {joined}");
+    assert_eq!(joined["choices"][0]["text"], alone["choices"][0]["text"]);
+    assert_eq!(joined["usage"], alone["usage"]);
+    assert_eq!(joined["dllm"]["nfe"], alone["dllm"]["nfe"]);
+    // the long one is still running
+    let (_, h) = http(p, "GET", "/health", None, &[]);
+    let h: Value = serde_json::from_str(&h).unwrap();
+    assert_eq!(h["running"], 1, "{h}");
+}
+
 #[test]
 fn bad_requests_get_4xx_naming_the_problem() {
     let srv = Server::start(&["--body-limit", "4096"]);

@@ -258,7 +258,10 @@ impl Backend for Cpu {
         for b in 0..step.batch {
             for t in 0..step.win.len {
                 let p = step.win.start + t;
-                let pos = row_position(p, pads[b]);
+                let mut pos = row_position(p, pads[b]);
+                if pads.len() >= 2 * step.batch && p >= pads[step.batch + b] as usize {
+                    pos = pos.min(cos.rows - 1); // after the row's end: masked, any table row does
+                }
                 check(pos < cos.rows, "rope: position beyond the table")?;
                 let (c, s) = (cos.row(pos), sin.row(pos));
                 let r = b * step.win.len + t;
@@ -298,28 +301,31 @@ impl Backend for Cpu {
         let (qd, kvd) = (heads.q_dim(), heads.kv_dim());
         let group = heads.n_heads / heads.n_kv_heads;
         check(out.cols == qd && out.rows >= step.rows(), "attention: output shape")?;
+        check(pads.len() >= 2 * step.batch, "attention: pads must hold left pads and row ends")?;
         check(
-            pads.iter().take(step.batch).all(|&p| (p as usize) < step.canvas),
-            "attention: pad covers the row",
+            (0..step.batch)
+                .all(|b| pads[b] < pads[step.batch + b] && pads[step.batch + b] as usize <= step.canvas),
+            "attention: a row's keys [pad, end) are empty or outside the canvas",
         )?;
         let scale = 1.0 / (hd as f32).sqrt();
-        let l = step.canvas;
+        let canvas = step.canvas;
         let dtype = self.dtype;
-        let cost = step.rows() * l * qd * 2;
+        let cost = step.rows() * canvas * qd * 2;
         self.par_rows(&mut out.data[..step.rows() * qd], qd, cost, |r0, chunk| {
-            let mut p = vec![0f32; l];
+            let mut p = vec![0f32; canvas];
             let mut acc = vec![0f32; hd];
             for (ri, o) in chunk.chunks_mut(qd).enumerate() {
                 let r = r0 + ri;
                 let b = r / step.win.len;
                 let q = &qkv.data[r * qkv.cols..r * qkv.cols + qd];
-                let first = pads[b] as usize; // keys before the row's first real token are masked
+                // keys before the row's first real token and from its end on are masked
+                let (first, l) = (pads[b] as usize, pads[step.batch + b] as usize);
                 for h in 0..heads.n_heads {
                     let qh = &q[h * hd..(h + 1) * hd];
                     let kvo = (h / group) * hd;
                     let mut max = f32::NEG_INFINITY;
                     for j in first..l {
-                        let kr = (b * l + j) * kvd + kvo;
+                        let kr = (b * canvas + j) * kvd + kvo;
                         let s = dot(qh, &k_cache.data[kr..kr + hd]) * scale;
                         p[j] = s;
                         max = max.max(s);
@@ -332,7 +338,7 @@ impl Backend for Cpu {
                     acc.fill(0.0);
                     for j in first..l {
                         let w = p[j] / sum;
-                        let vr = (b * l + j) * kvd + kvo;
+                        let vr = (b * canvas + j) * kvd + kvo;
                         for (a, v) in acc.iter_mut().zip(&v_cache.data[vr..vr + hd]) {
                             *a += w * v;
                         }

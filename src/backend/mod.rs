@@ -8,7 +8,9 @@
 //! - The KV cache of a layer is `[batch × canvas, kv_dim]`, post-RoPE keys (spec §2).
 //! - A batch row `b` is left-padded by `pads[b]` tokens: its keys `< pads[b]` are masked and its
 //!   positions count from its first real token (spec §6), so every row decodes exactly as it
-//!   would alone.
+//!   would alone. The pads buffer holds `2 × batch` ids: the left pads, then each row's end (an
+//!   exclusive canvas column; the canvas length unless the row is shorter than the others, as in
+//!   a continuous batch): keys from the end on are masked too.
 //! - Set-up calls allocate; the ops never do (so a device step can be captured as a graph).
 
 pub mod cpu;
@@ -207,8 +209,8 @@ pub trait Backend {
         k_cache: &mut Self::Tensor,
         v_cache: &mut Self::Tensor,
     ) -> Result<()>;
-    /// Bidirectional attention of the window's queries (the q part of `qkv`) over all canvas
-    /// keys of their batch row, keys before the row's pad masked; scale 1/sqrt(head_dim).
+    /// Bidirectional attention of the window's queries (the q part of `qkv`) over the canvas keys
+    /// `[pads[b], pads[batch + b])` of their batch row; scale 1/sqrt(head_dim).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,

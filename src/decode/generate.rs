@@ -95,16 +95,22 @@ impl DecodeOptions {
         if prompts.is_empty() {
             return fail("no prompt given".into());
         }
-        for (i, p) in prompts.iter().enumerate() {
+        let gens = vec![self.gen_length; prompts.len()];
+        self.validate_prompts(cfg, prompts, &gens)
+    }
+
+    /// Each prompt against the model and its own generation length.
+    fn validate_prompts(&self, cfg: &ModelConfig, prompts: &[Vec<u32>], gens: &[usize]) -> Result<()> {
+        let fail = |m: String| Err(Error::options(m));
+        for (i, (p, &g)) in prompts.iter().zip(gens).enumerate() {
             if p.is_empty() {
                 return fail(format!("prompt {i} is empty"));
             }
-            if p.len() + self.gen_length > cfg.max_seq_len {
+            if p.len() + g > cfg.max_seq_len {
                 return fail(format!(
-                    "prompt {i} ({} tokens) + gen_length {} = {} exceeds the model's max_sequence_length {}",
+                    "prompt {i} ({} tokens) + gen_length {g} = {} exceeds the model's max_sequence_length {}",
                     p.len(),
-                    self.gen_length,
-                    p.len() + self.gen_length,
+                    p.len() + g,
                     cfg.max_seq_len
                 ));
             }
@@ -193,6 +199,21 @@ pub fn dream_step_count(masks: usize, i: usize, steps: usize) -> u32 {
     }
     let ts = linspace_f32(1.0, 1e-3, steps + 1);
     (masks as f32 * (1.0 - ts[i + 1] / ts[i])) as u32
+}
+
+/// Where a batch row starts (see [`Engine::generate_rows`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowStart {
+    pub prompt: Vec<u32>,
+    /// Generated ids of the blocks this row has already decoded (a whole number of blocks).
+    pub done: Vec<u32>,
+    /// Forwards the row has already taken part in: its sampling noise continues from there.
+    pub forwards: u64,
+    /// The row's sampling seed (default: the options' seed).
+    pub seed: Option<u64>,
+    /// The row's generation length (default: the options'; at most the options', a whole number
+    /// of blocks). The quota schedule's steps per block are the options' for every row.
+    pub gen_length: Option<usize>,
 }
 
 /// What one batch row produced.
@@ -317,19 +338,61 @@ impl<B: Backend> Engine<B> {
         opts: &DecodeOptions,
         progress: &mut dyn Progress,
     ) -> Result<Output> {
-        opts.validate(&self.config, prompts)?;
+        let rows: Vec<RowStart> =
+            prompts.iter().map(|p| RowStart { prompt: p.clone(), ..RowStart::default() }).collect();
+        self.generate_rows(&rows, opts, usize::MAX, progress)
+    }
+
+    /// Decode rows that may already have finished some blocks, at most `max_blocks` more blocks
+    /// each: the continuous batch of `dllm serve` resumes its rows between blocks, adding and
+    /// removing rows at block boundaries. Each row's current block is aligned at one canvas
+    /// column by left padding; a row with fewer blocks left ends before the canvas does (its
+    /// later keys are masked), so every row decodes exactly as it would alone.
+    pub fn generate_rows(
+        &self,
+        starts: &[RowStart],
+        opts: &DecodeOptions,
+        max_blocks: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Output> {
+        let prompts: Vec<Vec<u32>> = starts.iter().map(|r| r.prompt.clone()).collect();
+        // Options without the prompts (one stand-in prompt), then each row with its own length.
+        opts.validate(&self.config, &[vec![0]])?;
+        let gens: Vec<usize> = starts.iter().map(|r| r.gen_length.unwrap_or(opts.gen_length)).collect();
+        opts.validate_prompts(&self.config, &prompts, &gens)?;
         let t0 = Instant::now();
         let be = &self.backend;
         let cfg = &self.config;
         let sp = &self.special;
-        let batch = prompts.len();
-        let p_max = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let canvas_len = p_max + opts.gen_length;
+        let batch = starts.len();
         let dream = cfg.arch == Arch::Dream;
         // Dream's uncached baseline decodes the whole generation as one window (spec §3).
         let bl = if dream && opts.cache == CacheMode::None { opts.gen_length } else { opts.block_length };
         let blocks = opts.gen_length / bl;
         let steps_per_block = opts.steps / blocks;
+        for (i, (r, &g)) in starts.iter().zip(&gens).enumerate() {
+            if g % bl != 0 || g > opts.gen_length || (bl == opts.gen_length && g != bl) {
+                return Err(Error::options(format!(
+                    "row {i}: gen_length {g} must be a multiple of the block ({bl}) and at most the batch's {}",
+                    opts.gen_length
+                )));
+            }
+            if r.done.len() % bl != 0 || r.done.len() >= g {
+                return Err(Error::options(format!(
+                    "row {i}: {} generated ids already done is not a whole number of blocks below gen_length {g}",
+                    r.done.len(),
+                )));
+            }
+        }
+        // Each row: [left pad | prompt | done blocks | current block … its end | right pad].
+        let prefix = |r: &RowStart| r.prompt.len() + r.done.len();
+        let s0 = starts.iter().map(prefix).max().unwrap_or(0);
+        let remaining: Vec<usize> = starts.iter().zip(&gens).map(|(r, &g)| g - r.done.len()).collect();
+        let canvas_len = s0 + remaining.iter().copied().max().unwrap_or(0);
+        let ends: Vec<usize> = remaining.iter().map(|&n| s0 + n).collect();
+        // Column of each row's first generated position.
+        let gen_start: Vec<usize> = starts.iter().map(|r| s0 - r.done.len()).collect();
+        let blocks_to_run = (remaining.iter().copied().max().unwrap_or(0) / bl).min(max_blocks);
         // Dream compares its bf16 confidences with bf16(τ) (spec §3).
         let bf16_probs = dream && be.dtype() == DType::Bf16;
         let tau = |t: f64| if bf16_probs { half::bf16::from_f32(t as f32).to_f64() } else { t };
@@ -347,29 +410,33 @@ impl<B: Backend> Engine<B> {
             )));
         }
 
-        // Canvas: each row left-padded to the longest prompt, then G masks (spec §1, §6).
-        let pads: Vec<u32> = prompts.iter().map(|p| (p_max - p.len()) as u32).collect();
+        // Canvas: each row left-padded so that its current block starts at s0, then its remaining
+        // masks, then right padding up to the longest row (spec §1, §6).
+        let mut pads: Vec<u32> = starts.iter().map(|r| (s0 - prefix(r)) as u32).collect();
+        pads.extend(ends.iter().map(|&e| e as u32));
         let mut host = Vec::with_capacity(batch * canvas_len);
-        for p in prompts {
-            host.extend(std::iter::repeat_n(sp.pad, p_max - p.len()));
-            host.extend_from_slice(p);
-            host.extend(std::iter::repeat_n(sp.mask, opts.gen_length));
+        for (r, &n) in starts.iter().zip(&remaining) {
+            host.extend(std::iter::repeat_n(sp.pad, s0 - prefix(r)));
+            host.extend_from_slice(&r.prompt);
+            host.extend_from_slice(&r.done);
+            host.extend(std::iter::repeat_n(sp.mask, n));
+            host.extend(std::iter::repeat_n(sp.pad, canvas_len - s0 - n));
         }
 
         // Everything a step touches is allocated here, once.
         let mut canvas = be.ids(batch * canvas_len)?;
-        let mut pad_ids = be.ids(batch)?;
+        let mut pad_ids = be.ids(2 * batch)?;
         be.write_ids(&mut canvas, &host)?;
         be.write_ids(&mut pad_ids, &pads)?;
         let mut ws = Workspace::new(be, cfg, batch, canvas_len, bl)?;
         let mut cache = KvCache::new(be, cfg, batch, canvas_len)?;
         let mut cands = be.cands(batch * bl)?;
 
-        let seeds: Vec<u64> = vec![opts.seed; batch];
-        let mut rows: Vec<RowOutput> = prompts
+        let seeds: Vec<u64> = starts.iter().map(|r| r.seed.unwrap_or(opts.seed)).collect();
+        let mut rows: Vec<RowOutput> = starts
             .iter()
-            .map(|p| RowOutput {
-                prompt: p.clone(),
+            .map(|r| RowOutput {
+                prompt: r.prompt.clone(),
                 tokens: vec![],
                 nfe: 0,
                 kinds: String::new(),
@@ -385,10 +452,14 @@ impl<B: Backend> Engine<B> {
         let mut prof = Profiler::default();
         let mut before = host.clone();
 
-        for k in 0..blocks {
-            let s = p_max + k * bl;
+        for k in 0..blocks_to_run {
+            let s = s0 + k * bl;
             let e = s + bl;
             let block = Window { start: s, len: bl };
+            // A row whose generation ended before this block is done.
+            for (b, f) in finished.iter_mut().enumerate() {
+                *f = *f || s >= ends[b];
+            }
             // Every generated position of this block is still masked at its start.
             let mut masks_left: Vec<usize> = finished.iter().map(|&f| if f { 0 } else { bl }).collect();
             let schedule = quota_schedule(bl, steps_per_block);
@@ -442,7 +513,8 @@ impl<B: Backend> Engine<B> {
                     graph::block_logits(be, cfg, &self.weights, &mut ws, step, block, p)?;
                 }
                 let active: Vec<bool> = masks_left.iter().map(|&m| m > 0).collect();
-                let counters: Vec<u64> = rows.iter().map(|r| r.nfe as u64).collect();
+                let counters: Vec<u64> =
+                    rows.iter().zip(starts).map(|(r, st)| st.forwards + r.nfe as u64).collect();
                 // The step's rule, what it ranks by, and each row's quota.
                 let (rule, score, quota): (Rule, Score, Vec<u32>) = match (dream, opts.rule) {
                     (false, rule) => {
@@ -524,7 +596,7 @@ impl<B: Backend> Engine<B> {
                         .map(|b| {
                             (s..e)
                                 .filter(|&p| now[b * canvas_len + p] != before[b * canvas_len + p])
-                                .map(|p| (p - p_max, now[b * canvas_len + p]))
+                                .map(|p| (p - gen_start[b], now[b * canvas_len + p]))
                                 .collect()
                         })
                         .collect();
@@ -536,13 +608,14 @@ impl<B: Backend> Engine<B> {
                 be.read_ids(&canvas, &mut host)?;
             }
             if progress.wants_blocks() {
-                let generated: Vec<&[u32]> =
-                    (0..batch).map(|b| &host[b * canvas_len + p_max..b * canvas_len + e]).collect();
+                let generated: Vec<&[u32]> = (0..batch)
+                    .map(|b| &host[b * canvas_len + gen_start[b]..b * canvas_len + e.min(ends[b])])
+                    .collect();
                 progress.block_done(k, &generated);
             }
             if opts.early_exit {
                 for (b, done) in finished.iter_mut().enumerate() {
-                    let row = &host[b * canvas_len + s..b * canvas_len + e];
+                    let row = &host[b * canvas_len + s..b * canvas_len + e.min(ends[b]).max(s)];
                     *done = *done || row.iter().all(|t| sp.stop.contains(t));
                 }
             }
@@ -552,7 +625,7 @@ impl<B: Backend> Engine<B> {
         }
         be.read_ids(&canvas, &mut host)?;
         for (b, row) in rows.iter_mut().enumerate() {
-            row.tokens = host[b * canvas_len + p_max..(b + 1) * canvas_len]
+            row.tokens = host[b * canvas_len + gen_start[b]..b * canvas_len + ends[b]]
                 .iter()
                 .map(|&t| if t == sp.mask { sp.eos } else { t })
                 .collect();

@@ -3,4 +3,6 @@
 pub mod generate;
 pub mod select;
 
-pub use generate::{DecodeOptions, Engine, ForwardTime, Output, Progress, Quiet, RowOutput, TraceStep};
+pub use generate::{
+    DecodeOptions, Engine, ForwardTime, Output, Progress, Quiet, RowOutput, RowStart, TraceStep,
+};

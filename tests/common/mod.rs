@@ -214,7 +214,8 @@ pub fn block_logits<B: Backend>(engine: &Engine<B>, prompts: &[Vec<u32>]) -> Vec
     }
     let mut ids = be.ids(host.len()).unwrap();
     be.write_ids(&mut ids, &host).unwrap();
-    let mut pad_ids = be.ids(batch).unwrap();
+    pads.extend(std::iter::repeat_n(canvas_len as u32, batch)); // row ends: the whole canvas
+    let mut pad_ids = be.ids(2 * batch).unwrap();
     be.write_ids(&mut pad_ids, &pads).unwrap();
     let mut ws = Workspace::new(be, cfg, batch, canvas_len, 32).unwrap();
     let mut cache = KvCache::new(be, cfg, batch, canvas_len).unwrap();

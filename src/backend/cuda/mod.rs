@@ -515,7 +515,10 @@ impl Backend for Cuda {
             heads.n_kv_heads > 0 && heads.n_heads % heads.n_kv_heads == 0,
             "attention: n_kv_heads must divide n_heads",
         )?;
-        check(pads.len() >= step.batch && window_fits(step), "attention: pads or window")?;
+        check(
+            pads.len() >= 2 * step.batch && window_fits(step),
+            "attention: pads (left pads, row ends) or window",
+        )?;
         check(k_cache.cols == heads.kv_dim() && v_cache.cols == heads.kv_dim(), "attention: cache width")?;
         check(out.cols == heads.q_dim() && out.rows >= step.rows(), "attention: output shape")?;
         check(
