@@ -84,22 +84,8 @@ fn dream_prompts_use_the_checkpoints_chat_template_and_ids() {
 /// Three prompts of different lengths in one batch: each row equals its golden (= alone).
 #[test]
 fn dream_batch_of_three_equals_each_row_alone() {
-    let cases = golden_cases();
     let (_, engine) = cpu_engine(&dir());
-    let mut groups = 0;
-    for p0 in cases.iter().filter(|c| c.name.starts_with("p0/")) {
-        let mode = &p0.name[3..];
-        let group: Vec<&Case> = cases.iter().filter(|c| &c.name[3..] == mode).collect();
-        assert_eq!(group.len(), 3, "{mode}");
-        let prompts: Vec<Vec<u32>> = group.iter().map(|c| c.prompt.clone()).collect();
-        let out = engine.generate(&prompts, &p0.opts).unwrap();
-        for (row, c) in out.rows.iter().zip(&group) {
-            assert_eq!(row.tokens, c.tokens, "batch row {}", c.name);
-            assert_eq!(row.nfe, c.nfe, "batch row {}", c.name);
-            assert_eq!(row.commits, c.commits, "batch row {}", c.name);
-        }
-        groups += 1;
-    }
+    let groups = assert_batches_equal_alone(&engine, &golden_cases(), "tiny-dream");
     assert!(groups >= 6, "{groups}");
 }
 

@@ -73,22 +73,7 @@ fn batch_of_three_prompts_equals_each_row_alone() {
     for name in ["tiny-gqa", "tiny-mha"] {
         let cases = golden_cases(name);
         let (_, engine) = cpu_engine(&fixture(name).join("checkpoint"));
-        let mut groups = 0;
-        for p0 in cases.iter().filter(|c| c.name.starts_with("p0/")) {
-            let mode = &p0.name[3..];
-            let group: Vec<&Case> = cases.iter().filter(|c| &c.name[3..] == mode).collect();
-            assert_eq!(group.len(), 3);
-            let lens: Vec<usize> = group.iter().map(|c| c.prompt.len()).collect();
-            assert!(lens[0] != lens[1] && lens[1] != lens[2], "{lens:?}");
-            let prompts: Vec<Vec<u32>> = group.iter().map(|c| c.prompt.clone()).collect();
-            let out = engine.generate(&prompts, &p0.opts).unwrap();
-            for (row, c) in out.rows.iter().zip(&group) {
-                assert_eq!(row.tokens, c.tokens, "{name} batch row {}", c.name);
-                assert_eq!(row.nfe, c.nfe, "{name} batch row {}", c.name);
-                assert_eq!(row.commits, c.commits, "{name} batch row {}", c.name);
-            }
-            groups += 1;
-        }
+        let groups = assert_batches_equal_alone(&engine, &cases, name);
         assert_eq!(groups, 12);
     }
 }

@@ -209,22 +209,26 @@ def rules(spec):
             ("factor1.0", spec["gen_length"], None, 1.0)]
 
 
-def write_fixture(out, name, spec, seed):
-    ck = out / name / "checkpoint"
+def write_checkpoint(ck, tensors, files):
+    """A checkpoint directory: model.safetensors and the JSON files {name: object}."""
     ck.mkdir(parents=True, exist_ok=True)
-    reference.write_safetensors(ck / "model.safetensors", weights(spec, seed))
-    dump = lambda f, obj: (ck / f).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-    dump("config.json", config_json(spec))
-    dump("tokenizer.json", tokenizer_json(spec))
-    dump("tokenizer_config.json", tokenizer_config(spec))
-    sp = spec["specials"]
-    dump("generation_config.json", {"bos_token_id": sp["<|startoftext|>"],
-                                    "eos_token_id": sp["<|endoftext|>"],
-                                    "pad_token_id": sp["<|endoftext|>"]})
-    dump("special_tokens_map.json", {"bos_token": "<|startoftext|>",
-                                     "eos_token": "<|endoftext|>",
-                                     "pad_token": "<|endoftext|>"})
+    reference.write_safetensors(ck / "model.safetensors", tensors)
+    for f, obj in files.items():
+        (ck / f).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
     return ck
+
+
+def write_fixture(out, name, spec, seed):
+    sp = spec["specials"]
+    return write_checkpoint(out / name / "checkpoint", weights(spec, seed), {
+        "config.json": config_json(spec),
+        "tokenizer.json": tokenizer_json(spec),
+        "tokenizer_config.json": tokenizer_config(spec),
+        "generation_config.json": {"bos_token_id": sp["<|startoftext|>"], "eos_token_id": sp["<|endoftext|>"],
+                                   "pad_token_id": sp["<|endoftext|>"]},
+        "special_tokens_map.json": {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                                    "pad_token": "<|endoftext|>"},
+    })
 
 
 def try_seed(out, name, spec, seed):
@@ -402,22 +406,17 @@ def dream_rules(spec):
 
 
 def write_dream_fixture(out, name, spec, seed):
-    ck = out / name / "checkpoint"
-    ck.mkdir(parents=True, exist_ok=True)
-    reference.write_safetensors(ck / "model.safetensors", dream_weights(spec, seed))
-    dump = lambda f, obj: (ck / f).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-    dump("config.json", dream_config_json(spec))
-    dump("tokenizer.json", tokenizer_json(spec))
-    dump("tokenizer_config.json", dream_tokenizer_config(spec))
     sp = spec["specials"]
-    dump("generation_config.json", {"bos_token_id": sp["<|endoftext|>"],
-                                    "eos_token_id": sp["<|endoftext|>"],
-                                    "pad_token_id": sp["<|endoftext|>"],
-                                    "mask_token_id": sp["<|mask|>"]})
-    dump("special_tokens_map.json", {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
-                                     "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                                     "mask_token": "<|mask|>", "pad_token": "<|endoftext|>"})
-    return ck
+    return write_checkpoint(out / name / "checkpoint", dream_weights(spec, seed), {
+        "config.json": dream_config_json(spec),
+        "tokenizer.json": tokenizer_json(spec),
+        "tokenizer_config.json": dream_tokenizer_config(spec),
+        "generation_config.json": {"bos_token_id": sp["<|endoftext|>"], "eos_token_id": sp["<|endoftext|>"],
+                                   "pad_token_id": sp["<|endoftext|>"], "mask_token_id": sp["<|mask|>"]},
+        "special_tokens_map.json": {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+                                    "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                    "mask_token": "<|mask|>", "pad_token": "<|endoftext|>"},
+    })
 
 
 def check_dream_schedule(cname, cache, rule, steps, gen_length, commits):

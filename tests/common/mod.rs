@@ -122,6 +122,29 @@ pub fn mismatches(engine: &Engine<Cpu>, cases: &[Case]) -> Vec<String> {
     bad
 }
 
+/// Decode the three prompts of every mode (cases named `p0/…`, `p1/…`, `p2/…`) as one batch and
+/// check each row against its case (= the row alone): tokens, NFE, commits. Returns the number
+/// of modes checked.
+pub fn assert_batches_equal_alone(engine: &Engine<Cpu>, cases: &[Case], label: &str) -> usize {
+    let mut groups = 0;
+    for p0 in cases.iter().filter(|c| c.name.starts_with("p0/")) {
+        let mode = &p0.name[3..];
+        let group: Vec<&Case> = cases.iter().filter(|c| &c.name[3..] == mode).collect();
+        assert_eq!(group.len(), 3, "{label} {mode}");
+        let lens: Vec<usize> = group.iter().map(|c| c.prompt.len()).collect();
+        assert!(lens[0] != lens[1] && lens[1] != lens[2], "{label}: prompt lengths {lens:?}");
+        let prompts: Vec<Vec<u32>> = group.iter().map(|c| c.prompt.clone()).collect();
+        let out = engine.generate(&prompts, &p0.opts).unwrap();
+        for (row, c) in out.rows.iter().zip(&group) {
+            assert_eq!(row.tokens, c.tokens, "{label} batch row {}", c.name);
+            assert_eq!(row.nfe, c.nfe, "{label} batch row {}", c.name);
+            assert_eq!(row.commits, c.commits, "{label} batch row {}", c.name);
+        }
+        groups += 1;
+    }
+    groups
+}
+
 /// A fresh copy of a fixture checkpoint in a temporary directory, for tests that damage or
 /// change it.
 pub fn temp_copy(src: &Path, tag: &str) -> PathBuf {
