@@ -341,7 +341,7 @@ fn load_engine<B: Backend>(backend: B, files: &ModelFiles) -> Result<Engine<B>> 
 
 fn serve(a: ServeArgs) -> Result<()> {
     let files = open_model(&a.model)?;
-    let http_tok = dllm::model::Tokenizer::load(&files.dir, &files.config)?;
+    let http_tok = files.tokenizer.clone();
     let cfg = dllm::serve::ServeConfig {
         host: a.host.clone(),
         port: a.port,

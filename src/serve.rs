@@ -193,7 +193,7 @@ fn engine_loop<B: Backend>(engine: &Engine<B>, tok: &Tokenizer, jobs: mpsc::Rece
                 None => continue,
             },
         };
-        while running.len() < shared.max_batch
+        while running.len() < shared.cfg.max_batch
             && pending.front().is_some_and(|j| batch_key(engine, &j.opts) == key)
         {
             let job = pending.pop_front().expect("checked");
@@ -302,7 +302,6 @@ fn block_window<B: Backend>(engine: &Engine<B>, opts: &DecodeOptions) -> usize {
 pub struct Shared {
     jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
     queued: AtomicUsize,
-    max_batch: usize,
     cfg: ServeConfig,
     model: ModelConfig,
     tok: Tokenizer,
@@ -799,7 +798,6 @@ pub fn serve<B: Backend>(
     let shared = Arc::new(Shared {
         jobs: std::sync::Mutex::new(Some(tx)),
         queued: AtomicUsize::new(0),
-        max_batch: cfg.max_batch,
         model: engine.config.clone(),
         tok: http_tok,
         ids: AtomicU64::new(0),

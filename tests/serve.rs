@@ -108,6 +108,32 @@ fn dechunk(mut s: &str) -> String {
     }
 }
 
+/// Send a completions request and leave its (streamed) response to be read from the socket.
+fn open_request(port: u16, body: &Value) -> TcpStream {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// Poll `/health` until `done(health)` holds, failing after `limit`.
+fn wait_for_health(port: u16, limit: Duration, done: impl Fn(&Value) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let (_, h) = http(port, "GET", "/health", None, &[]);
+        let h: Value = serde_json::from_str(&h).unwrap();
+        if done(&h) {
+            return;
+        }
+        assert!(t0.elapsed() < limit, "/health never reached the expected state: {h}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
     let (st, b) = http(port, "POST", path, Some(&body.to_string()), &[]);
     (st, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")))
@@ -227,13 +253,8 @@ fn a_request_joins_a_running_batch_at_a_block_boundary() {
     let (_, alone) = post(p, "/v1/completions", &short);
     assert_eq!(alone["dllm"]["batch"], 1);
     // a long request: one token per forward over 448 positions, streamed
-    let long = json!({"prompt": "Once", "max_tokens": 448, "stream": true, "threshold": 1.0}).to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
-    let req = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
-        long.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
+    let long = json!({"prompt": "Once", "max_tokens": 448, "stream": true, "threshold": 1.0});
+    let mut s = open_request(p, &long);
     // wait until the long request has finished its first block (its first text chunk)
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
@@ -249,16 +270,10 @@ fn a_request_joins_a_running_batch_at_a_block_boundary() {
     assert_eq!(joined["usage"], alone["usage"]);
     assert_eq!(joined["dllm"]["nfe"], alone["dllm"]["nfe"]);
     // the long one is still running once the short one has left the batch
-    let t0 = Instant::now();
-    loop {
-        let (_, h) = http(p, "GET", "/health", None, &[]);
-        let h: Value = serde_json::from_str(&h).unwrap();
-        if h["running"] == 1 && h["completed"] == 2 {
-            break;
-        }
-        assert!(h["running"] != 0 && t0.elapsed() < Duration::from_secs(10), "{h}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_health(p, Duration::from_secs(10), |h| {
+        assert_ne!(h["running"], 0, "the long request ended early: {h}");
+        h["running"] == 1 && h["completed"] == 2
+    });
 }
 
 #[test]
@@ -322,27 +337,12 @@ fn a_cancelled_stream_frees_its_row() {
     let srv = Server::start(&[]);
     let p = srv.port;
     let body =
-        json!({"prompt": "Once", "max_tokens": 448, "stream": true, "cache": "none", "threshold": 1.0})
-            .to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
-    let req = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
+        json!({"prompt": "Once", "max_tokens": 448, "stream": true, "cache": "none", "threshold": 1.0});
+    let mut s = open_request(p, &body);
     let mut first = [0u8; 64];
     let _ = s.read(&mut first).unwrap(); // the response has started
     drop(s);
-    let t0 = Instant::now();
-    loop {
-        let (_, h) = http(p, "GET", "/health", None, &[]);
-        let h: Value = serde_json::from_str(&h).unwrap();
-        if h["abandoned"] == 1 && h["running"] == 0 {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "the abandoned row was not freed: {h}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_health(p, Duration::from_secs(60), |h| h["abandoned"] == 1 && h["running"] == 0);
     let (st, c) = post(p, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 32}));
     assert_eq!(st, 200, "{c}");
 }

@@ -56,8 +56,18 @@ impl Default for DecodeOptions {
 }
 
 impl DecodeOptions {
-    /// Reject options that cannot decode, naming the problem (spec §4.4, §5).
+    /// Reject options or prompts that cannot decode, naming the problem (spec §4.4, §5).
     pub fn validate(&self, cfg: &ModelConfig, prompts: &[Vec<u32>]) -> Result<()> {
+        self.validate_options(cfg)?;
+        if prompts.is_empty() {
+            return Err(Error::options("no prompt given"));
+        }
+        let gens = vec![self.gen_length; prompts.len()];
+        self.validate_prompts(cfg, prompts, &gens)
+    }
+
+    /// The options alone, for `cfg`'s family.
+    fn validate_options(&self, cfg: &ModelConfig) -> Result<()> {
         let fail = |m: String| Err(Error::options(m));
         if self.gen_length == 0 {
             return fail("gen_length must be at least 1".into());
@@ -65,20 +75,26 @@ impl DecodeOptions {
         if self.block_length == 0 {
             return fail("block_length must be at least 1".into());
         }
-        if cfg.arch == Arch::Dream {
-            self.validate_dream()?;
-        } else if self.gen_length % self.block_length != 0 {
-            return fail(format!(
-                "gen_length {} is not a multiple of block_length {}",
-                self.gen_length, self.block_length
-            ));
-        }
-        let blocks = self.gen_length / self.block_length;
-        if cfg.arch == Arch::Llada && (self.steps == 0 || self.steps % blocks != 0) {
-            return fail(format!(
-                "steps {} is not a positive multiple of the number of blocks {blocks} (gen_length / block_length)",
-                self.steps
-            ));
+        // Dream's uncached baseline has no blocks: `block_length` does not apply (spec §3).
+        let blockless = cfg.arch == Arch::Dream && self.cache == CacheMode::None;
+        if blockless {
+            if self.steps == 0 {
+                return fail("steps must be at least 1".into());
+            }
+        } else {
+            if self.gen_length % self.block_length != 0 {
+                return fail(format!(
+                    "gen_length {} is not a multiple of block_length {}",
+                    self.gen_length, self.block_length
+                ));
+            }
+            let blocks = self.gen_length / self.block_length;
+            if self.steps == 0 || self.steps % blocks != 0 {
+                return fail(format!(
+                    "steps {} is not a positive multiple of the number of blocks {blocks} (gen_length / block_length)",
+                    self.steps
+                ));
+            }
         }
         match self.rule {
             Rule::Threshold(t) if !(t > 0.0 && t <= 1.0) => {
@@ -92,11 +108,10 @@ impl DecodeOptions {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return fail(format!("temperature {} must be a finite number ≥ 0", self.temperature));
         }
-        if prompts.is_empty() {
-            return fail("no prompt given".into());
+        if cfg.arch == Arch::Dream {
+            self.validate_dream()?;
         }
-        let gens = vec![self.gen_length; prompts.len()];
-        self.validate_prompts(cfg, prompts, &gens)
+        Ok(())
     }
 
     /// Each prompt against the model and its own generation length.
@@ -126,8 +141,8 @@ impl DecodeOptions {
 }
 
 impl DecodeOptions {
-    /// Dream's own constraints (spec §3). Its uncached baseline has no blocks (`block_length` is
-    /// ignored there); the factor rule and sampling are LLaDA-only in dllm.
+    /// Dream's own constraints, on top of the common ones (spec §3): the factor rule and sampling
+    /// are LLaDA-only in dllm.
     fn validate_dream(&self) -> Result<()> {
         let fail = |m: String| Err(Error::options(m));
         match self.rule {
@@ -144,9 +159,6 @@ impl DecodeOptions {
         if self.temperature != 0.0 {
             return fail("temperature > 0 is not supported for Dream yet: greedy decoding only".into());
         }
-        if self.steps == 0 {
-            return fail("steps must be at least 1".into());
-        }
         if self.cache == CacheMode::None {
             if matches!(self.rule, Rule::Threshold(_)) && self.gen_length % self.steps != 0 {
                 return fail(format!(
@@ -154,25 +166,10 @@ impl DecodeOptions {
                     self.gen_length, self.steps
                 ));
             }
-            return Ok(());
-        }
-        if self.gen_length % self.block_length != 0 {
-            return fail(format!(
-                "gen_length {} is not a multiple of block_length {}",
-                self.gen_length, self.block_length
-            ));
-        }
-        let blocks = self.gen_length / self.block_length;
-        if self.steps % blocks != 0 {
-            return fail(format!(
-                "steps {} is not a multiple of the number of blocks {blocks} (gen_length / block_length)",
-                self.steps
-            ));
-        }
-        if self.rule == Rule::Quota && self.steps / blocks < 2 {
+        } else if self.rule == Rule::Quota && self.steps / (self.gen_length / self.block_length) < 2 {
             return fail(format!(
                 "Dream's entropy schedule needs at least 2 steps per block (got {}): with 1 the reference leaves masks behind (spec §3)",
-                self.steps / blocks
+                self.steps / (self.gen_length / self.block_length)
             ));
         }
         Ok(())
@@ -356,8 +353,10 @@ impl<B: Backend> Engine<B> {
         progress: &mut dyn Progress,
     ) -> Result<Output> {
         let prompts: Vec<Vec<u32>> = starts.iter().map(|r| r.prompt.clone()).collect();
-        // Options without the prompts (one stand-in prompt), then each row with its own length.
-        opts.validate(&self.config, &[vec![0]])?;
+        opts.validate_options(&self.config)?;
+        if starts.is_empty() {
+            return Err(Error::options("no prompt given"));
+        }
         let gens: Vec<usize> = starts.iter().map(|r| r.gen_length.unwrap_or(opts.gen_length)).collect();
         opts.validate_prompts(&self.config, &prompts, &gens)?;
         let t0 = Instant::now();

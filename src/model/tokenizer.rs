@@ -23,6 +23,7 @@ pub struct SpecialIds {
     pub stop: Vec<u32>,
 }
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub special: SpecialIds,
@@ -193,15 +194,24 @@ impl Tokenizer {
         self.chat_template.is_some()
     }
 
-    /// The built-in LLaDA chat template for one user turn (spec §2): BOS, the user header, the stripped
-    /// content, `<|eot_id|>`, then the assistant header. The template carries the BOS, so none
-    /// is added when tokenizing.
+    /// The built-in LLaDA chat template for one user turn (spec §2).
     pub fn chat_prompt(&self, content: &str) -> String {
-        format!(
-            "{}<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-            self.bos_text.as_deref().unwrap_or(""),
-            content.trim()
-        )
+        self.builtin_chat(&[("user", content)])
+    }
+
+    /// The built-in LLaDA chat template (spec §2): BOS, then per message its role's header, the
+    /// stripped content and `<|eot_id|>`, then the assistant header. The template carries the
+    /// BOS, so none is added when tokenizing.
+    fn builtin_chat(&self, messages: &[(&str, &str)]) -> String {
+        let mut text = self.bos_text.clone().unwrap_or_default();
+        for (role, content) in messages {
+            text.push_str(&format!(
+                "<|start_header_id|>{role}<|end_header_id|>\n\n{}<|eot_id|>",
+                content.trim()
+            ));
+        }
+        text.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+        text
     }
 
     /// Ids of a user message rendered with the checkpoint's chat template, or the built-in LLaDA
@@ -227,15 +237,7 @@ impl Tokenizer {
                 )));
             }
         }
-        let mut text = self.bos_text.clone().unwrap_or_default();
-        for (role, content) in messages {
-            text.push_str(&format!(
-                "<|start_header_id|>{role}<|end_header_id|>\n\n{}<|eot_id|>",
-                content.trim()
-            ));
-        }
-        text.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
-        self.encode(&text)
+        self.encode(&self.builtin_chat(messages))
     }
 
     /// Text of `ids`, special tokens dropped.
