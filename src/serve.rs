@@ -184,8 +184,9 @@ fn engine_loop<B: Backend>(engine: &Engine<B>, tok: &Tokenizer, jobs: mpsc::Rece
         let before = pending.len();
         pending.retain(|j| !j.events.is_closed());
         shared.queued.fetch_sub(before - pending.len(), Ordering::SeqCst);
-        // Admit: the batch's options are the first row's; a waiting request with other options
-        // stops admissions until the batch drains (no starvation).
+        // Admit: the batch's options are the first row's. A new batch takes every waiting
+        // request of its mode, in arrival order; a running batch takes newcomers of its mode only
+        // until a request of another mode is first in line (then it drains: no starvation).
         let key = match running.first() {
             Some(a) => batch_key(engine, &a.job.opts),
             None => match pending.front() {
@@ -193,10 +194,17 @@ fn engine_loop<B: Backend>(engine: &Engine<B>, tok: &Tokenizer, jobs: mpsc::Rece
                 None => continue,
             },
         };
-        while running.len() < shared.cfg.max_batch
-            && pending.front().is_some_and(|j| batch_key(engine, &j.opts) == key)
-        {
-            let job = pending.pop_front().expect("checked");
+        let fresh = running.is_empty();
+        let mut i = 0;
+        while running.len() < shared.cfg.max_batch && i < pending.len() {
+            if batch_key(engine, &pending[i].opts) != key {
+                if !fresh {
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            let job = pending.remove(i).expect("in range");
             shared.queued.fetch_sub(1, Ordering::SeqCst);
             let row = RowStart {
                 prompt: job.prompt.clone(),
