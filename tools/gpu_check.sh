@@ -135,6 +135,7 @@ run() {
       summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-now.log" | tail -n 1)
       say "- $tool: $([ $rc -eq 0 ] && echo clean || echo "FAIL (rc $rc)") — ${summary:-no summary} ($((SECONDS - t)) s)"
       [ $rc -ne 0 ] && grep -E '^=========' "$OUT/sanitizer-now.log" | head -n 20 | sed 's/^/    /' | tee -a "$report"
+      rm -f "$OUT/sanitizer-now.log"
     done
   else
     say "- skipped: no compute-sanitizer"
