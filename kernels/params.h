@@ -58,10 +58,12 @@ typedef struct {
     dptr_t v_cache;
     dptr_t pads;     /* [2 batch] u32: left pads, then row ends (exclusive canvas column) */
     dptr_t out;      /* [batch x win_len, n_heads head_dim] */
+    dptr_t partial;  /* f32 [splits][batch x win_len][n_heads][head_dim + 2]: o | m | l (splits > 1) */
     StepShape step;
     unsigned int n_heads;
     unsigned int n_kv_heads;
     unsigned int head_dim;
+    unsigned int splits; /* key splits per (query tile, head, row); 1: no partials, no combine */
     float scale;
 } AttentionParams;
 

@@ -33,6 +33,8 @@ for line in sys.stdin:
 ')
   rm -rf stage && mkdir -p stage/bin
   cp target/release/dllm stage/bin/dllm
+  # the kernels' fatbin, for cuobjdump's SASS on the GPU machine
+  cp "$(ls -t target/release/build/dllm-*/out/dllm.fatbin | head -n 1)" stage/dllm.fatbin
   while read -r name exe; do
     cp "$exe" "stage/bin/test-$name"
   done <<<"$list"
@@ -88,15 +90,17 @@ run() {
     say "- cuBLAS: libcublasLt.so.13 NOT FOUND"
   fi
 
-  # compute-sanitizer: from the staged wheel, else the machine's own
-  local san=""
+  # compute-sanitizer: the machine's own (the staged wheel's ended every run with "Target
+  # application terminated before first instrumented API call" on 2026-11-27), else the wheel
+  local san
+  san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null \
+    || find / -xdev -name compute-sanitizer -type f -not -path "$PWD/*" 2>/dev/null | head -n 1)
   local whl
   whl=$(ls stage/nvidia_cuda_sanitizer_api-*.whl 2>/dev/null | head -n 1)
-  if [ -n "$whl" ]; then
+  if [ ! -x "$san" ] && [ -n "$whl" ]; then
     python3 -m zipfile -e "$whl" stage/san >/dev/null 2>&1 && chmod +x stage/san/nvidia/cu13/bin/* \
       && san=$PWD/stage/san/nvidia/cu13/bin/compute-sanitizer
   fi
-  [ -x "$san" ] || san=$(command -v compute-sanitizer || find / -xdev -name compute-sanitizer -type f 2>/dev/null | head -n 1)
   say "- compute-sanitizer: ${san:-not found}"
   say ""
 
@@ -128,7 +132,8 @@ run() {
   if [ -x "$san" ]; then
     for tool in memcheck racecheck initcheck; do
       t=$SECONDS
-      within 60 "$san" --tool "$tool" --error-exitcode 9 stage/bin/test-gpu kernels_match_cpu_twins_f32 --test-threads=1 \
+      within 60 "$san" --tool "$tool" --error-exitcode 9 stage/bin/test-gpu kernels_match_cpu_twins_f32 \
+        attention_splits --test-threads=1 \
         > "$OUT/sanitizer-now.log" 2>&1
       rc=$?
       { echo "==== $tool (rc $rc)"; cat "$OUT/sanitizer-now.log"; } >> "$OUT/sanitizer.log"
@@ -139,6 +144,19 @@ run() {
     done
   else
     say "- skipped: no compute-sanitizer"
+  fi
+  if [ -x "$san" ]; then
+    # the whole binary too: a real decode (graphs, every op) under memcheck
+    t=$SECONDS
+    within 60 "$san" --tool memcheck --error-exitcode 9 "$DLLM_BIN" generate --device cuda \
+      --model tests/fixtures/tiny-gqa/checkpoint --prompt "What is 12 plus 30?" --gen-length 64 --cache dual \
+      > "$OUT/sanitizer-now.log" 2>&1
+    rc=$?
+    { echo "==== memcheck dllm generate (rc $rc)"; cat "$OUT/sanitizer-now.log"; } >> "$OUT/sanitizer.log"
+    summary=$(grep -E 'ERROR SUMMARY' "$OUT/sanitizer-now.log" | tail -n 1)
+    say "- memcheck of \`dllm generate --device cuda\` (dual cache, graphs): $([ $rc -eq 0 ] && echo clean || echo "FAIL (rc $rc)") — ${summary:-no summary} ($((SECONDS - t)) s)"
+    [ $rc -ne 0 ] && grep -E '^=========' "$OUT/sanitizer-now.log" | head -n 12 | sed 's/^/    /' | tee -a "$report"
+    rm -f "$OUT/sanitizer-now.log"
   fi
   say ""
 
@@ -175,6 +193,17 @@ run() {
   within 120 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base --profile \
     > "$OUT/s1-profile.txt" 2>&1
   sed -n '/^profile of/,$p' "$OUT/s1-profile.txt" | tee -a "$report"
+  say ""
+  say "### attention v1 (DLLM_ATTENTION=v1) against v2, same process kind, same card"
+  DLLM_ATTENTION=v1 within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base \
+    2>&1 | grep -E '^\| s1-' | sed 's/^| s1-/| v1 s1-/' | tee -a "$report"
+  say ""
+  if command -v cuobjdump >/dev/null && [ -f stage/dllm.fatbin ]; then
+    say "### SASS of attention_bf16 (sm_90a): memory instructions"
+    cuobjdump -sass -arch sm_90a -fun attention_bf16 stage/dllm.fatbin 2>&1 \
+      | grep -oE '\b(LDG|STG|LDS|STS|SHFL)[.A-Z0-9]*' | sort | uniq -c | tr '\n' ';' | tee -a "$report"
+    say ""
+  fi
   say ""
   say "total: $((SECONDS - t_start)) s; logs in $OUT"
   echo

@@ -60,6 +60,11 @@ pub const MAX_HEAD_DIM: usize = 128;
 pub const MAX_BLOCK_LENGTH: usize = 1024;
 const ATT_QROWS: usize = 16;
 const ATT_KTILE: usize = 32;
+/// Workspace of the split attention's partial records (f32 [splits][rows][heads][hd + 2]).
+const ATT_PARTIAL_BYTES: usize = 16 << 20;
+/// At most this many key splits, each of at least `ATT_MIN_SPLIT_KEYS` keys.
+const ATT_MAX_SPLITS: usize = 16;
+const ATT_MIN_SPLIT_KEYS: usize = 64;
 
 fn drv(what: &str) -> impl Fn(DriverError) -> Error + '_ {
     // Format the CUresult itself: Debug on a DriverError would call back into the driver.
@@ -84,6 +89,9 @@ struct Kernels {
     rmsnorm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
+    attention_combine: CudaFunction,
+    /// The first attention kernel (kernels/attention_v1.cu), kept while v2 is measured against it.
+    attention_v1: CudaFunction,
     swiglu: CudaFunction,
     add: CudaFunction,
     add_bias: CudaFunction,
@@ -105,6 +113,14 @@ pub struct Cuda {
     replays: Cell<u64>,
     blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
+    /// Partial (o, m, l) records of split attention, merged by attention_combine.
+    att_partial: CudaSlice<u8>,
+    /// Multiprocessors of the GPU: split attention aims to fill them.
+    sm_count: usize,
+    /// Tests and tuning: force the key splits of attention (None: `attention_splits` decides).
+    att_splits_forced: Cell<Option<usize>>,
+    /// `DLLM_ATTENTION=v1`: run the first attention kernel (for timing it against v2).
+    att_v1: bool,
     k: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -171,6 +187,8 @@ impl Cuda {
             rmsnorm: f(&format!("rmsnorm_{sfx}"))?,
             rope_kv: f(&format!("rope_kv_{sfx}"))?,
             attention: f(&format!("attention_{sfx}"))?,
+            attention_combine: f(&format!("attention_combine_{sfx}"))?,
+            attention_v1: f(&format!("attention_v1_{sfx}"))?,
             swiglu: f(&format!("swiglu_{sfx}"))?,
             add: f(&format!("add_{sfx}"))?,
             add_bias: f(&format!("add_bias_{sfx}"))?,
@@ -189,6 +207,11 @@ impl Cuda {
             .map_err(|e| Error::Device(format!("cuBLAS workspace: {:?}", e.0)))?;
         // SAFETY: only probes for the shared library.
         let nvtx = unsafe { cudarc::nvtx::sys::is_culib_present() };
+        let att_partial = stream.alloc_zeros::<u8>(ATT_PARTIAL_BYTES).map_err(drv("attention workspace"))?;
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(drv("multiprocessor count"))?
+            .max(1) as usize;
         Ok(Cuda {
             graphs: RefCell::new(HashMap::new()),
             graphs_on: Cell::new(true),
@@ -196,6 +219,10 @@ impl Cuda {
             replays: Cell::new(0),
             blas,
             _blas_workspace: workspace,
+            att_partial,
+            sm_count,
+            att_splits_forced: Cell::new(None),
+            att_v1: std::env::var("DLLM_ATTENTION").as_deref() == Ok("v1"),
             k,
             stream,
             ctx,
@@ -203,6 +230,25 @@ impl Cuda {
             device,
             nvtx,
         })
+    }
+
+    /// Force attention's key splits (tests, tuning); `None` restores the automatic choice.
+    /// The count is still capped by the workspace and by one split per key tile.
+    pub fn force_attention_splits(&self, splits: Option<usize>) {
+        self.att_splits_forced.set(splits);
+    }
+
+    /// Key splits for an attention launch of `tiles` query tiles × heads × rows over at most
+    /// `keys` keys: enough blocks to fill every multiprocessor about four times over when the
+    /// query tiles alone cannot (an in-block step: 2 tiles a head), never below
+    /// `ATT_MIN_SPLIT_KEYS` keys a split, and within the partial-record workspace.
+    pub fn attention_splits(&self, blocks: usize, keys: usize, records_per_split: usize) -> usize {
+        let wanted = match self.att_splits_forced.get() {
+            Some(s) => s.min(keys.div_ceil(ATT_KTILE)),
+            None => (4 * self.sm_count).div_ceil(blocks.max(1)).min(keys.div_ceil(ATT_MIN_SPLIT_KEYS)),
+        };
+        let fits = ATT_PARTIAL_BYTES / (records_per_split.max(1) * 4);
+        wanted.min(ATT_MAX_SPLITS).min(fits).max(1)
     }
 
     /// (graphs captured, graph replays) so far: tests check that graphs are really used.
@@ -529,21 +575,37 @@ impl Backend for Cuda {
             k_cache.rows >= step.batch * step.canvas && v_cache.rows >= step.batch * step.canvas,
             "attention: cache",
         )?;
+        let tiles = step.win.len.div_ceil(ATT_QROWS);
+        let blocks = tiles * heads.n_heads * step.batch;
+        let splits = if self.att_v1 {
+            1
+        } else {
+            self.attention_splits(blocks, step.canvas, step.rows() * heads.n_heads * (hd + 2))
+        };
         let p = AttentionParams {
             qkv: self.ptr(&qkv.buf),
             k_cache: self.ptr(&k_cache.buf),
             v_cache: self.ptr(&v_cache.buf),
             pads: self.ptr(pads),
             out: self.ptr_mut(&mut out.buf),
+            partial: self.ptr(&self.att_partial),
             step: Self::step_shape(step),
             n_heads: heads.n_heads as u32,
             n_kv_heads: heads.n_kv_heads as u32,
             head_dim: hd as u32,
+            splits: splits as u32,
             scale: 1.0 / (hd as f32).sqrt(),
         };
         let smem = (ATT_QROWS * hd + ATT_KTILE * (hd + 1) + ATT_KTILE * hd) * 4;
-        let grid = (step.win.len.div_ceil(ATT_QROWS) as u32, heads.n_heads as u32, step.batch as u32);
-        self.launch(&self.k.attention, grid, 128, smem as u32, &p)
+        let grid = (tiles as u32, heads.n_heads as u32, (step.batch * splits) as u32);
+        if self.att_v1 {
+            return self.launch(&self.k.attention_v1, grid, 128, smem as u32, &p);
+        }
+        self.launch(&self.k.attention, grid, 128, smem as u32, &p)?;
+        if splits > 1 {
+            self.launch(&self.k.attention_combine, (step.rows() as u32, 1, 1), 128, 0, &p)?;
+        }
+        Ok(())
     }
 
     fn swiglu(&self, gate_up: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
