@@ -280,7 +280,10 @@ fn attention_splits_and_head_dims_match_the_cpu() {
                     cpu.attention(&qkv, &kc, &vc, &pads, step, heads, &mut att).unwrap();
                     cpu.to_host(&att, step.rows()).unwrap()
                 };
-                for forced in [Some(1), Some(3), Some(7), None] {
+                // bf16: the tensor-core kernel (hd 128, the full window) and the CUDA-core one
+                let paths: &[bool] = if dtype == DType::Bf16 { &[false, true] } else { &[false] };
+                for (&simt, forced) in paths.iter().flat_map(|p| [Some(1), Some(3), Some(7), None].map(|f| (p, f))) {
+                    g.disable_tensor_core_attention(simt);
                     g.force_attention_splits(forced);
                     let t = |d: &[f32], r, c| g.tensor_from_host(d, r, c).unwrap();
                     let mut pads = g.ids(2 * batch).unwrap();
@@ -293,13 +296,17 @@ fn attention_splits_and_head_dims_match_the_cpu() {
                     let mut att = t(&vec![POISON; step.rows() * heads.q_dim()], step.rows(), heads.q_dim());
                     g.attention(&qkv, &kc, &vc, &pads, step, heads, &mut att).unwrap();
                     let got = g.to_host(&att, step.rows()).unwrap();
-                    let what = format!("{dtype:?} hd {hd} heads {n_heads}/{n_kv} window {win:?} splits {forced:?}");
+                    let what = format!(
+                        "{dtype:?} hd {hd} heads {n_heads}/{n_kv} window {win:?} splits {forced:?}{}",
+                        if simt { " (CUDA cores)" } else { "" }
+                    );
                     assert!(got.iter().all(|v| !v.is_nan()), "attention {what}: poisoned output left unwritten");
                     let e = rel_err(&got, &want);
                     eprintln!("attention {what}: relative error {e:.2e}");
                     assert!(e <= tol, "attention {what}: relative error {e:.3e} > {tol:e}");
                 }
                 g.force_attention_splits(None);
+                g.disable_tensor_core_attention(false);
             }
         }
     }

@@ -59,12 +59,17 @@ pub const MAX_HEAD_DIM: usize = 128;
 /// Selection ranks a block in one thread block.
 pub const MAX_BLOCK_LENGTH: usize = 1024;
 const ATT_QROWS: usize = 16;
+/// AM_THREADS of kernels/argmax_conf.cu.
+const ARGMAX_THREADS: u32 = 512;
 const ATT_KTILE: usize = 32;
 /// Workspace of the split attention's partial records (f32 [splits][rows][heads][hd + 2]).
 const ATT_PARTIAL_BYTES: usize = 16 << 20;
 /// At most this many key splits, each of at least `ATT_MIN_SPLIT_KEYS` keys.
 const ATT_MAX_SPLITS: usize = 16;
 const ATT_MIN_SPLIT_KEYS: usize = 64;
+/// The tensor-core attention (bf16, head_dim 128): 64 query rows a block, from windows this tall.
+const ATT_TC_ROWS: usize = 64;
+const ATT_TC_HEAD_DIM: usize = 128;
 
 fn drv(what: &str) -> impl Fn(DriverError) -> Error + '_ {
     // Format the CUresult itself: Debug on a DriverError would call back into the driver.
@@ -90,6 +95,8 @@ struct Kernels {
     rope_kv: CudaFunction,
     attention: CudaFunction,
     attention_combine: CudaFunction,
+    /// bf16 only (None for f32): kernels/attention_tc.cu.
+    attention_tc: Option<CudaFunction>,
     /// The first attention kernel (kernels/attention_v1.cu), kept while v2 is measured against it.
     attention_v1: CudaFunction,
     swiglu: CudaFunction,
@@ -121,6 +128,8 @@ pub struct Cuda {
     att_splits_forced: Cell<Option<usize>>,
     /// `DLLM_ATTENTION=v1`: run the first attention kernel (for timing it against v2).
     att_v1: bool,
+    /// Tests and tuning (`DLLM_ATTENTION=simt`): keep bf16 on the CUDA-core kernel.
+    att_tc_off: Cell<bool>,
     k: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -188,6 +197,7 @@ impl Cuda {
             rope_kv: f(&format!("rope_kv_{sfx}"))?,
             attention: f(&format!("attention_{sfx}"))?,
             attention_combine: f(&format!("attention_combine_{sfx}"))?,
+            attention_tc: if dtype == DType::Bf16 { Some(f("attention_tc_bf16")?) } else { None },
             attention_v1: f(&format!("attention_v1_{sfx}"))?,
             swiglu: f(&format!("swiglu_{sfx}"))?,
             add: f(&format!("add_{sfx}"))?,
@@ -223,6 +233,7 @@ impl Cuda {
             sm_count,
             att_splits_forced: Cell::new(None),
             att_v1: std::env::var("DLLM_ATTENTION").as_deref() == Ok("v1"),
+            att_tc_off: Cell::new(std::env::var("DLLM_ATTENTION").as_deref() == Ok("simt")),
             k,
             stream,
             ctx,
@@ -236,6 +247,11 @@ impl Cuda {
     /// The count is still capped by the workspace and by one split per key tile.
     pub fn force_attention_splits(&self, splits: Option<usize>) {
         self.att_splits_forced.set(splits);
+    }
+
+    /// Keep bf16 attention on the CUDA-core kernel (tests compare both paths with the CPU twin).
+    pub fn disable_tensor_core_attention(&self, off: bool) {
+        self.att_tc_off.set(off);
     }
 
     /// Key splits for an attention launch of `tiles` query tiles × heads × rows over at most
@@ -575,7 +591,13 @@ impl Backend for Cuda {
             k_cache.rows >= step.batch * step.canvas && v_cache.rows >= step.batch * step.canvas,
             "attention: cache",
         )?;
-        let tiles = step.win.len.div_ceil(ATT_QROWS);
+        // tensor cores for tall bf16 windows (block starts, uncached steps); CUDA cores for the
+        // 32-row in-block windows, where the keys are split instead, and for f32 (exact parity)
+        let tc = self.k.attention_tc.as_ref().filter(|_| {
+            !self.att_v1 && hd == ATT_TC_HEAD_DIM && step.win.len >= ATT_TC_ROWS && !self.att_tc_off.get()
+        });
+        let rows_per_block = if tc.is_some() { ATT_TC_ROWS } else { ATT_QROWS };
+        let tiles = step.win.len.div_ceil(rows_per_block);
         let blocks = tiles * heads.n_heads * step.batch;
         let splits = if self.att_v1 {
             1
@@ -601,9 +623,13 @@ impl Backend for Cuda {
         if self.att_v1 {
             return self.launch(&self.k.attention_v1, grid, 128, smem as u32, &p);
         }
-        self.launch(&self.k.attention, grid, 128, smem as u32, &p)?;
+        match tc {
+            Some(f) => self.launch(f, grid, 128, 0, &p)?, // static shared memory
+            None => self.launch(&self.k.attention, grid, 128, smem as u32, &p)?,
+        }
         if splits > 1 {
-            self.launch(&self.k.attention_combine, (step.rows() as u32, 1, 1), 128, 0, &p)?;
+            let grid = (step.rows() as u32, heads.n_heads as u32, 1);
+            self.launch(&self.k.attention_combine, grid, hd.next_multiple_of(32) as u32, 0, &p)?;
         }
         Ok(())
     }
@@ -710,7 +736,7 @@ impl Backend for Cuda {
             pad_: 0,
             temperature: sampling.temperature,
         };
-        self.launch(&self.k.argmax, Self::grid1(rows), 256, 0, &p)
+        self.launch(&self.k.argmax, Self::grid1(rows), ARGMAX_THREADS, 0, &p)
     }
 
     fn select(
