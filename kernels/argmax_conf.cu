@@ -13,7 +13,8 @@
 // logits for a bf16 model, spec §4.1).
 // Layout: logits [B·BL, vocab]; tokens u32, conf f64 [B·BL]. One block of 512 threads per row,
 // loops unrolled so that each thread has several loads in flight: an in-block step has only 32
-// rows (blocks), and 256 threads with one load at a time took 330 µs a call on an H100 (run 2).
+// rows (blocks), and 256 threads with one 2-byte load at a time took 330 µs a call on an H100
+// (run 2); 16-byte loads (for_each_logit) since run 4.
 // Floor: 2 passes over B·BL·vocab·sizeof(T) bytes (the second mostly from L1/L2); ~vocab f64
 // exps per row. CPU twin: Cpu::argmax_confidence.
 #include "common.cuh"
@@ -30,6 +31,25 @@ __device__ __forceinline__ void better(double& s, unsigned int& a, double s2, un
         s = s2;
         a = a2;
     }
+}
+
+// Visit every logit of a row once as f(v, x), the block's threads striding over it: 16-byte loads
+// (8 bf16 / 4 f32 values, several in flight a thread) when the row starts 16-byte aligned, the
+// rest of the row (or an unaligned row) one element at a time. 2-byte loads alone left an
+// in-block step's 32 rows latency-bound: 160 µs a call at 512 threads on an H100 (run 3).
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_logit(const T* l, unsigned int vocab, F f) {
+    constexpr unsigned int N = 16 / sizeof(T);
+    const unsigned int chunks = (size_t)l % 16 == 0 ? vocab / N : 0;
+    const uint4* l4 = (const uint4*)l;
+#pragma unroll 4
+    for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        float x[N];
+        unpack16(__ldg(l4 + c), x, T());
+#pragma unroll
+        for (unsigned int k = 0; k < N; ++k) f(c * N + k, x[k]);
+    }
+    for (unsigned int v = chunks * N + threadIdx.x; v < vocab; v += blockDim.x) f(v, to_f(l[v]));
 }
 
 template <typename T>
@@ -50,15 +70,13 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     float mx = -INFINITY;
     double best = -INFINITY;
     unsigned int arg = AM_NONE;
-#pragma unroll 4
-    for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) {
-        const float x = to_f(l[v]);
+    for_each_logit(l, p.vocab, [&](unsigned int v, float x) {
         mx = fmaxf(mx, x);
-        if (v == p.mask_id) continue;
+        if (v == p.mask_id) return;
         double score = greedy ? (double)x : (double)x / p.temperature + gumbel(seed, counter, pos, v);
         if (isnan(score)) score = -INFINITY;
         better(best, arg, score, v);
-    }
+    });
     mx = warp_max(mx);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -83,8 +101,7 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     const double m = (double)max_s[0];
     const unsigned int x0 = arg_s[0];
     double sum = 0.0;
-#pragma unroll 8
-    for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) sum += exp((double)to_f(l[v]) - m);
+    for_each_logit(l, p.vocab, [&](unsigned int, float x) { sum += exp((double)x - m); });
     sum = block_sum_d(sum);
     const bool r16 = p.bf16_probs != 0;
     auto prob = [&](float x) {
@@ -106,11 +123,10 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     double score;
     if (p.score == DLLM_SCORE_NEG_ENTROPY) {
         double e = 0.0;
-#pragma unroll 4
-        for (unsigned int v = threadIdx.x; v < p.vocab; v += blockDim.x) {
-            const double q = prob(to_f(l[v]));
+        for_each_logit(l, p.vocab, [&](unsigned int, float x) {
+            const double q = prob(x);
             e += q * log(q + 1e-10);
-        }
+        });
         e = block_sum_d(e);
         score = r16 ? (double)__bfloat162float(__float2bfloat16_rn(__double2float_rn(e))) : e;
     } else {

@@ -40,21 +40,6 @@ template <typename T> struct TileLoad {
     static constexpr int PER_THREAD = ATT_KTILE * (ATT_MAX_HD / Chunk<T>::N) / ATT_THREADS;
 };
 
-__device__ __forceinline__ void unpack(uint4 c, float* out, float) {
-    out[0] = __uint_as_float(c.x);
-    out[1] = __uint_as_float(c.y);
-    out[2] = __uint_as_float(c.z);
-    out[3] = __uint_as_float(c.w);
-}
-__device__ __forceinline__ void unpack(uint4 c, float* out, __nv_bfloat16) {
-    const unsigned int w[4] = {c.x, c.y, c.z, c.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        out[2 * i] = __uint_as_float(w[i] << 16);
-        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-
 template <typename T>
 __device__ void attention(const AttentionParams p) {
     extern __shared__ __align__(16) float smem[];
@@ -118,8 +103,8 @@ __device__ void attention(const AttentionParams p) {
             if (c < chunks) {
                 const unsigned int j = c / cpr, d0 = (c % cpr) * N;
                 float kf[N], vf[N];
-                unpack(kr[i], kf, T());
-                unpack(vr[i], vf, T());
+                unpack16(kr[i], kf, T());
+                unpack16(vr[i], vf, T());
 #pragma unroll
                 for (int x = 0; x < N; ++x) {
                     k_s[j * kstride + d0 + x] = kf[x];

@@ -15,6 +15,22 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 // round to nearest even, as half::bf16::from_f32 on the CPU twin
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// ---- 16-byte loads: 4 f32 or 8 bf16 values of a uint4, widened to f32 (the tag picks T)
+__device__ __forceinline__ void unpack16(uint4 c, float* out, float) {
+    out[0] = __uint_as_float(c.x);
+    out[1] = __uint_as_float(c.y);
+    out[2] = __uint_as_float(c.z);
+    out[3] = __uint_as_float(c.w);
+}
+__device__ __forceinline__ void unpack16(uint4 c, float* out, __nv_bfloat16) {
+    const unsigned int w[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
 // ---- reductions
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -195,12 +195,54 @@ run() {
     > "$OUT/s1-profile.txt" 2>&1
   sed -n '/^profile of/,$p' "$OUT/s1-profile.txt" | tee -a "$report"
   say ""
-  say "### attention: CUDA cores only (DLLM_ATTENTION=simt), and v1 (DLLM_ATTENTION=v1), same card"
+  say "### attention on CUDA cores only (DLLM_ATTENTION=simt), same card"
   DLLM_ATTENTION=simt within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base \
     2>&1 | grep -E '^\| s1-' | sed 's/^| s1-/| simt s1-/' | tee -a "$report"
-  DLLM_ATTENTION=v1 within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base \
-    2>&1 | grep -E '^\| s1-' | sed 's/^| s1-/| v1 s1-/' | tee -a "$report"
   say ""
+  say "### in-block attention key splits forced (DLLM_ATTENTION_SPLITS; the automatic choice is 9 here)"
+  for n in 3 6 12 24; do
+    DLLM_ATTENTION_SPLITS=$n within 30 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual \
+      2>&1 | grep -E '^\| s1-' | sed "s/^| s1-/| splits $n s1-/" | tee -a "$report"
+  done
+  say ""
+  # Kernel times without launch gaps: Nsight Compute on the kernels of S1's DualCache in-block
+  # steps (NVTX range "forward: dual step"; the bench's warm-up run has 7 such steps first).
+  local ncu_bin
+  ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+  local nvtx_lib
+  nvtx_lib=$(find / -xdev -name 'libnvToolsExt.so*' -not -path '/proc/*' 2>/dev/null | head -n 1)
+  if [ -n "$ncu_bin" ] && [ -n "$nvtx_lib" ]; then
+    say "### Nsight Compute: mean kernel time over one S1 in-block DualCache step (graphs off)"
+    t=$SECONDS
+    LD_LIBRARY_PATH="$(dirname "$nvtx_lib"):$LD_LIBRARY_PATH" within 150 "$ncu_bin" --nvtx \
+      --nvtx-include "forward: dual step/" --launch-skip 2900 --launch-count 420 \
+      --metrics gpu__time_duration.sum --print-summary per-kernel \
+      "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual --no-graphs > "$OUT/ncu.txt" 2>&1
+    rc=$?
+    say "(ncu rc $rc, $((SECONDS - t)) s; $nvtx_lib)"
+    python3 - "$OUT/ncu.txt" <<'PY' | tee -a "$report"
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+# per-kernel summary blocks: a kernel name line, then metric lines with average values
+rows, name = [], None
+for line in text.splitlines():
+    s = line.strip()
+    m = re.match(r"^([A-Za-z_][\w:<>, ]*)\(.*\).*", s) or re.match(r"^([A-Za-z_]\w+) \(", s)
+    if m and "gpu__time" not in s:
+        name = m.group(1).strip()
+        continue
+    if name and s.startswith("gpu__time_duration.sum"):
+        parts = s.split()
+        rows.append((name, " ".join(parts[1:])))
+for n, v in rows:
+    print(f"    {n}: {v}")
+if not rows:
+    print("    (no summary parsed; the log is ncu.txt)")
+PY
+    say ""
+  else
+    say "### Nsight Compute: skipped (ncu: ${ncu_bin:-none}; libnvToolsExt: ${nvtx_lib:-none})"
+  fi
   if command -v cuobjdump >/dev/null && [ -f stage/dllm.fatbin ]; then
     say "### SASS of attention_bf16 (sm_90a): memory instructions"
     cuobjdump -sass -arch sm_90a -fun attention_bf16 stage/dllm.fatbin 2>&1 \

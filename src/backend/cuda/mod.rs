@@ -97,8 +97,6 @@ struct Kernels {
     attention_combine: CudaFunction,
     /// bf16 only (None for f32): kernels/attention_tc.cu.
     attention_tc: Option<CudaFunction>,
-    /// The first attention kernel (kernels/attention_v1.cu), kept while v2 is measured against it.
-    attention_v1: CudaFunction,
     swiglu: CudaFunction,
     add: CudaFunction,
     add_bias: CudaFunction,
@@ -126,8 +124,6 @@ pub struct Cuda {
     sm_count: usize,
     /// Tests and tuning: force the key splits of attention (None: `attention_splits` decides).
     att_splits_forced: Cell<Option<usize>>,
-    /// `DLLM_ATTENTION=v1`: run the first attention kernel (for timing it against v2).
-    att_v1: bool,
     /// Tests and tuning (`DLLM_ATTENTION=simt`): keep bf16 on the CUDA-core kernel.
     att_tc_off: Cell<bool>,
     k: Kernels,
@@ -198,7 +194,6 @@ impl Cuda {
             attention: f(&format!("attention_{sfx}"))?,
             attention_combine: f(&format!("attention_combine_{sfx}"))?,
             attention_tc: if dtype == DType::Bf16 { Some(f("attention_tc_bf16")?) } else { None },
-            attention_v1: f(&format!("attention_v1_{sfx}"))?,
             swiglu: f(&format!("swiglu_{sfx}"))?,
             add: f(&format!("add_{sfx}"))?,
             add_bias: f(&format!("add_bias_{sfx}"))?,
@@ -231,8 +226,10 @@ impl Cuda {
             _blas_workspace: workspace,
             att_partial,
             sm_count,
-            att_splits_forced: Cell::new(None),
-            att_v1: std::env::var("DLLM_ATTENTION").as_deref() == Ok("v1"),
+            // tuning: DLLM_ATTENTION_SPLITS=N forces N key splits (see force_attention_splits)
+            att_splits_forced: Cell::new(
+                std::env::var("DLLM_ATTENTION_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0),
+            ),
             att_tc_off: Cell::new(std::env::var("DLLM_ATTENTION").as_deref() == Ok("simt")),
             k,
             stream,
@@ -594,16 +591,12 @@ impl Backend for Cuda {
         // tensor cores for tall bf16 windows (block starts, uncached steps); CUDA cores for the
         // 32-row in-block windows, where the keys are split instead, and for f32 (exact parity)
         let tc = self.k.attention_tc.as_ref().filter(|_| {
-            !self.att_v1 && hd == ATT_TC_HEAD_DIM && step.win.len >= ATT_TC_ROWS && !self.att_tc_off.get()
+            hd == ATT_TC_HEAD_DIM && step.win.len >= ATT_TC_ROWS && !self.att_tc_off.get()
         });
         let rows_per_block = if tc.is_some() { ATT_TC_ROWS } else { ATT_QROWS };
         let tiles = step.win.len.div_ceil(rows_per_block);
         let blocks = tiles * heads.n_heads * step.batch;
-        let splits = if self.att_v1 {
-            1
-        } else {
-            self.attention_splits(blocks, step.canvas, step.rows() * heads.n_heads * (hd + 2))
-        };
+        let splits = self.attention_splits(blocks, step.canvas, step.rows() * heads.n_heads * (hd + 2));
         let p = AttentionParams {
             qkv: self.ptr(&qkv.buf),
             k_cache: self.ptr(&k_cache.buf),
@@ -620,9 +613,6 @@ impl Backend for Cuda {
         };
         let smem = (ATT_QROWS * hd + ATT_KTILE * (hd + 1) + ATT_KTILE * hd) * 4;
         let grid = (tiles as u32, heads.n_heads as u32, (step.batch * splits) as u32);
-        if self.att_v1 {
-            return self.launch(&self.k.attention_v1, grid, 128, smem as u32, &p);
-        }
         match tc {
             Some(f) => self.launch(f, grid, 128, 0, &p)?, // static shared memory
             None => self.launch(&self.k.attention, grid, 128, smem as u32, &p)?,
