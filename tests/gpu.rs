@@ -282,7 +282,9 @@ fn attention_splits_and_head_dims_match_the_cpu() {
                 };
                 // bf16: the tensor-core kernel (hd 128, the full window) and the CUDA-core one
                 let paths: &[bool] = if dtype == DType::Bf16 { &[false, true] } else { &[false] };
-                for (&simt, forced) in paths.iter().flat_map(|p| [Some(1), Some(3), Some(7), None].map(|f| (p, f))) {
+                for (&simt, forced) in
+                    paths.iter().flat_map(|p| [Some(1), Some(3), Some(7), None].map(|f| (p, f)))
+                {
                     g.disable_tensor_core_attention(simt);
                     g.force_attention_splits(forced);
                     let t = |d: &[f32], r, c| g.tensor_from_host(d, r, c).unwrap();
@@ -300,7 +302,10 @@ fn attention_splits_and_head_dims_match_the_cpu() {
                         "{dtype:?} hd {hd} heads {n_heads}/{n_kv} window {win:?} splits {forced:?}{}",
                         if simt { " (CUDA cores)" } else { "" }
                     );
-                    assert!(got.iter().all(|v| !v.is_nan()), "attention {what}: poisoned output left unwritten");
+                    assert!(
+                        got.iter().all(|v| !v.is_nan()),
+                        "attention {what}: poisoned output left unwritten"
+                    );
                     let e = rel_err(&got, &want);
                     eprintln!("attention {what}: relative error {e:.2e}");
                     assert!(e <= tol, "attention {what}: relative error {e:.3e} > {tol:e}");
@@ -310,6 +315,44 @@ fn attention_splits_and_head_dims_match_the_cpu() {
             }
         }
     }
+}
+
+/// bf16 GEMMs at weight-streaming shapes go through cuBLASLt with a timed algorithm choice
+/// (src/backend/cuda/gemm.rs): the first call tunes, later calls reuse the choice; both match the
+/// CPU twin.
+#[test]
+fn bf16_linear_with_tuned_algorithms_matches_the_cpu() {
+    let Some(g) = gpu(DType::Bf16) else { return };
+    let cpu = Cpu::new(DType::Bf16, None);
+    for (rows, n, k) in [(32usize, 4096usize, 4096usize), (32, 1000, 4096), (7, 333, 264)] {
+        let x = rand_uniform(rows * k, (rows * n) as u64, 1.0);
+        let w = rand_uniform(n * k, (n + k) as u64, 0.05);
+        let want = {
+            let (xt, wt) =
+                (cpu.tensor_from_host(&x, rows, k).unwrap(), cpu.tensor_from_host(&w, n, k).unwrap());
+            let mut o = cpu.tensor(rows, n).unwrap();
+            cpu.linear(&xt, &wt, rows, &mut o).unwrap();
+            cpu.to_host(&o, rows).unwrap()
+        };
+        let (xt, wt) = (g.tensor_from_host(&x, rows, k).unwrap(), g.tensor_from_host(&w, n, k).unwrap());
+        for call in ["tuning", "tuned"] {
+            let mut o = g.tensor_from_host(&vec![POISON; rows * n], rows, n).unwrap();
+            g.linear(&xt, &wt, rows, &mut o).unwrap();
+            let got = g.to_host(&o, rows).unwrap();
+            assert!(
+                got.iter().all(|v| !v.is_nan()),
+                "{rows}×{n}×{k} ({call}): poisoned output left unwritten"
+            );
+            let e = rel_err(&got, &want);
+            eprintln!("linear bf16 {rows}×{n}×{k} ({call}): relative error {e:.2e}");
+            assert!(e <= 1e-2, "{rows}×{n}×{k} ({call}): relative error {e:.3e}");
+        }
+    }
+    let report = g.tuning_report();
+    for line in &report {
+        eprintln!("tuned: {line}");
+    }
+    assert!(report.len() >= 3, "every shape was tuned once: {report:?}");
 }
 
 fn gpu_engine(dir: &std::path::Path) -> Option<(ModelFiles, Engine<Cuda>)> {

@@ -125,7 +125,7 @@ run() {
     fi
   done
   # the errors measured (forced attention splits: in the log only)
-  grep -h -E 'relative error|tokens equal' "$OUT/test-gpu.log" | grep -v 'splits Some' | sed 's/^/    /' | tee -a "$report"
+  grep -h -E 'relative error|tokens equal|^tuned:' "$OUT/test-gpu.log" | grep -v 'splits Some' | sed 's/^/    /' | tee -a "$report"
   say ""
 
   say "## compute-sanitizer on the kernel tests"
@@ -205,43 +205,25 @@ run() {
       2>&1 | grep -E '^\| s1-' | sed "s/^| s1-/| splits $n s1-/" | tee -a "$report"
   done
   say ""
-  # Kernel times without launch gaps: Nsight Compute on the kernels of S1's DualCache in-block
-  # steps (NVTX range "forward: dual step"; the bench's warm-up run has 7 such steps first).
+  # Kernel times without launch gaps: Nsight Compute on our kernels (cuBLAS's excluded) of one S1
+  # DualCache in-block step. Our kernels a forward: block start 229 (tensor-core attention, no
+  # combine), in-block 261; the bench runs a warm-up (1 block start + 7 in-block steps), then
+  # s1-dual twice: skip the warm-up, S1's first block start and first in-block step.
   local ncu_bin
-  ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
-  local nvtx_lib
-  nvtx_lib=$(find / -xdev -name 'libnvToolsExt.so*' -not -path '/proc/*' 2>/dev/null | head -n 1)
-  if [ -n "$ncu_bin" ] && [ -n "$nvtx_lib" ]; then
-    say "### Nsight Compute: mean kernel time over one S1 in-block DualCache step (graphs off)"
+  ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+  if [ -n "$ncu_bin" ]; then
+    say "### Nsight Compute: our kernels over one S1 in-block DualCache step (graphs off)"
     t=$SECONDS
-    LD_LIBRARY_PATH="$(dirname "$nvtx_lib"):$LD_LIBRARY_PATH" within 150 "$ncu_bin" --nvtx \
-      --nvtx-include "forward: dual step/" --launch-skip 2900 --launch-count 420 \
-      --metrics gpu__time_duration.sum --print-summary per-kernel \
+    within 150 "$ncu_bin" --kernel-name 'regex:^(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select)' \
+      --launch-skip 2546 --launch-count 261 --metrics gpu__time_duration.sum --print-summary per-kernel \
       "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual --no-graphs > "$OUT/ncu.txt" 2>&1
     rc=$?
-    say "(ncu rc $rc, $((SECONDS - t)) s; $nvtx_lib)"
-    python3 - "$OUT/ncu.txt" <<'PY' | tee -a "$report"
-import re, sys
-text = open(sys.argv[1], errors="replace").read()
-# per-kernel summary blocks: a kernel name line, then metric lines with average values
-rows, name = [], None
-for line in text.splitlines():
-    s = line.strip()
-    m = re.match(r"^([A-Za-z_][\w:<>, ]*)\(.*\).*", s) or re.match(r"^([A-Za-z_]\w+) \(", s)
-    if m and "gpu__time" not in s:
-        name = m.group(1).strip()
-        continue
-    if name and s.startswith("gpu__time_duration.sum"):
-        parts = s.split()
-        rows.append((name, " ".join(parts[1:])))
-for n, v in rows:
-    print(f"    {n}: {v}")
-if not rows:
-    print("    (no summary parsed; the log is ncu.txt)")
-PY
+    say "(ncu rc $rc, $((SECONDS - t)) s; full output in ncu.txt)"
+    grep -E '^ *(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select)[a-z_0-9]*|gpu__time_duration' "$OUT/ncu.txt" \
+      | sed -E 's/ +/ /g' | head -n 60 | sed 's/^/    /' | tee -a "$report"
     say ""
   else
-    say "### Nsight Compute: skipped (ncu: ${ncu_bin:-none}; libnvToolsExt: ${nvtx_lib:-none})"
+    say "### Nsight Compute: skipped (no ncu)"
   fi
   if command -v cuobjdump >/dev/null && [ -f stage/dllm.fatbin ]; then
     say "### SASS of attention_bf16 (sm_90a): memory instructions"

@@ -281,6 +281,10 @@ pub trait Backend {
     /// device (synthetic weights without a file). Element i is a pure function of (seed, i),
     /// identical on every backend.
     fn fill_random(&self, t: &mut Self::Tensor, seed: u64, offset: f32, scale: f32) -> Result<()>;
+    /// One line per one-time tuning decision taken so far (the CUDA backend's GEMM algorithms).
+    fn tuning_report(&self) -> Vec<String> {
+        vec![]
+    }
     /// Open / close a named range for timeline profilers (NVTX on CUDA); no-op by default.
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}

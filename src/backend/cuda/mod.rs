@@ -12,7 +12,7 @@
 //! - Each op is checked against its CPU twin by `tests/gpu.rs` (skipped without a GPU).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -28,6 +28,8 @@ use half::bf16;
 use super::{Backend, DType, GraphUse, Heads, Rule, Sampling, Score, Select, Step, Window};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
+
+mod gemm;
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 mod params {
@@ -112,12 +114,21 @@ const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 pub struct Cuda {
     // Field order matters for drop: graphs, cuBLAS and the functions before the context.
     graphs: RefCell<HashMap<u64, CudaGraph>>,
+    /// Step keys run once eagerly: a key is captured on its second use, so that one-time work
+    /// (GEMM tuning) happens outside any capture.
+    graph_seen: RefCell<HashSet<u64>>,
+    /// A capture is in progress (GEMM tuning must wait for an eager call).
+    capturing: Cell<bool>,
+    /// bf16 GEMMs through cuBLASLt with per-shape tuned algorithms (None: f32, or no cuBLASLt).
+    lt: Option<gemm::LtGemms>,
     /// Off once a capture failed (then every step runs eagerly).
     graphs_on: Cell<bool>,
     captures: Cell<u64>,
     replays: Cell<u64>,
     blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
+    /// The workspace's device address (shared by cuBLAS and cuBLASLt: one stream, in order).
+    workspace_ptr: u64,
     /// Partial (o, m, l) records of split attention, merged by attention_combine.
     att_partial: CudaSlice<u8>,
     /// Multiprocessors of the GPU: split attention aims to fill them.
@@ -213,17 +224,32 @@ impl Cuda {
         // SAFETY: only probes for the shared library.
         let nvtx = unsafe { cudarc::nvtx::sys::is_culib_present() };
         let att_partial = stream.alloc_zeros::<u8>(ATT_PARTIAL_BYTES).map_err(drv("attention workspace"))?;
+        let lt = if dtype == DType::Bf16 {
+            match gemm::LtGemms::new() {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    eprintln!("warning: {e}; bf16 GEMMs use cublasGemmEx's default algorithm");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
             .max(1) as usize;
         Ok(Cuda {
             graphs: RefCell::new(HashMap::new()),
+            graph_seen: RefCell::new(HashSet::new()),
+            capturing: Cell::new(false),
+            lt,
             graphs_on: Cell::new(true),
             captures: Cell::new(0),
             replays: Cell::new(0),
             blas,
             _blas_workspace: workspace,
+            workspace_ptr: wp,
             att_partial,
             sm_count,
             // tuning: DLLM_ATTENTION_SPLITS=N forces N key splits (see force_attention_splits)
@@ -238,6 +264,49 @@ impl Cuda {
             device,
             nvtx,
         })
+    }
+
+    /// Time `cublasGemmEx` and cuBLASLt's candidate algorithms for `shape` on the real operands
+    /// and keep the fastest (src/backend/cuda/gemm.rs). Synchronises: once per shape, eagerly.
+    fn tune_gemm(
+        &self,
+        lt: &gemm::LtGemms,
+        shape: gemm::Shape,
+        ops: &gemm::Operands,
+        gemm_ex: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
+        let mark = || self.mark();
+        let elapsed = |a: &CudaEvent, b: &CudaEvent| {
+            self.synchronize()?;
+            self.elapsed_ms(a, b)
+        };
+        let base = gemm::LtGemms::time(gemm::REPS, gemm_ex, mark, elapsed)?;
+        let mut best: (f64, Option<gemm::LtPlan>, usize) = (base, None, 0);
+        let mut tried = 0;
+        match gemm::LtGemms::plan(shape, None).and_then(|p| lt.candidates(&p, ops.workspace_bytes)) {
+            Ok(algos) => {
+                for (i, algo) in algos.into_iter().enumerate() {
+                    let Ok(plan) = gemm::LtGemms::plan(shape, Some(algo)) else { continue };
+                    let Ok(t) = gemm::LtGemms::time(gemm::REPS, || lt.run(&plan, ops), mark, elapsed) else {
+                        continue;
+                    };
+                    tried += 1;
+                    if t < best.0 {
+                        best = (t, Some(plan), i + 1);
+                    }
+                }
+            }
+            Err(e) => eprintln!("warning: {e} for a {shape:?} GEMM; using cublasGemmEx"),
+        }
+        let (rows, n, k) = shape;
+        let gbs = 2.0 * (n * k + rows * k + rows * n) as f64 / (best.0 * 1e-6) / 1e9;
+        lt.report.borrow_mut().push(format!(
+            "{rows}×{n}×{k}: {} {:.1} µs ({gbs:.0} GB/s; cublasGemmEx {base:.1} µs, {tried} cuBLASLt candidates)",
+            if best.1.is_some() { format!("cuBLASLt #{}", best.2) } else { "cublasGemmEx".to_string() },
+            best.0
+        ));
+        lt.plans.borrow_mut().insert(shape, best.1);
+        Ok(())
     }
 
     /// Force attention's key splits (tests, tuning); `None` restores the automatic choice.
@@ -493,34 +562,57 @@ impl Backend for Cuda {
             DType::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
             _ => blas_sys::cudaDataType::CUDA_R_32F,
         };
-        let (alpha, beta) = (1.0f32, 0.0f32);
         let (wp, xp, op) = (self.ptr(&w.buf), self.ptr(&x.buf), self.ptr_mut(&mut out.buf));
-        // SAFETY: pointers address live buffers of at least the sizes checked above.
-        unsafe {
-            blas::gemm_ex(
-                *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
-                rows as i32,
-                k as i32,
-                &alpha as *const f32 as *const c_void,
-                wp as *const c_void,
-                ty,
-                k as i32,
-                xp as *const c_void,
-                ty,
-                k as i32,
-                &beta as *const f32 as *const c_void,
-                op as *mut c_void,
-                ty,
-                n as i32,
-                // fp32 accumulation; for f32 data this is pure FP32 (no TF32), spec §8
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
-            )
+        let gemm_ex = || -> Result<()> {
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            // SAFETY: pointers address live buffers of at least the sizes checked above.
+            unsafe {
+                blas::gemm_ex(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    n as i32,
+                    rows as i32,
+                    k as i32,
+                    &alpha as *const f32 as *const c_void,
+                    wp as *const c_void,
+                    ty,
+                    k as i32,
+                    xp as *const c_void,
+                    ty,
+                    k as i32,
+                    &beta as *const f32 as *const c_void,
+                    op as *mut c_void,
+                    ty,
+                    n as i32,
+                    // fp32 accumulation; for f32 data this is pure FP32 (no TF32), spec §8
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+                )
+            }
+            .map_err(|e| Error::Device(format!("cuBLAS gemm {rows}x{n}x{k}: {:?}", e.0)))
+        };
+        let Some(lt) = self.lt.as_ref().filter(|_| w.dtype == DType::Bf16) else { return gemm_ex() };
+        let shape = (rows, n, k);
+        let ops = gemm::Operands {
+            w: wp,
+            x: xp,
+            out: op,
+            workspace: self.workspace_ptr,
+            workspace_bytes: CUBLAS_WORKSPACE_BYTES,
+            stream: self.stream.cu_stream() as cudarc::cublaslt::sys::cudaStream_t,
+        };
+        if rows > gemm::TUNE_MAX_ROWS {
+            return gemm_ex(); // compute-bound: the default is already near the FLOP floor
         }
-        .map_err(|e| Error::Device(format!("cuBLAS gemm {rows}x{n}x{k}: {:?}", e.0)))
+        let known = lt.plans.borrow().contains_key(&shape);
+        if !known && !self.capturing.get() {
+            self.tune_gemm(lt, shape, &ops, &gemm_ex)?;
+        }
+        match lt.plans.borrow().get(&shape) {
+            Some(Some(plan)) => lt.run(plan, &ops),
+            _ => gemm_ex(),
+        }
     }
 
     fn rope_store_kv(
@@ -590,9 +682,11 @@ impl Backend for Cuda {
         )?;
         // tensor cores for tall bf16 windows (block starts, uncached steps); CUDA cores for the
         // 32-row in-block windows, where the keys are split instead, and for f32 (exact parity)
-        let tc = self.k.attention_tc.as_ref().filter(|_| {
-            hd == ATT_TC_HEAD_DIM && step.win.len >= ATT_TC_ROWS && !self.att_tc_off.get()
-        });
+        let tc = self
+            .k
+            .attention_tc
+            .as_ref()
+            .filter(|_| hd == ATT_TC_HEAD_DIM && step.win.len >= ATT_TC_ROWS && !self.att_tc_off.get());
         let rows_per_block = if tc.is_some() { ATT_TC_ROWS } else { ATT_QROWS };
         let tiles = step.win.len.div_ceil(rows_per_block);
         let blocks = tiles * heads.n_heads * step.batch;
@@ -800,6 +894,10 @@ impl Backend for Cuda {
         self.launch(&self.k.fill, grid, 256, 0, &p)
     }
 
+    fn tuning_report(&self) -> Vec<String> {
+        self.lt.as_ref().map(|g| g.report.borrow().clone()).unwrap_or_default()
+    }
+
     fn range_push(&self, name: &str) {
         if self.nvtx {
             cudarc::nvtx::result::range_push(name);
@@ -822,11 +920,18 @@ impl Backend for Cuda {
             self.replays.set(self.replays.get() + 1);
             return Ok(GraphUse::Replayed);
         }
+        if self.graph_seen.borrow_mut().insert(key) {
+            // first use: eagerly, so that one-time set-up (GEMM tuning) stays out of the graph
+            step()?;
+            return Ok(GraphUse::Eager);
+        }
         // Capture (nothing runs while capturing), then launch the graph to run this step.
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("begin capture"))?;
+        self.capturing.set(true);
         let queued = step();
+        self.capturing.set(false);
         match (queued, self.stream.end_capture(CUgraphInstantiate_flags(0))) {
             (Ok(()), Ok(Some(g))) => {
                 g.upload().map_err(drv("graph upload"))?;
@@ -855,6 +960,7 @@ impl Backend for Cuda {
 
     fn reset_graphs(&self) {
         self.graphs.borrow_mut().clear();
+        self.graph_seen.borrow_mut().clear();
     }
 
     fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
