@@ -1,8 +1,9 @@
 // attention_tc: the same op as attention.cu (spec §2, §6: bidirectional, scale 1/sqrt(hd), GQA,
 // keys outside [pads[b], pads[B + b]) masked), on tensor cores, for bf16 activations with
-// head_dim 128 (LLaDA, Dream) and windows of at least 64 query rows: block starts and uncached
-// forwards, where v2's CUDA-core FMAs were compute-bound (0.73 ms a call at W = L = 768 on an
-// H100, 13 TFLOP/s; run 2).
+// head_dim 128 (LLaDA, Dream): block starts and uncached forwards, where the CUDA-core kernel was
+// compute-bound (0.73 ms a call at W = L = 768 on an H100, 13 TFLOP/s; run 2), and in-block steps
+// (W = 32: half a block of rows, the keys split over ~12 blocks; 51 µs a call on CUDA cores under
+// Nsight Compute, run 5).
 //
 //   S = Q·Kᵀ·scale (f32 accumulators), online softmax per row (f32), O += bf16(P)·V (f32).
 //
@@ -63,6 +64,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_tc_bf16(const Attent
 
     // this warp's query rows g and g + 8 (of 16) as A fragments over the 8 k-steps of hd
     const unsigned int r0 = blockIdx.x * TC_ROWS + warp * 16 + g, r1 = r0 + 8;
+    // a warp whose 16 rows all lie past the window only helps load the tiles
+    const bool rows_here = blockIdx.x * TC_ROWS + warp * 16 < W;
     const __nv_bfloat16* qkv = (const __nv_bfloat16*)p.qkv;
     auto qword = [&](unsigned int row, unsigned int col) -> uint32_t {
         return row < W ? *(const uint32_t*)(qkv + ((size_t)b * W + row) * cols + h * TC_HD + col) : 0u;
@@ -110,6 +113,10 @@ extern "C" __global__ void __launch_bounds__(128) attention_tc_bf16(const Attent
             cp_async_wait<0>();
         }
         __syncthreads();  // this tile's copies, from every thread, have landed
+        if (!rows_here) {
+            __syncthreads();
+            continue;
+        }
 
         float s[4][4];
 #pragma unroll

@@ -5,22 +5,44 @@
 // CPU twin: Cpu::rmsnorm.
 #include "common.cuh"
 
+#define RN_U 8
+
 template <typename T>
 __device__ void rmsnorm(const RmsNormParams p) {
     const unsigned int r = blockIdx.x;
     const T* x = (const T*)p.x + (size_t)r * p.d;
     const T* w = (const T*)p.w;
     T* out = (T*)p.out + (size_t)r * p.d;
+    // RN_U loads of a thread in flight together (in the same element order as one at a time):
+    // one load at a time left an in-block step's 32 rows latency-bound, 15 µs a call under ncu
+    // (run 5)
     float ss = 0.0f;
-    for (unsigned int i = threadIdx.x; i < p.d; i += blockDim.x) {
-        const float v = to_f(x[i]);
-        ss += v * v;
+    for (unsigned int i0 = threadIdx.x; i0 < p.d; i0 += RN_U * blockDim.x) {
+        float v[RN_U];
+#pragma unroll
+        for (int u = 0; u < RN_U; ++u) {
+            const unsigned int i = i0 + u * blockDim.x;
+            v[u] = i < p.d ? to_f(x[i]) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < RN_U; ++u) ss += v[u] * v[u];
     }
     ss = block_sum(ss);
     const float inv = 1.0f / sqrtf(ss / (float)p.d + p.eps);
-    for (unsigned int i = threadIdx.x; i < p.d; i += blockDim.x) {
-        const float y = to_f(from_f<T>(__fmul_rn(to_f(x[i]), inv)));
-        out[i] = from_f<T>(__fmul_rn(y, to_f(w[i])));
+    for (unsigned int i0 = threadIdx.x; i0 < p.d; i0 += RN_U * blockDim.x) {
+        float v[RN_U], g[RN_U];
+#pragma unroll
+        for (int u = 0; u < RN_U; ++u) {
+            const unsigned int i = i0 + u * blockDim.x;
+            v[u] = i < p.d ? to_f(x[i]) : 0.0f;
+            g[u] = i < p.d ? to_f(w[i]) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < RN_U; ++u) {
+            const unsigned int i = i0 + u * blockDim.x;
+            const float y = to_f(from_f<T>(__fmul_rn(v[u], inv)));
+            if (i < p.d) out[i] = from_f<T>(__fmul_rn(y, g[u]));
+        }
     }
 }
 

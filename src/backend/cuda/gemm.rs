@@ -4,7 +4,8 @@
 //! weight-streaming, and cuBLAS's default choice (`cublasGemmEx`) reached 53–87 % of the copy
 //! bandwidth on an H100 (docs/perf.md, run 3): 1.6 TB/s on the 4096×4096 output projection. The
 //! first time a shape of at most `TUNE_MAX_ROWS` rows is seen outside a graph capture, every algorithm cuBLASLt's heuristic offers
-//! (split-K ones included) and `cublasGemmEx` itself are timed on the real operands, and the
+//! (split-K ones included) and `cublasGemmEx` itself are timed on the real operands, each run
+//! after evicting L2 (run 5 timed L2-resident weights and chose no better in a forward), and the
 //! fastest is kept for that shape; captured steps replay it. Tuning synchronises the stream, once
 //! per shape per process, never inside a capture (a shape first seen while capturing runs
 //! `cublasGemmEx` and is tuned on its next eager call).
@@ -216,21 +217,30 @@ impl LtGemms {
         ok(st, "matmul")
     }
 
-    /// Time `n` runs of `f` (already warm) on the stream, in µs each; `mark` records an event and
-    /// `elapsed` waits for and reads the pair.
-    pub fn time<F, M, E, V>(reps: usize, mut f: F, mark: M, elapsed: V) -> Result<f64>
+    /// Mean µs of `reps` runs of `f`, each after `flush` (which evicts the operands from L2, so
+    /// that a weight small enough to stay in L2 — LLaDA-8B's 4096×4096 ones are 32 MiB — is timed
+    /// streaming from memory as in a forward, not from the cache); `mark` records an event on
+    /// the stream and `elapsed` waits for and reads a pair.
+    pub fn time<F, Z, M, E, V>(reps: usize, mut f: F, flush: Z, mark: M, elapsed: V) -> Result<f64>
     where
         F: FnMut() -> Result<()>,
+        Z: Fn() -> Result<()>,
         M: Fn() -> Result<E>,
         V: Fn(&E, &E) -> Result<f64>,
     {
         f()?;
-        let a = mark()?;
+        let mut pairs = Vec::with_capacity(reps);
         for _ in 0..reps {
+            flush()?;
+            let a = mark()?;
             f()?;
+            pairs.push((a, mark()?));
         }
-        let b = mark()?;
-        Ok(elapsed(&a, &b)? * 1e3 / reps as f64)
+        let mut total = 0.0;
+        for (a, b) in &pairs {
+            total += elapsed(a, b)?;
+        }
+        Ok(total * 1e3 / reps as f64)
     }
 }
 

@@ -69,7 +69,7 @@ const ATT_PARTIAL_BYTES: usize = 16 << 20;
 /// At most this many key splits, each of at least `ATT_MIN_SPLIT_KEYS` keys.
 const ATT_MAX_SPLITS: usize = 16;
 const ATT_MIN_SPLIT_KEYS: usize = 64;
-/// The tensor-core attention (bf16, head_dim 128): 64 query rows a block, from windows this tall.
+/// The tensor-core attention (bf16, head_dim 128): 64 query rows a block.
 const ATT_TC_ROWS: usize = 64;
 const ATT_TC_HEAD_DIM: usize = 128;
 
@@ -121,6 +121,9 @@ pub struct Cuda {
     capturing: Cell<bool>,
     /// bf16 GEMMs through cuBLASLt with per-shape tuned algorithms (None: f32, or no cuBLASLt).
     lt: Option<gemm::LtGemms>,
+    /// Twice the L2 size, written before each timed GEMM while tuning; allocated at the first
+    /// tuning (eager, outside any capture).
+    l2_flush: RefCell<Option<CudaSlice<u8>>>,
     /// Off once a capture failed (then every step runs eagerly).
     graphs_on: Cell<bool>,
     captures: Cell<u64>,
@@ -244,6 +247,7 @@ impl Cuda {
             graph_seen: RefCell::new(HashSet::new()),
             capturing: Cell::new(false),
             lt,
+            l2_flush: RefCell::new(None),
             graphs_on: Cell::new(true),
             captures: Cell::new(0),
             replays: Cell::new(0),
@@ -280,14 +284,30 @@ impl Cuda {
             self.synchronize()?;
             self.elapsed_ms(a, b)
         };
-        let base = gemm::LtGemms::time(gemm::REPS, gemm_ex, mark, elapsed)?;
+        if self.l2_flush.borrow().is_none() {
+            let l2 = self
+                .ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+                .map_err(drv("L2 size"))?
+                .max(1 << 20) as usize;
+            let buf = self.stream.alloc_zeros::<u8>(2 * l2).map_err(drv("L2 flush buffer"))?;
+            *self.l2_flush.borrow_mut() = Some(buf);
+        }
+        let flush = || -> Result<()> {
+            match self.l2_flush.borrow_mut().as_mut() {
+                Some(buf) => self.stream.memset_zeros(buf).map_err(drv("L2 flush")),
+                None => Ok(()),
+            }
+        };
+        let base = gemm::LtGemms::time(gemm::REPS, gemm_ex, flush, mark, elapsed)?;
         let mut best: (f64, Option<gemm::LtPlan>, usize) = (base, None, 0);
         let mut tried = 0;
         match gemm::LtGemms::plan(shape, None).and_then(|p| lt.candidates(&p, ops.workspace_bytes)) {
             Ok(algos) => {
                 for (i, algo) in algos.into_iter().enumerate() {
                     let Ok(plan) = gemm::LtGemms::plan(shape, Some(algo)) else { continue };
-                    let Ok(t) = gemm::LtGemms::time(gemm::REPS, || lt.run(&plan, ops), mark, elapsed) else {
+                    let Ok(t) = gemm::LtGemms::time(gemm::REPS, || lt.run(&plan, ops), flush, mark, elapsed)
+                    else {
                         continue;
                     };
                     tried += 1;
@@ -647,7 +667,8 @@ impl Backend for Cuda {
             head_dim: hd as u32,
             max_pos: cos.rows as u32,
         };
-        self.launch(&self.k.rope_kv, Self::grid1(step.rows()), 128, 0, &p)
+        let grid = (step.rows() as u32, (heads.n_heads + 2 * heads.n_kv_heads) as u32, 1);
+        self.launch(&self.k.rope_kv, grid, 64, 0, &p)
     }
 
     fn attention(
@@ -680,13 +701,9 @@ impl Backend for Cuda {
             k_cache.rows >= step.batch * step.canvas && v_cache.rows >= step.batch * step.canvas,
             "attention: cache",
         )?;
-        // tensor cores for tall bf16 windows (block starts, uncached steps); CUDA cores for the
-        // 32-row in-block windows, where the keys are split instead, and for f32 (exact parity)
-        let tc = self
-            .k
-            .attention_tc
-            .as_ref()
-            .filter(|_| hd == ATT_TC_HEAD_DIM && step.win.len >= ATT_TC_ROWS && !self.att_tc_off.get());
+        // tensor cores for every bf16 window of head_dim 128 (an in-block step's 32 rows too: its
+        // keys are split instead); CUDA cores for f32 (exact parity) and other head dims
+        let tc = self.k.attention_tc.as_ref().filter(|_| hd == ATT_TC_HEAD_DIM && !self.att_tc_off.get());
         let rows_per_block = if tc.is_some() { ATT_TC_ROWS } else { ATT_QROWS };
         let tiles = step.win.len.div_ceil(rows_per_block);
         let blocks = tiles * heads.n_heads * step.batch;
