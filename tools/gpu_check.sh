@@ -10,7 +10,7 @@
 #                              (memcheck, racecheck, initcheck), a short decode bench, and print a
 #                              compact report last. Full logs go to $OUT (default /tmp/dllm-gpu).
 #
-# Device tool call, e.g.:  run(command="bash tools/gpu_check.sh run", carry=["stage"], timeout_s=480)
+# Device tool call, e.g.:  run(command="DLLM_GPU_BUDGET=300 bash tools/gpu_check.sh run", carry=["stage"], timeout_s=360)
 # Budget: DLLM_GPU_BUDGET seconds (default 420) for the whole run, cold start not included; each
 # step gets at most its own cap and what is left.
 set -uo pipefail
@@ -199,7 +199,7 @@ run() {
   DLLM_ATTENTION=simt within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base \
     2>&1 | grep -E '^\| s1-' | sed 's/^| s1-/| simt s1-/' | tee -a "$report"
   say ""
-  say "### in-block attention key splits forced (DLLM_ATTENTION_SPLITS; the automatic choice is 9 here)"
+  say "### in-block attention key splits forced (DLLM_ATTENTION_SPLITS; automatic: 12 on an H100, 9 on CUDA cores)"
   for n in 3 6 12 24; do
     DLLM_ATTENTION_SPLITS=$n within 30 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual \
       2>&1 | grep -E '^\| s1-' | sed "s/^| s1-/| splits $n s1-/" | tee -a "$report"
