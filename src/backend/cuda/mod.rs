@@ -83,6 +83,26 @@ fn window_fits(step: Step) -> bool {
     step.win.start + step.win.len <= step.canvas
 }
 
+/// Key splits for an attention launch of `blocks` (query tiles × heads × rows) over at most `keys`
+/// keys, each split's partial records taking `records_per_split` floats: enough blocks to fill
+/// every multiprocessor about four times over when the query tiles alone cannot (an in-block
+/// step: one or two tiles a head), never below `ATT_MIN_SPLIT_KEYS` keys a split (a forced count:
+/// one key tile), at most `ATT_MAX_SPLITS`, and within the partial-record workspace.
+pub fn attention_splits(
+    sm_count: usize,
+    forced: Option<usize>,
+    blocks: usize,
+    keys: usize,
+    records_per_split: usize,
+) -> usize {
+    let wanted = match forced {
+        Some(s) => s.min(keys.div_ceil(ATT_KTILE)),
+        None => (4 * sm_count).div_ceil(blocks.max(1)).min(keys.div_ceil(ATT_MIN_SPLIT_KEYS)),
+    };
+    let fits = ATT_PARTIAL_BYTES / (records_per_split.max(1) * 4);
+    wanted.min(ATT_MAX_SPLITS).min(fits).max(1)
+}
+
 fn check(cond: bool, what: &str) -> Result<()> {
     if cond {
         Ok(())
@@ -338,19 +358,6 @@ impl Cuda {
     /// Keep bf16 attention on the CUDA-core kernel (tests compare both paths with the CPU twin).
     pub fn disable_tensor_core_attention(&self, off: bool) {
         self.att_tc_off.set(off);
-    }
-
-    /// Key splits for an attention launch of `tiles` query tiles × heads × rows over at most
-    /// `keys` keys: enough blocks to fill every multiprocessor about four times over when the
-    /// query tiles alone cannot (an in-block step: 2 tiles a head), never below
-    /// `ATT_MIN_SPLIT_KEYS` keys a split, and within the partial-record workspace.
-    pub fn attention_splits(&self, blocks: usize, keys: usize, records_per_split: usize) -> usize {
-        let wanted = match self.att_splits_forced.get() {
-            Some(s) => s.min(keys.div_ceil(ATT_KTILE)),
-            None => (4 * self.sm_count).div_ceil(blocks.max(1)).min(keys.div_ceil(ATT_MIN_SPLIT_KEYS)),
-        };
-        let fits = ATT_PARTIAL_BYTES / (records_per_split.max(1) * 4);
-        wanted.min(ATT_MAX_SPLITS).min(fits).max(1)
     }
 
     /// (graphs captured, graph replays) so far: tests check that graphs are really used.
@@ -707,7 +714,9 @@ impl Backend for Cuda {
         let rows_per_block = if tc.is_some() { ATT_TC_ROWS } else { ATT_QROWS };
         let tiles = step.win.len.div_ceil(rows_per_block);
         let blocks = tiles * heads.n_heads * step.batch;
-        let splits = self.attention_splits(blocks, step.canvas, step.rows() * heads.n_heads * (hd + 2));
+        let records = step.rows() * heads.n_heads * (hd + 2);
+        let splits =
+            attention_splits(self.sm_count, self.att_splits_forced.get(), blocks, step.canvas, records);
         let p = AttentionParams {
             qkv: self.ptr(&qkv.buf),
             k_cache: self.ptr(&k_cache.buf),
@@ -1009,5 +1018,31 @@ impl Backend for Cuda {
         self.stream.memcpy_dtoh(&c.conf.slice(..len), &mut conf[..]).map_err(drv("read_cands"))?;
         self.synchronize()?;
         Ok((tokens, conf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attention_splits;
+
+    /// The split counts measured on an H100 (132 SMs; docs/perf.md, runs 4–6) and the limits.
+    #[test]
+    fn attention_splits_fill_the_gpu_within_the_workspace() {
+        let rec = |rows: usize| rows * 32 * 130; // LLaDA-8B: 32 heads, head_dim 128
+                                                 // in-block, batch 1, 768 keys: tensor cores (1 tile a head) 12 splits, CUDA cores 9
+        assert_eq!(attention_splits(132, None, 32, 768, rec(32)), 12);
+        assert_eq!(attention_splits(132, None, 64, 768, rec(32)), 9);
+        // a block start (768 rows) fills the GPU alone, and its records would not fit anyway
+        assert_eq!(attention_splits(132, None, 384, 768, rec(768)), 1);
+        // batch 16 in-block (512 blocks): 2 splits wanted, but 512 rows' records fill the 16 MiB
+        // workspace once; batch 8 gets its 3
+        assert_eq!(attention_splits(132, None, 512, 768, rec(512)), 1);
+        assert_eq!(attention_splits(132, None, 256, 768, rec(256)), 3);
+        // few keys: at least 64 a split; a forced count: at least one 32-key tile a split
+        assert_eq!(attention_splits(132, None, 8, 100, rec(4)), 2);
+        assert_eq!(attention_splits(132, Some(7), 8, 100, rec(4)), 4);
+        assert_eq!(attention_splits(132, Some(100), 8, 100_000, rec(4)), 16);
+        // never 0, whatever the input
+        assert_eq!(attention_splits(0, None, 0, 0, 0), 1);
     }
 }
