@@ -246,6 +246,26 @@ fn kernels_match_cpu_twins_bf16() {
     compare(DType::Bf16, 0.7, Rule::Threshold(0.9));
 }
 
+/// One attention op on `be` from host q|k|v rows, K/V caches and pads; the output is poisoned
+/// before the launch.
+fn attention_on<B: Backend>(
+    be: &B,
+    host: (&[f32], &[f32], &[f32], &[u32]),
+    step: Step,
+    heads: Heads,
+) -> Vec<f32> {
+    let (qkv_h, kc_h, vc_h, pads_host) = host;
+    let t = |d: &[f32], r, c| be.tensor_from_host(d, r, c).unwrap();
+    let mut pads = be.ids(pads_host.len()).unwrap();
+    be.write_ids(&mut pads, pads_host).unwrap();
+    let cache_rows = step.batch * step.canvas;
+    let qkv = t(qkv_h, step.rows(), heads.q_dim() + 2 * heads.kv_dim());
+    let (kc, vc) = (t(kc_h, cache_rows, heads.kv_dim()), t(vc_h, cache_rows, heads.kv_dim()));
+    let mut att = t(&vec![POISON; step.rows() * heads.q_dim()], step.rows(), heads.q_dim());
+    be.attention(&qkv, &kc, &vc, &pads, step, heads, &mut att).unwrap();
+    be.to_host(&att, step.rows()).unwrap()
+}
+
 /// Attention alone, over a canvas long enough to split: every head dim path (16-byte K/V chunks,
 /// and scalar loads when hd is not a multiple of a chunk), one and several key splits (empty
 /// splits included: a row with left pads and a short row), decode-shaped and full windows.
@@ -257,7 +277,7 @@ fn attention_splits_and_head_dims_match_the_cpu() {
         let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
         let (batch, canvas) = (2usize, 203usize);
         // row 0: 11 left pads; row 1: ends 30 columns early (continuous batching)
-        let pads_host = vec![11u32, 0, canvas as u32, (canvas - 30) as u32];
+        let pads_host = [11u32, 0, canvas as u32, (canvas - 30) as u32];
         for (hd, n_heads, n_kv) in [(128usize, 4usize, 2usize), (24, 3, 3), (20, 2, 1), (18, 2, 2)] {
             let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd };
             for win in [Window { start: 64, len: 32 }, Window { start: 0, len: canvas }] {
@@ -267,37 +287,16 @@ fn attention_splits_and_head_dims_match_the_cpu() {
                 let qkv_h = rand_uniform(step.rows() * cols, seed, 2.0);
                 let kc_h = rand_uniform(batch * canvas * heads.kv_dim(), seed + 1, 2.0);
                 let vc_h = rand_uniform(batch * canvas * heads.kv_dim(), seed + 2, 2.0);
-                let want = {
-                    let t = |d: &[f32], r, c| cpu.tensor_from_host(d, r, c).unwrap();
-                    let mut pads = cpu.ids(2 * batch).unwrap();
-                    cpu.write_ids(&mut pads, &pads_host).unwrap();
-                    let (qkv, kc, vc) = (
-                        t(&qkv_h, step.rows(), cols),
-                        t(&kc_h, batch * canvas, heads.kv_dim()),
-                        t(&vc_h, batch * canvas, heads.kv_dim()),
-                    );
-                    let mut att = cpu.tensor(step.rows(), heads.q_dim()).unwrap();
-                    cpu.attention(&qkv, &kc, &vc, &pads, step, heads, &mut att).unwrap();
-                    cpu.to_host(&att, step.rows()).unwrap()
-                };
-                // bf16: the tensor-core kernel (hd 128, the full window) and the CUDA-core one
+                let host = (&qkv_h[..], &kc_h[..], &vc_h[..], &pads_host[..]);
+                let want = attention_on(&cpu, host, step, heads);
+                // bf16: the tensor-core kernel (hd 128, either window) and the CUDA-core one
                 let paths: &[bool] = if dtype == DType::Bf16 { &[false, true] } else { &[false] };
                 for (&simt, forced) in
                     paths.iter().flat_map(|p| [Some(1), Some(3), Some(7), None].map(|f| (p, f)))
                 {
                     g.disable_tensor_core_attention(simt);
                     g.force_attention_splits(forced);
-                    let t = |d: &[f32], r, c| g.tensor_from_host(d, r, c).unwrap();
-                    let mut pads = g.ids(2 * batch).unwrap();
-                    g.write_ids(&mut pads, &pads_host).unwrap();
-                    let (qkv, kc, vc) = (
-                        t(&qkv_h, step.rows(), cols),
-                        t(&kc_h, batch * canvas, heads.kv_dim()),
-                        t(&vc_h, batch * canvas, heads.kv_dim()),
-                    );
-                    let mut att = t(&vec![POISON; step.rows() * heads.q_dim()], step.rows(), heads.q_dim());
-                    g.attention(&qkv, &kc, &vc, &pads, step, heads, &mut att).unwrap();
-                    let got = g.to_host(&att, step.rows()).unwrap();
+                    let got = attention_on(&g, host, step, heads);
                     let what = format!(
                         "{dtype:?} hd {hd} heads {n_heads}/{n_kv} window {win:?} splits {forced:?}{}",
                         if simt { " (CUDA cores)" } else { "" }

@@ -130,34 +130,29 @@ run() {
 
   say "## compute-sanitizer on the kernel tests"
   say ""
+  # sanitize LABEL TOOL CMD...: run CMD under compute-sanitizer's TOOL, log it, report one line
+  sanitize() {
+    local label=$1 tool=$2
+    shift 2
+    t=$SECONDS
+    within 60 "$san" --tool "$tool" --error-exitcode 9 "$@" > "$OUT/sanitizer-now.log" 2>&1
+    rc=$?
+    { echo "==== $label (rc $rc)"; cat "$OUT/sanitizer-now.log"; } >> "$OUT/sanitizer.log"
+    summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-now.log" | tail -n 1)
+    say "- $label: $([ $rc -eq 0 ] && echo clean || echo "FAIL (rc $rc)") — ${summary:-no summary} ($((SECONDS - t)) s)"
+    [ $rc -ne 0 ] && grep -E '^=========' "$OUT/sanitizer-now.log" | head -n 20 | sed 's/^/    /' | tee -a "$report"
+    rm -f "$OUT/sanitizer-now.log"
+  }
   if [ -x "$san" ]; then
     for tool in memcheck racecheck initcheck; do
-      t=$SECONDS
-      within 60 "$san" --tool "$tool" --error-exitcode 9 stage/bin/test-gpu kernels_match_cpu_twins_f32 \
-        attention_splits --test-threads=1 \
-        > "$OUT/sanitizer-now.log" 2>&1
-      rc=$?
-      { echo "==== $tool (rc $rc)"; cat "$OUT/sanitizer-now.log"; } >> "$OUT/sanitizer.log"
-      summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-now.log" | tail -n 1)
-      say "- $tool: $([ $rc -eq 0 ] && echo clean || echo "FAIL (rc $rc)") — ${summary:-no summary} ($((SECONDS - t)) s)"
-      [ $rc -ne 0 ] && grep -E '^=========' "$OUT/sanitizer-now.log" | head -n 20 | sed 's/^/    /' | tee -a "$report"
-      rm -f "$OUT/sanitizer-now.log"
+      sanitize "$tool" "$tool" stage/bin/test-gpu kernels_match_cpu_twins_f32 attention_splits --test-threads=1
     done
+    # the whole binary too: a real decode (graphs, every op) under memcheck
+    sanitize "memcheck of \`dllm generate --device cuda\` (dual cache, graphs)" memcheck "$DLLM_BIN" generate \
+      --device cuda --model tests/fixtures/tiny-gqa/checkpoint --prompt "What is 12 plus 30?" --gen-length 64 \
+      --cache dual
   else
     say "- skipped: no compute-sanitizer"
-  fi
-  if [ -x "$san" ]; then
-    # the whole binary too: a real decode (graphs, every op) under memcheck
-    t=$SECONDS
-    within 60 "$san" --tool memcheck --error-exitcode 9 "$DLLM_BIN" generate --device cuda \
-      --model tests/fixtures/tiny-gqa/checkpoint --prompt "What is 12 plus 30?" --gen-length 64 --cache dual \
-      > "$OUT/sanitizer-now.log" 2>&1
-    rc=$?
-    { echo "==== memcheck dllm generate (rc $rc)"; cat "$OUT/sanitizer-now.log"; } >> "$OUT/sanitizer.log"
-    summary=$(grep -E 'ERROR SUMMARY' "$OUT/sanitizer-now.log" | tail -n 1)
-    say "- memcheck of \`dllm generate --device cuda\` (dual cache, graphs): $([ $rc -eq 0 ] && echo clean || echo "FAIL (rc $rc)") — ${summary:-no summary} ($((SECONDS - t)) s)"
-    [ $rc -ne 0 ] && grep -E '^=========' "$OUT/sanitizer-now.log" | head -n 12 | sed 's/^/    /' | tee -a "$report"
-    rm -f "$OUT/sanitizer-now.log"
   fi
   say ""
 
