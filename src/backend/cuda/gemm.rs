@@ -25,7 +25,8 @@ pub type Shape = (usize, usize, usize);
 
 /// Candidates timed per shape: the heuristic's first few.
 const CANDIDATES: i32 = 8;
-const TIMED_REPS: usize = 5;
+/// Timed runs per candidate (after one warm-up run).
+pub const REPS: usize = 5;
 /// Only weight-streaming shapes are tuned: at more rows the GEMM is compute-bound and the default
 /// choice ran within 1.0–1.2× of the FLOP floor (run 3, M = 768).
 pub const TUNE_MAX_ROWS: usize = 256;
@@ -44,7 +45,8 @@ pub struct LtPlan {
     a: lt::cublasLtMatrixLayout_t,
     b: lt::cublasLtMatrixLayout_t,
     c: lt::cublasLtMatrixLayout_t,
-    algo: lt::cublasLtMatmulAlgo_t,
+    /// The algorithm `run` uses: the tuner sets each candidate in turn, then the fastest.
+    pub algo: lt::cublasLtMatmulAlgo_t,
 }
 
 impl Drop for LtPlan {
@@ -62,7 +64,7 @@ impl Drop for LtPlan {
 impl LtPlan {
     /// Column-major outᵀ[n, rows] = wᵀ · xᵀ, as cublasGemmEx is called: A = w (k×n, transposed),
     /// B = x (k×rows), C = D = out (n×rows); bf16 data, fp32 compute and scale.
-    fn new((rows, n, k): Shape) -> Result<Self> {
+    pub fn new((rows, n, k): Shape) -> Result<Self> {
         let bf16 = lt::cudaDataType::CUDA_R_16BF;
         let mut p = LtPlan {
             desc: std::ptr::null_mut(),
@@ -180,15 +182,6 @@ impl LtGemms {
             .collect())
     }
 
-    /// A plan for `shape` with `algo` (the plan's own algorithm is replaced).
-    pub fn plan(shape: Shape, algo: Option<lt::cublasLtMatmulAlgo_t>) -> Result<LtPlan> {
-        let mut p = LtPlan::new(shape)?;
-        if let Some(a) = algo {
-            p.algo = a;
-        }
-        Ok(p)
-    }
-
     /// Queue out = x · wᵀ with the plan's algorithm.
     pub fn run(&self, plan: &LtPlan, o: &Operands) -> Result<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
@@ -243,5 +236,3 @@ impl LtGemms {
         Ok(total * 1e3 / reps as f64)
     }
 }
-
-pub const REPS: usize = TIMED_REPS;

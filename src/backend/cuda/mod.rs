@@ -320,32 +320,41 @@ impl Cuda {
             }
         };
         let base = gemm::LtGemms::time(gemm::REPS, gemm_ex, flush, mark, elapsed)?;
-        let mut best: (f64, Option<gemm::LtPlan>, usize) = (base, None, 0);
+        // (µs, candidate number) of the fastest cuBLASLt algorithm, if one beats cublasGemmEx
+        let mut best: Option<(f64, usize)> = None;
         let mut tried = 0;
-        match gemm::LtGemms::plan(shape, None).and_then(|p| lt.candidates(&p, ops.workspace_bytes)) {
-            Ok(algos) => {
-                for (i, algo) in algos.into_iter().enumerate() {
-                    let Ok(plan) = gemm::LtGemms::plan(shape, Some(algo)) else { continue };
+        let mut chosen_plan = None;
+        let offered = gemm::LtPlan::new(shape).and_then(|p| Ok((lt.candidates(&p, ops.workspace_bytes)?, p)));
+        match offered {
+            Ok((algos, mut plan)) => {
+                for (i, &algo) in algos.iter().enumerate() {
+                    plan.algo = algo;
                     let Ok(t) = gemm::LtGemms::time(gemm::REPS, || lt.run(&plan, ops), flush, mark, elapsed)
                     else {
                         continue;
                     };
                     tried += 1;
-                    if t < best.0 {
-                        best = (t, Some(plan), i + 1);
+                    if t < best.map_or(base, |b| b.0) {
+                        best = Some((t, i));
                     }
+                }
+                if let Some((_, i)) = best {
+                    plan.algo = algos[i];
+                    chosen_plan = Some(plan);
                 }
             }
             Err(e) => eprintln!("warning: {e} for a {shape:?} GEMM; using cublasGemmEx"),
         }
         let (rows, n, k) = shape;
-        let gbs = 2.0 * (n * k + rows * k + rows * n) as f64 / (best.0 * 1e-6) / 1e9;
+        let (us, chosen) = match best {
+            Some((t, i)) => (t, format!("cuBLASLt #{}", i + 1)),
+            None => (base, "cublasGemmEx".to_string()),
+        };
+        let gbs = 2.0 * (n * k + rows * k + rows * n) as f64 / (us * 1e-6) / 1e9;
         lt.report.borrow_mut().push(format!(
-            "{rows}×{n}×{k}: {} {:.1} µs ({gbs:.0} GB/s; cublasGemmEx {base:.1} µs, {tried} cuBLASLt candidates)",
-            if best.1.is_some() { format!("cuBLASLt #{}", best.2) } else { "cublasGemmEx".to_string() },
-            best.0
+            "{rows}×{n}×{k}: {chosen} {us:.1} µs ({gbs:.0} GB/s; cublasGemmEx {base:.1} µs, {tried} cuBLASLt candidates)"
         ));
-        lt.plans.borrow_mut().insert(shape, best.1);
+        lt.plans.borrow_mut().insert(shape, chosen_plan);
         Ok(())
     }
 
@@ -620,6 +629,9 @@ impl Backend for Cuda {
             .map_err(|e| Error::Device(format!("cuBLAS gemm {rows}x{n}x{k}: {:?}", e.0)))
         };
         let Some(lt) = self.lt.as_ref().filter(|_| w.dtype == DType::Bf16) else { return gemm_ex() };
+        if rows > gemm::TUNE_MAX_ROWS {
+            return gemm_ex(); // compute-bound: the default is already near the FLOP floor
+        }
         let shape = (rows, n, k);
         let ops = gemm::Operands {
             w: wp,
@@ -629,9 +641,6 @@ impl Backend for Cuda {
             workspace_bytes: CUBLAS_WORKSPACE_BYTES,
             stream: self.stream.cu_stream() as cudarc::cublaslt::sys::cudaStream_t,
         };
-        if rows > gemm::TUNE_MAX_ROWS {
-            return gemm_ex(); // compute-bound: the default is already near the FLOP floor
-        }
         let known = lt.plans.borrow().contains_key(&shape);
         if !known && !self.capturing.get() {
             self.tune_gemm(lt, shape, &ops, &gemm_ex)?;
@@ -1028,8 +1037,9 @@ mod tests {
     /// The split counts measured on an H100 (132 SMs; docs/perf.md, runs 4–6) and the limits.
     #[test]
     fn attention_splits_fill_the_gpu_within_the_workspace() {
-        let rec = |rows: usize| rows * 32 * 130; // LLaDA-8B: 32 heads, head_dim 128
-                                                 // in-block, batch 1, 768 keys: tensor cores (1 tile a head) 12 splits, CUDA cores 9
+        // partial-record floats of `rows` query rows of LLaDA-8B (32 heads, head_dim 128)
+        let rec = |rows: usize| rows * 32 * 130;
+        // in-block, batch 1, 768 keys: tensor cores (1 tile a head) 12 splits, CUDA cores 9
         assert_eq!(attention_splits(132, None, 32, 768, rec(32)), 12);
         assert_eq!(attention_splits(132, None, 64, 768, rec(32)), 9);
         // a block start (768 rows) fills the GPU alone, and its records would not fit anyway
