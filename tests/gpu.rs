@@ -354,6 +354,45 @@ fn bf16_linear_with_tuned_algorithms_matches_the_cpu() {
     assert!(report.len() >= 3, "every shape was tuned once: {report:?}");
 }
 
+/// kernels/linear_skinny.cu in both tile widths against the CPU twin: rows 1..=32, feature
+/// counts that leave a partial tile, k from one 256-column step up to LLaDA's MLP width; the
+/// output is poisoned first and must come out bit-identical on a second run (fixed-order sums).
+#[test]
+fn skinny_linear_matches_the_cpu() {
+    let Some(g) = gpu(DType::Bf16) else { return };
+    let cpu = Cpu::new(DType::Bf16, None);
+    for (rows, n, k) in
+        [(1usize, 77usize, 256usize), (7, 333, 512), (17, 4099, 768), (32, 1000, 4096), (32, 4096, 12288)]
+    {
+        let x = rand_uniform(rows * k, (rows * n + 1) as u64, 1.0);
+        let w = rand_uniform(n * k, (n + k + 1) as u64, 0.05);
+        let want = {
+            let (xt, wt) =
+                (cpu.tensor_from_host(&x, rows, k).unwrap(), cpu.tensor_from_host(&w, n, k).unwrap());
+            let mut o = cpu.tensor(rows, n).unwrap();
+            cpu.linear(&xt, &wt, rows, &mut o).unwrap();
+            cpu.to_host(&o, rows).unwrap()
+        };
+        let (xt, wt) = (g.tensor_from_host(&x, rows, k).unwrap(), g.tensor_from_host(&w, n, k).unwrap());
+        for tiles in [1, 2] {
+            g.force_skinny_gemm(Some(tiles));
+            let mut runs = vec![];
+            for _ in 0..2 {
+                let mut o = g.tensor_from_host(&vec![POISON; rows * n], rows, n).unwrap();
+                g.linear(&xt, &wt, rows, &mut o).unwrap();
+                runs.push(g.to_host(&o, rows).unwrap());
+            }
+            g.force_skinny_gemm(None);
+            let what = format!("skinny m{tiles} {rows}×{n}×{k}");
+            assert!(runs[0].iter().all(|v| !v.is_nan()), "{what}: poisoned output left unwritten");
+            assert!(runs[0] == runs[1], "{what}: two runs differ");
+            let e = rel_err(&runs[0], &want);
+            eprintln!("{what}: relative error {e:.2e}");
+            assert!(e <= 1e-2, "{what}: relative error {e:.3e}");
+        }
+    }
+}
+
 fn gpu_engine(dir: &std::path::Path) -> Option<(ModelFiles, Engine<Cuda>)> {
     let files = ModelFiles::open(dir).unwrap();
     let g = gpu(files.dtype)?;

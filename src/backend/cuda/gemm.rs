@@ -10,6 +10,9 @@
 //! per shape per process, never inside a capture (a shape first seen while capturing runs
 //! `cublasGemmEx` and is tuned on its next eager call).
 //!
+//! Our own weight-streaming kernel (kernels/linear_skinny.cu, rows ≤ 32, k % 256 == 0) joins
+//! the candidates in its two tile widths; it is kept for a shape only where it was the fastest.
+//!
 //! f32 checkpoints keep `cublasGemmEx` with pure FP32 compute (exact CPU parity, spec §8).
 
 use std::cell::RefCell;
@@ -37,6 +40,28 @@ fn ok(s: lt::cublasStatus_t, what: &str) -> Result<()> {
     } else {
         Err(Error::Device(format!("cuBLASLt {what}: {s:?}")))
     }
+}
+
+/// Rows the skinny kernel computes at most (one 32-token tile; kernels/linear_skinny.cu).
+pub const SKINNY_MAX_ROWS: usize = 32;
+/// Its k granularity: 8 warps × 32 columns.
+pub const SKINNY_K_STEP: usize = 256;
+/// Its variants, by output features per warp: 16 · m16 tiles (1 or 2).
+pub const SKINNY_TILES: [usize; 2] = [1, 2];
+
+/// Whether kernels/linear_skinny.cu computes this shape.
+pub fn skinny_fits((rows, _n, k): Shape) -> bool {
+    (1..=SKINNY_MAX_ROWS).contains(&rows) && k % SKINNY_K_STEP == 0
+}
+
+/// What runs a tuned shape.
+pub enum Choice {
+    /// `cublasGemmEx` with cuBLAS's default algorithm.
+    GemmEx,
+    /// cuBLASLt with the timed algorithm.
+    Lt(LtPlan),
+    /// kernels/linear_skinny.cu with this many m16 tiles of features per warp.
+    Skinny(usize),
 }
 
 /// One shape's matmul description and the algorithm chosen for it.
@@ -104,8 +129,8 @@ impl LtPlan {
 /// The cuBLASLt handle and the per-shape choices.
 pub struct LtGemms {
     handle: lt::cublasLtHandle_t,
-    /// None: `cublasGemmEx` was the fastest (or cuBLASLt offered nothing for the shape).
-    pub plans: RefCell<HashMap<Shape, Option<LtPlan>>>,
+    /// The fastest per tuned shape.
+    pub plans: RefCell<HashMap<Shape, Choice>>,
     /// One line per tuned shape, for `dllm bench`.
     pub report: RefCell<Vec<String>>,
 }

@@ -43,6 +43,7 @@ unsafe impl DeviceRepr for EmbedParams {}
 unsafe impl DeviceRepr for RmsNormParams {}
 unsafe impl DeviceRepr for RopeKvParams {}
 unsafe impl DeviceRepr for AttentionParams {}
+unsafe impl DeviceRepr for LinearParams {}
 unsafe impl DeviceRepr for SwigluParams {}
 unsafe impl DeviceRepr for AddParams {}
 unsafe impl DeviceRepr for BiasParams {}
@@ -119,6 +120,8 @@ struct Kernels {
     attention_combine: CudaFunction,
     /// bf16 only (None for f32): kernels/attention_tc.cu.
     attention_tc: Option<CudaFunction>,
+    /// bf16 only (empty for f32): kernels/linear_skinny.cu, by m16 tiles per warp (1, 2).
+    linear_skinny: Vec<CudaFunction>,
     swiglu: CudaFunction,
     add: CudaFunction,
     add_bias: CudaFunction,
@@ -160,6 +163,10 @@ pub struct Cuda {
     att_splits_forced: Cell<Option<usize>>,
     /// Tests and tuning (`DLLM_ATTENTION=simt`): keep bf16 on the CUDA-core kernel.
     att_tc_off: Cell<bool>,
+    /// Tests: every bf16 GEMM the skinny kernel fits runs it with this many m16 tiles, untuned.
+    skinny_forced: Cell<Option<usize>>,
+    /// `DLLM_GEMM=cublas`: the tuner leaves the skinny kernel out (baselines, comparisons).
+    skinny_off: bool,
     k: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -228,6 +235,13 @@ impl Cuda {
             attention: f(&format!("attention_{sfx}"))?,
             attention_combine: f(&format!("attention_combine_{sfx}"))?,
             attention_tc: if dtype == DType::Bf16 { Some(f("attention_tc_bf16")?) } else { None },
+            linear_skinny: match dtype {
+                DType::Bf16 => gemm::SKINNY_TILES
+                    .iter()
+                    .map(|t| f(&format!("linear_skinny_m{t}_bf16")))
+                    .collect::<Result<_>>()?,
+                _ => vec![],
+            },
             swiglu: f(&format!("swiglu_{sfx}"))?,
             add: f(&format!("add_{sfx}"))?,
             add_bias: f(&format!("add_bias_{sfx}"))?,
@@ -281,6 +295,14 @@ impl Cuda {
                 std::env::var("DLLM_ATTENTION_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0),
             ),
             att_tc_off: Cell::new(std::env::var("DLLM_ATTENTION").as_deref() == Ok("simt")),
+            // DLLM_GEMM=skinny1|skinny2: force the skinny kernel (profiling with a fixed kernel
+            // count); DLLM_GEMM=cublas: leave it out of the tuning (baselines)
+            skinny_forced: Cell::new(match std::env::var("DLLM_GEMM").as_deref() {
+                Ok("skinny1") => Some(1),
+                Ok("skinny2") => Some(2),
+                _ => None,
+            }),
+            skinny_off: std::env::var("DLLM_GEMM").as_deref() == Ok("cublas"),
             k,
             stream,
             ctx,
@@ -320,10 +342,10 @@ impl Cuda {
             }
         };
         let base = gemm::LtGemms::time(gemm::REPS, gemm_ex, flush, mark, elapsed)?;
-        // (µs, candidate number) of the fastest cuBLASLt algorithm, if one beats cublasGemmEx
-        let mut best: Option<(f64, usize)> = None;
+        // (µs, cuBLASLt candidate number) of the fastest cuBLASLt algorithm, if one beats cublasGemmEx
+        let mut best_lt: Option<(f64, usize)> = None;
         let mut tried = 0;
-        let mut chosen_plan = None;
+        let mut choice = gemm::Choice::GemmEx;
         let offered = gemm::LtPlan::new(shape).and_then(|p| Ok((lt.candidates(&p, ops.workspace_bytes)?, p)));
         match offered {
             Ok((algos, mut plan)) => {
@@ -334,34 +356,68 @@ impl Cuda {
                         continue;
                     };
                     tried += 1;
-                    if t < best.map_or(base, |b| b.0) {
-                        best = Some((t, i));
+                    if t < best_lt.map_or(base, |b| b.0) {
+                        best_lt = Some((t, i));
                     }
                 }
-                if let Some((_, i)) = best {
+                if let Some((_, i)) = best_lt {
                     plan.algo = algos[i];
-                    chosen_plan = Some(plan);
+                    choice = gemm::Choice::Lt(plan);
                 }
             }
             Err(e) => eprintln!("warning: {e} for a {shape:?} GEMM; using cublasGemmEx"),
         }
         let (rows, n, k) = shape;
-        let (us, chosen) = match best {
+        let (mut us, mut chosen) = match best_lt {
             Some((t, i)) => (t, format!("cuBLASLt #{}", i + 1)),
             None => (base, "cublasGemmEx".to_string()),
         };
+        let mut skinny_us = vec![];
+        if gemm::skinny_fits(shape) && !self.skinny_off {
+            for tiles in gemm::SKINNY_TILES {
+                let t =
+                    gemm::LtGemms::time(gemm::REPS, || self.skinny(tiles, ops, shape), flush, mark, elapsed)?;
+                skinny_us.push(format!("m{tiles} {t:.1}"));
+                if t < us {
+                    (us, chosen) = (t, format!("skinny m{tiles}"));
+                    choice = gemm::Choice::Skinny(tiles);
+                }
+            }
+        }
+        let skinny = match skinny_us.is_empty() {
+            true => String::new(),
+            false => format!("; skinny {} µs", skinny_us.join(", ")),
+        };
         let gbs = 2.0 * (n * k + rows * k + rows * n) as f64 / (us * 1e-6) / 1e9;
         lt.report.borrow_mut().push(format!(
-            "{rows}×{n}×{k}: {chosen} {us:.1} µs ({gbs:.0} GB/s; cublasGemmEx {base:.1} µs, {tried} cuBLASLt candidates)"
+            "{rows}×{n}×{k}: {chosen} {us:.1} µs ({gbs:.0} GB/s; cublasGemmEx {base:.1} µs, {tried} cuBLASLt candidates{skinny})"
         ));
-        lt.plans.borrow_mut().insert(shape, chosen_plan);
+        lt.plans.borrow_mut().insert(shape, choice);
         Ok(())
+    }
+
+    /// Queue kernels/linear_skinny.cu with `tiles` m16 tiles of features per warp.
+    fn skinny(&self, tiles: usize, o: &gemm::Operands, (rows, n, k): gemm::Shape) -> Result<()> {
+        check(gemm::skinny_fits((rows, n, k)), "linear: shape outside the skinny kernel")?;
+        let f = self
+            .k
+            .linear_skinny
+            .get(tiles - 1)
+            .ok_or_else(|| Error::Device("no skinny GEMM kernel".into()))?;
+        let p = LinearParams { x: o.x, w: o.w, out: o.out, rows: rows as u32, n: n as u32, k: k as u32 };
+        self.launch(f, Self::grid1(n.div_ceil(16 * tiles)), 256, 0, &p)
     }
 
     /// Force attention's key splits (tests, tuning); `None` restores the automatic choice.
     /// The count is still capped by the workspace and by one split per key tile.
     pub fn force_attention_splits(&self, splits: Option<usize>) {
         self.att_splits_forced.set(splits);
+    }
+
+    /// Run every bf16 GEMM the skinny kernel fits on it, with `tiles` m16 tiles per warp,
+    /// instead of the tuned choice (tests compare it with the CPU twin); `None` restores tuning.
+    pub fn force_skinny_gemm(&self, tiles: Option<usize>) {
+        self.skinny_forced.set(tiles);
     }
 
     /// Keep bf16 attention on the CUDA-core kernel (tests compare both paths with the CPU twin).
@@ -641,12 +697,16 @@ impl Backend for Cuda {
             workspace_bytes: CUBLAS_WORKSPACE_BYTES,
             stream: self.stream.cu_stream() as cudarc::cublaslt::sys::cudaStream_t,
         };
+        if let Some(tiles) = self.skinny_forced.get().filter(|_| gemm::skinny_fits(shape)) {
+            return self.skinny(tiles, &ops, shape);
+        }
         let known = lt.plans.borrow().contains_key(&shape);
         if !known && !self.capturing.get() {
             self.tune_gemm(lt, shape, &ops, &gemm_ex)?;
         }
         match lt.plans.borrow().get(&shape) {
-            Some(Some(plan)) => lt.run(plan, &ops),
+            Some(gemm::Choice::Lt(plan)) => lt.run(plan, &ops),
+            Some(gemm::Choice::Skinny(tiles)) => self.skinny(*tiles, &ops, shape),
             _ => gemm_ex(),
         }
     }
