@@ -3,28 +3,34 @@
 // (32 rows against LLaDA-8B's weights), where the time is the weight stream.
 //
 // Layout: x [rows, k], w [n, k] (the checkpoint's [out, in]), out [rows, n], all row-major.
-// Needs k % 256 == 0 (each of the 8 warps owns k/8 columns, a multiple of 32) and 16-byte
-// aligned rows; the backend offers this kernel to the GEMM tuner only then
-// (src/backend/cuda/gemm.rs), which keeps it for a shape only where it beat cuBLAS.
+// Needs k % 256 == 0 and 16-byte aligned rows, and an sm_90 GPU (thread-block clusters); the
+// backend offers it to the GEMM tuner only then (src/backend/cuda/gemm.rs), which keeps it for a
+// shape only where it beat cuBLAS.
 //
-// Grid ⌈n / (16·MT)⌉ blocks of 8 warps; block j owns output features [16·MT·j, 16·MT·(j+1)),
-// i.e. one contiguous 16·MT·k·2-byte slab of w, and warp i the slice k ∈ [i·k/8, (i+1)·k/8).
-// Per 32 columns a lane loads 16 bytes of each of its 2·MT weight rows and of its 4 token rows
-// and runs 2·MT·4 mma.m16n8k16: the sum over k does not depend on its order, so A (weights)
-// and B (tokens) fragments may take the k values in any order as long as both take the same
-// one — lane (g, q) holds the 8 consecutive columns [8q, 8q+8) of the 32, split over the two
-// mma k-steps. Loads run PF chunks ahead of the tensor cores (a ring of registers) so that each
-// SM keeps ~48–64 KiB of weight reads in flight: m2 (32 features a block, PF 4, 194 registers,
-// one block per SM), m1 (16 features, PF 3, ≤ 128 registers, two blocks per SM). The 8 warps' partial sums meet in shared memory
-// and are added in a fixed order (deterministic, run to run).
+// Grid (⌈n / (32·warps)⌉, S): block (j, s) owns output features [32·warps·j, 32·warps·(j+1)) —
+// 32 per warp, each warp streaming its own 32 weight rows — over the s-th of S equal parts of k.
+// The S blocks of one feature tile form a thread-block cluster: their partial sums meet in
+// distributed shared memory and are added in a fixed order (deterministic), so no partial sum
+// goes through global memory. All warps of a block read the same x columns at about the same
+// time, so x comes from L1 after the first warp (the first version split k over the warps of a
+// block instead: x then crossed L2 once per warp, as many bytes as the weights, and the kernel
+// ran at cuBLAS's speed, docs/perf.md run 7).
+// Per 32 columns a lane loads 16 bytes of each of its 4 weight rows and of its 4 token rows and
+// runs 16 mma.m16n8k16: the sum over k does not depend on its order, so A (weights) and B
+// (tokens) fragments may take the k values in any order as long as both take the same one —
+// lane (g, q) holds the 8 consecutive columns [8q, 8q+8) of the 32, split over the two mma
+// k-steps. Loads run PF chunks ahead of the tensor cores (a ring of registers).
 //
 // Floor: 2·n·k bytes of weights (+ 2·rows·(k + n)) at the copy bandwidth; 2·rows·n·k FLOPs
 // are ~1/60 of the tensor-core rate at 32 rows, so this is bandwidth-bound by design.
 // CPU twin: Cpu::linear. Test: tests/gpu.rs skinny_linear_matches_the_cpu.
 #include "common.cuh"
+#include <cooperative_groups.h>
 
-#define SK_WARPS 8
+#define SK_MAX_WARPS 8
 #define SK_TOKENS 32
+#define SK_PF 4
+#define SK_PITCH (32 * SK_MAX_WARPS + 4)  // conflict-free partial writes (lane (g, q) → bank 8q + g)
 
 // 16 bytes of weights, read once: no L1 allocation, L2 fetches 256-byte lines.
 __device__ __forceinline__ uint4 load_stream16(const void* ptr) {
@@ -35,24 +41,24 @@ __device__ __forceinline__ uint4 load_stream16(const void* ptr) {
     return v;
 }
 
-template <int MT, int PF>
+template <int S>
 __device__ __forceinline__ void linear_skinny(const LinearParams p) {
-    constexpr int FEAT = 16 * MT;
-    constexpr int PITCH = FEAT + 4;  // conflict-free partial writes (lane (g, q) → bank 8q + g)
-    __shared__ float part[SK_WARPS][SK_TOKENS][PITCH];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    __shared__ float part[SK_TOKENS][SK_PITCH];
     const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
-    const unsigned int n0 = blockIdx.x * FEAT, K = p.k, rows = p.rows;
-    const unsigned int chunks = K / (SK_WARPS * 32), k0 = warp * chunks * 32 + 8 * q;
+    const unsigned int bf = blockDim.x, nb = blockIdx.x * bf, n0 = nb + 32 * warp;
+    const unsigned int K = p.k, rows = p.rows, s = blockIdx.y;
+    const unsigned int total = K / 32, c0 = s * total / S, chunks = (s + 1) * total / S - c0;
+    const unsigned int k0 = 32 * c0 + 8 * q;
     const __nv_bfloat16* w = (const __nv_bfloat16*)p.w;
     const __nv_bfloat16* x = (const __nv_bfloat16*)p.x;
 
     // this lane's weight rows (features past n read row n - 1, never stored) and token rows
-    const __nv_bfloat16* wrow[MT][2];
+    const __nv_bfloat16* wrow[2][2];
 #pragma unroll
-    for (int t = 0; t < MT; ++t)
+    for (int t = 0; t < 2; ++t)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
-            wrow[t][h] = w + (size_t)min(n0 + 16 * t + 8 * h + g, p.n - 1) * K + k0;
+        for (int h = 0; h < 2; ++h) wrow[t][h] = w + (size_t)min(n0 + 16 * t + 8 * h + g, p.n - 1) * K + k0;
     const __nv_bfloat16* xrow[4];
     bool xin[4];
 #pragma unroll
@@ -61,80 +67,102 @@ __device__ __forceinline__ void linear_skinny(const LinearParams p) {
         xrow[j] = x + (size_t)(xin[j] ? 8 * j + g : 0) * K + k0;
     }
 
-    float acc[MT][4][4];
+    float acc[2][4][4];
 #pragma unroll
-    for (int t = 0; t < MT; ++t)
+    for (int t = 0; t < 2; ++t)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[t][j][e] = 0.0f;
 
-    uint4 wb[PF][MT][2], xb[PF][4];
+    uint4 wb[SK_PF][2][2], xb[SK_PF][4];
     const uint4 zero = make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int s = 0; s < PF; ++s) {
-        const bool in = s < (int)chunks;
+    for (int st = 0; st < SK_PF; ++st) {
+        const bool in = st < (int)chunks;
 #pragma unroll
-        for (int t = 0; t < MT; ++t)
+        for (int t = 0; t < 2; ++t)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) wb[s][t][h] = in ? load_stream16(wrow[t][h] + 32 * s) : zero;
+            for (int h = 0; h < 2; ++h) wb[st][t][h] = in ? load_stream16(wrow[t][h] + 32 * st) : zero;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) xb[s][j] = in && xin[j] ? __ldg((const uint4*)(xrow[j] + 32 * s)) : zero;
+        for (int j = 0; j < 4; ++j) xb[st][j] = in && xin[j] ? __ldg((const uint4*)(xrow[j] + 32 * st)) : zero;
     }
-    for (unsigned int c = 0; c < chunks; c += PF) {
+    for (unsigned int c = 0; c < chunks; c += SK_PF) {
 #pragma unroll
-        for (int s = 0; s < PF; ++s) {
-            if (c + s < chunks) {
+        for (int st = 0; st < SK_PF; ++st) {
+            if (c + st < chunks) {
 #pragma unroll
-                for (int t = 0; t < MT; ++t) {
-                    const uint4 lo = wb[s][t][0], hi = wb[s][t][1];
+                for (int t = 0; t < 2; ++t) {
+                    const uint4 lo = wb[st][t][0], hi = wb[st][t][1];
                     const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y}, a1[4] = {lo.z, hi.z, lo.w, hi.w};
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
-                        mma_16816(acc[t][j], a0, xb[s][j].x, xb[s][j].y);
-                        mma_16816(acc[t][j], a1, xb[s][j].z, xb[s][j].w);
+                        mma_16816(acc[t][j], a0, xb[st][j].x, xb[st][j].y);
+                        mma_16816(acc[t][j], a1, xb[st][j].z, xb[st][j].w);
                     }
                 }
             }
-            // refill this ring slot with chunk c + s + PF
-            const unsigned int nc = c + s + PF;
+            // refill this ring slot with chunk c + st + PF
+            const unsigned int nc = c + st + SK_PF;
             const bool in = nc < chunks;
 #pragma unroll
-            for (int t = 0; t < MT; ++t)
+            for (int t = 0; t < 2; ++t)
 #pragma unroll
-                for (int h = 0; h < 2; ++h) wb[s][t][h] = in ? load_stream16(wrow[t][h] + 32 * nc) : zero;
+                for (int h = 0; h < 2; ++h) wb[st][t][h] = in ? load_stream16(wrow[t][h] + 32 * nc) : zero;
 #pragma unroll
             for (int j = 0; j < 4; ++j)
-                xb[s][j] = in && xin[j] ? __ldg((const uint4*)(xrow[j] + 32 * nc)) : zero;
+                xb[st][j] = in && xin[j] ? __ldg((const uint4*)(xrow[j] + 32 * nc)) : zero;
         }
     }
 
     // C fragment: acc[t][j] = (feature 16t + g, tokens 8j + 2q, +1), (feature 16t + g + 8, same)
 #pragma unroll
-    for (int t = 0; t < MT; ++t)
+    for (int t = 0; t < 2; ++t)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const unsigned int f = 16 * t + g, m = 8 * j + 2 * q;
-            part[warp][m][f] = acc[t][j][0];
-            part[warp][m + 1][f] = acc[t][j][1];
-            part[warp][m][f + 8] = acc[t][j][2];
-            part[warp][m + 1][f + 8] = acc[t][j][3];
+            const unsigned int f = 32 * warp + 16 * t + g, m = 8 * j + 2 * q;
+            part[m][f] = acc[t][j][0];
+            part[m + 1][f] = acc[t][j][1];
+            part[m][f + 8] = acc[t][j][2];
+            part[m + 1][f + 8] = acc[t][j][3];
         }
-    __syncthreads();
-    __nv_bfloat16* out = (__nv_bfloat16*)p.out;
-    for (unsigned int i = threadIdx.x; i < rows * FEAT; i += blockDim.x) {
-        const unsigned int m = i / FEAT, f = i % FEAT;
-        if (n0 + f >= p.n) continue;
-        float s = 0.0f;
+    // Block s of the cluster adds features [s·bf/S, (s+1)·bf/S) of every block's part, in rank
+    // order; the second cluster barrier keeps each block's shared memory alive until all read it.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    const float* parts[S];
 #pragma unroll
-        for (int v = 0; v < SK_WARPS; ++v) s += part[v][m][f];
-        out[(size_t)m * p.n + n0 + f] = __float2bfloat16_rn(s);
+    for (int r = 0; r < S; ++r) parts[r] = cluster.map_shared_rank(&part[0][0], r);
+    const unsigned int share = bf / S, f0 = s * share;
+    __nv_bfloat16* out = (__nv_bfloat16*)p.out;
+    for (unsigned int i = threadIdx.x; i < rows * share; i += blockDim.x) {
+        const unsigned int m = i / share, f = f0 + i % share;
+        if (nb + f >= p.n) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < S; ++r) sum += parts[r][m * SK_PITCH + f];
+        out[(size_t)m * p.n + nb + f] = __float2bfloat16_rn(sum);
     }
+    cluster.sync();
+#else
+    __trap();  // offered only on sm_90 and later
+#endif
 }
 
-extern "C" __global__ void __launch_bounds__(SK_WARPS * 32, 2) linear_skinny_m1_bf16(const LinearParams p) {
-    linear_skinny<1, 3>(p);
-}
-extern "C" __global__ void __launch_bounds__(SK_WARPS * 32, 1) linear_skinny_m2_bf16(const LinearParams p) {
-    linear_skinny<2, 4>(p);
-}
+// One entry point per k split (the cluster size is a compile-time attribute, so a plain launch
+// forms the clusters).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define SK_CLUSTER(S)
+#else
+#define SK_CLUSTER(S) __cluster_dims__(1, S, 1)
+#endif
+#define SK_ENTRY(S)                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * SK_MAX_WARPS, 1) SK_CLUSTER(S)          \
+        linear_skinny_k##S##_bf16(const LinearParams p) {                                      \
+        linear_skinny<S>(p);                                                                    \
+    }
+SK_ENTRY(1)
+SK_ENTRY(2)
+SK_ENTRY(4)
+SK_ENTRY(8)

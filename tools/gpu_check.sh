@@ -135,7 +135,7 @@ run() {
     local label=$1 tool=$2
     shift 2
     t=$SECONDS
-    within 60 "$san" --tool "$tool" --error-exitcode 9 "$@" > "$OUT/sanitizer-now.log" 2>&1
+    DLLM_GPU_TEST_QUICK=1 within 60 "$san" --tool "$tool" --error-exitcode 9 "$@" > "$OUT/sanitizer-now.log" 2>&1
     rc=$?
     { echo "==== $label (rc $rc)"; cat "$OUT/sanitizer-now.log"; } >> "$OUT/sanitizer.log"
     summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-now.log" | tail -n 1)
@@ -199,8 +199,8 @@ run() {
   say ""
   # Kernel times without launch gaps: Nsight Compute on our kernels (cuBLAS's excluded) of one S1
   # DualCache in-block step. Our kernels a forward: block start 229 (tensor-core attention, no
-  # combine), in-block 261 + 129 GEMMs with DLLM_GEMM=skinny2 (every 32-row GEMM on
-  # linear_skinny_m2, untuned, so that the count does not depend on timings taken under ncu);
+  # combine), in-block 261 + 129 GEMMs with DLLM_GEMM=skinny (every 32-row GEMM on
+  # linear_skinny_k4 with 8 warps, untuned, so that the count does not depend on timings taken under ncu);
   # the bench runs a warm-up (1 block start + 7 in-block steps), then s1-dual twice: skip the
   # warm-up, S1's first block start and first in-block step.
   local ncu_bin
@@ -208,7 +208,7 @@ run() {
   if [ -n "$ncu_bin" ]; then
     say "### Nsight Compute: our kernels over one S1 in-block DualCache step (graphs off)"
     t=$SECONDS
-    DLLM_GEMM=skinny2 within 150 "$ncu_bin" \
+    DLLM_GEMM=skinny within 150 "$ncu_bin" \
       --kernel-name 'regex:^(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select|linear)' \
       --launch-skip 3578 --launch-count 390 --metrics gpu__time_duration.sum --print-summary per-kernel \
       "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual --no-graphs > "$OUT/ncu.txt" 2>&1
@@ -221,8 +221,8 @@ run() {
     say "### Nsight Compute: skipped (no ncu)"
   fi
   if command -v cuobjdump >/dev/null && [ -f stage/dllm.fatbin ]; then
-    say "### SASS of linear_skinny_m2_bf16 (sm_90a): memory and tensor-core instructions"
-    cuobjdump -sass -arch sm_90a -fun linear_skinny_m2_bf16 stage/dllm.fatbin 2>&1 \
+    say "### SASS of linear_skinny_k4_bf16 (sm_90a): memory and tensor-core instructions"
+    cuobjdump -sass -arch sm_90a -fun linear_skinny_k4_bf16 stage/dllm.fatbin 2>&1 \
       | grep -oE '\b(LDG|STG|LDS|STS|SHFL|HMMA)[.A-Z0-9]*' | sort | uniq -c | tr '\n' ';' | tee -a "$report"
     say ""
   fi

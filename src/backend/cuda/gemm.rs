@@ -10,8 +10,9 @@
 //! per shape per process, never inside a capture (a shape first seen while capturing runs
 //! `cublasGemmEx` and is tuned on its next eager call).
 //!
-//! Our own weight-streaming kernel (kernels/linear_skinny.cu, rows ≤ 32, k % 256 == 0) joins
-//! the candidates in its two tile widths; it is kept for a shape only where it was the fastest.
+//! On sm_90 GPUs our own weight-streaming kernel (kernels/linear_skinny.cu, rows ≤ 32) joins
+//! the candidates in each of its shapes (k splits × warps a block); it is kept for a shape only
+//! where it was the fastest.
 //!
 //! f32 checkpoints keep `cublasGemmEx` with pure FP32 compute (exact CPU parity, spec §8).
 
@@ -44,14 +45,37 @@ fn ok(s: lt::cublasStatus_t, what: &str) -> Result<()> {
 
 /// Rows the skinny kernel computes at most (one 32-token tile; kernels/linear_skinny.cu).
 pub const SKINNY_MAX_ROWS: usize = 32;
-/// Its k granularity: 8 warps × 32 columns.
-pub const SKINNY_K_STEP: usize = 256;
-/// Its variants, by output features per warp: 16 · m16 tiles (1 or 2).
-pub const SKINNY_TILES: [usize; 2] = [1, 2];
+/// Its k granularity: one mma chunk of 32 columns.
+pub const SKINNY_K_STEP: usize = 32;
+/// Its k splits (thread-block cluster sizes; one entry point each).
+pub const SKINNY_SPLITS: [usize; 4] = [1, 2, 4, 8];
+/// Its block widths in warps (32 output features each).
+pub const SKINNY_WARPS: [usize; 2] = [4, 8];
 
-/// Whether kernels/linear_skinny.cu computes this shape.
-pub fn skinny_fits((rows, _n, k): Shape) -> bool {
-    (1..=SKINNY_MAX_ROWS).contains(&rows) && k % SKINNY_K_STEP == 0
+/// One launch shape of the skinny kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Skinny {
+    /// k parts, one block each, reduced within a thread-block cluster.
+    pub splits: usize,
+    /// warps a block (32 features each).
+    pub warps: usize,
+}
+
+impl Skinny {
+    /// Every launch shape that computes `shape`, or none where the kernel does not fit it.
+    pub fn all_for(shape: Shape) -> Vec<Skinny> {
+        let (rows, _n, k) = shape;
+        if !(1..=SKINNY_MAX_ROWS).contains(&rows) || k % SKINNY_K_STEP != 0 {
+            return vec![];
+        }
+        let mut v = vec![];
+        for warps in SKINNY_WARPS {
+            for splits in SKINNY_SPLITS.into_iter().filter(|&s| s <= k / SKINNY_K_STEP) {
+                v.push(Skinny { splits, warps });
+            }
+        }
+        v
+    }
 }
 
 /// What runs a tuned shape.
@@ -60,8 +84,8 @@ pub enum Choice {
     GemmEx,
     /// cuBLASLt with the timed algorithm.
     Lt(LtPlan),
-    /// kernels/linear_skinny.cu with this many m16 tiles of features per warp.
-    Skinny(usize),
+    /// kernels/linear_skinny.cu in this launch shape.
+    Skinny(Skinny),
 }
 
 /// One shape's matmul description and the algorithm chosen for it.
@@ -259,5 +283,24 @@ impl LtGemms {
             total += elapsed(a, b)?;
         }
         Ok(total * 1e3 / reps as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skinny_shapes_cover_few_rows_and_whole_chunks_only() {
+        // LLaDA-8B's in-block GEMMs: every split and width
+        assert_eq!(Skinny::all_for((32, 4096, 4096)).len(), 8);
+        assert_eq!(Skinny::all_for((1, 77, 256)).len(), 8);
+        // more than one 32-token tile, no rows, or k not whole 32-column chunks: none
+        assert!(Skinny::all_for((33, 4096, 4096)).is_empty());
+        assert!(Skinny::all_for((0, 4096, 4096)).is_empty());
+        assert!(Skinny::all_for((32, 4096, 264)).is_empty());
+        // k of 2 chunks: splits of at most 2 blocks
+        let two = Skinny::all_for((8, 100, 64));
+        assert!(two.iter().all(|s| s.splits <= 2) && two.len() == 4, "{two:?}");
     }
 }

@@ -29,7 +29,7 @@ use super::{Backend, DType, GraphUse, Heads, Rule, Sampling, Score, Select, Step
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
 
-mod gemm;
+pub mod gemm;
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 mod params {
@@ -120,7 +120,7 @@ struct Kernels {
     attention_combine: CudaFunction,
     /// bf16 only (None for f32): kernels/attention_tc.cu.
     attention_tc: Option<CudaFunction>,
-    /// bf16 only (empty for f32): kernels/linear_skinny.cu, by m16 tiles per warp (1, 2).
+    /// bf16 only (empty for f32): kernels/linear_skinny.cu, one per k split (SKINNY_SPLITS).
     linear_skinny: Vec<CudaFunction>,
     swiglu: CudaFunction,
     add: CudaFunction,
@@ -163,10 +163,13 @@ pub struct Cuda {
     att_splits_forced: Cell<Option<usize>>,
     /// Tests and tuning (`DLLM_ATTENTION=simt`): keep bf16 on the CUDA-core kernel.
     att_tc_off: Cell<bool>,
-    /// Tests: every bf16 GEMM the skinny kernel fits runs it with this many m16 tiles, untuned.
-    skinny_forced: Cell<Option<usize>>,
-    /// `DLLM_GEMM=cublas`: the tuner leaves the skinny kernel out (baselines, comparisons).
+    /// Tests, profiling: every bf16 GEMM the skinny kernel fits runs it in this shape, untuned.
+    skinny_forced: Cell<Option<gemm::Skinny>>,
+    /// The tuner leaves the skinny kernel out: `DLLM_GEMM=cublas` (baselines), or a GPU before
+    /// sm_90 (the kernel needs thread-block clusters).
     skinny_off: bool,
+    /// The GPU is sm_90 or later.
+    sm90: bool,
     k: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -236,9 +239,9 @@ impl Cuda {
             attention_combine: f(&format!("attention_combine_{sfx}"))?,
             attention_tc: if dtype == DType::Bf16 { Some(f("attention_tc_bf16")?) } else { None },
             linear_skinny: match dtype {
-                DType::Bf16 => gemm::SKINNY_TILES
+                DType::Bf16 => gemm::SKINNY_SPLITS
                     .iter()
-                    .map(|t| f(&format!("linear_skinny_m{t}_bf16")))
+                    .map(|s| f(&format!("linear_skinny_k{s}_bf16")))
                     .collect::<Result<_>>()?,
                 _ => vec![],
             },
@@ -272,6 +275,10 @@ impl Cuda {
         } else {
             None
         };
+        let sm90 = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+            .map_err(drv("compute capability"))?
+            >= 9;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
@@ -295,14 +302,14 @@ impl Cuda {
                 std::env::var("DLLM_ATTENTION_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0),
             ),
             att_tc_off: Cell::new(std::env::var("DLLM_ATTENTION").as_deref() == Ok("simt")),
-            // DLLM_GEMM=skinny1|skinny2: force the skinny kernel (profiling with a fixed kernel
-            // count); DLLM_GEMM=cublas: leave it out of the tuning (baselines)
+            // DLLM_GEMM=skinny: force the skinny kernel, 4 k splits of 8 warps (profiling with
+            // a fixed kernel count); DLLM_GEMM=cublas: leave it out of the tuning (baselines)
             skinny_forced: Cell::new(match std::env::var("DLLM_GEMM").as_deref() {
-                Ok("skinny1") => Some(1),
-                Ok("skinny2") => Some(2),
+                Ok("skinny") if sm90 => Some(gemm::Skinny { splits: 4, warps: 8 }),
                 _ => None,
             }),
-            skinny_off: std::env::var("DLLM_GEMM").as_deref() == Ok("cublas"),
+            skinny_off: std::env::var("DLLM_GEMM").as_deref() == Ok("cublas") || !sm90,
+            sm90,
             k,
             stream,
             ctx,
@@ -373,20 +380,17 @@ impl Cuda {
             None => (base, "cublasGemmEx".to_string()),
         };
         let mut skinny_us = vec![];
-        if gemm::skinny_fits(shape) && !self.skinny_off {
-            for tiles in gemm::SKINNY_TILES {
-                let t =
-                    gemm::LtGemms::time(gemm::REPS, || self.skinny(tiles, ops, shape), flush, mark, elapsed)?;
-                skinny_us.push(format!("m{tiles} {t:.1}"));
-                if t < us {
-                    (us, chosen) = (t, format!("skinny m{tiles}"));
-                    choice = gemm::Choice::Skinny(tiles);
-                }
+        for sk in gemm::Skinny::all_for(shape).into_iter().filter(|_| !self.skinny_off) {
+            let t = gemm::LtGemms::time(gemm::REPS, || self.skinny(sk, ops, shape), flush, mark, elapsed)?;
+            skinny_us.push(format!("{}×{} {t:.1}", sk.splits, sk.warps));
+            if t < us {
+                (us, chosen) = (t, format!("skinny {} splits × {} warps", sk.splits, sk.warps));
+                choice = gemm::Choice::Skinny(sk);
             }
         }
         let skinny = match skinny_us.is_empty() {
             true => String::new(),
-            false => format!("; skinny {} µs", skinny_us.join(", ")),
+            false => format!("; skinny splits×warps {} µs", skinny_us.join(", ")),
         };
         let gbs = 2.0 * (n * k + rows * k + rows * n) as f64 / (us * 1e-6) / 1e9;
         lt.report.borrow_mut().push(format!(
@@ -396,16 +400,16 @@ impl Cuda {
         Ok(())
     }
 
-    /// Queue kernels/linear_skinny.cu with `tiles` m16 tiles of features per warp.
-    fn skinny(&self, tiles: usize, o: &gemm::Operands, (rows, n, k): gemm::Shape) -> Result<()> {
-        check(gemm::skinny_fits((rows, n, k)), "linear: shape outside the skinny kernel")?;
-        let f = self
-            .k
-            .linear_skinny
-            .get(tiles - 1)
+    /// Queue kernels/linear_skinny.cu in launch shape `sk`.
+    fn skinny(&self, sk: gemm::Skinny, o: &gemm::Operands, (rows, n, k): gemm::Shape) -> Result<()> {
+        check(gemm::Skinny::all_for((rows, n, k)).contains(&sk), "linear: shape outside the skinny kernel")?;
+        let i = gemm::SKINNY_SPLITS.iter().position(|&s| s == sk.splits);
+        let f = i
+            .and_then(|i| self.k.linear_skinny.get(i))
             .ok_or_else(|| Error::Device("no skinny GEMM kernel".into()))?;
         let p = LinearParams { x: o.x, w: o.w, out: o.out, rows: rows as u32, n: n as u32, k: k as u32 };
-        self.launch(f, Self::grid1(n.div_ceil(16 * tiles)), 256, 0, &p)
+        let grid = (n.div_ceil(32 * sk.warps) as u32, sk.splits as u32, 1);
+        self.launch(f, grid, 32 * sk.warps as u32, 0, &p)
     }
 
     /// Force attention's key splits (tests, tuning); `None` restores the automatic choice.
@@ -414,10 +418,15 @@ impl Cuda {
         self.att_splits_forced.set(splits);
     }
 
-    /// Run every bf16 GEMM the skinny kernel fits on it, with `tiles` m16 tiles per warp,
-    /// instead of the tuned choice (tests compare it with the CPU twin); `None` restores tuning.
-    pub fn force_skinny_gemm(&self, tiles: Option<usize>) {
-        self.skinny_forced.set(tiles);
+    /// Run every bf16 GEMM the skinny kernel fits on it, in launch shape `sk`, instead of the
+    /// tuned choice (tests compare it with the CPU twin); `None` restores tuning. Returns false
+    /// (and forces nothing) on a GPU before sm_90, which cannot run it.
+    pub fn force_skinny_gemm(&self, sk: Option<gemm::Skinny>) -> bool {
+        if !self.sm90 {
+            return false;
+        }
+        self.skinny_forced.set(sk);
+        true
     }
 
     /// Keep bf16 attention on the CUDA-core kernel (tests compare both paths with the CPU twin).
@@ -697,8 +706,8 @@ impl Backend for Cuda {
             workspace_bytes: CUBLAS_WORKSPACE_BYTES,
             stream: self.stream.cu_stream() as cudarc::cublaslt::sys::cudaStream_t,
         };
-        if let Some(tiles) = self.skinny_forced.get().filter(|_| gemm::skinny_fits(shape)) {
-            return self.skinny(tiles, &ops, shape);
+        if let Some(sk) = self.skinny_forced.get().filter(|sk| gemm::Skinny::all_for(shape).contains(sk)) {
+            return self.skinny(sk, &ops, shape);
         }
         let known = lt.plans.borrow().contains_key(&shape);
         if !known && !self.capturing.get() {
@@ -706,7 +715,7 @@ impl Backend for Cuda {
         }
         match lt.plans.borrow().get(&shape) {
             Some(gemm::Choice::Lt(plan)) => lt.run(plan, &ops),
-            Some(gemm::Choice::Skinny(tiles)) => self.skinny(*tiles, &ops, shape),
+            Some(gemm::Choice::Skinny(sk)) => self.skinny(*sk, &ops, shape),
             _ => gemm_ex(),
         }
     }
