@@ -52,6 +52,11 @@ pub const SKINNY_SPLITS: [usize; 4] = [1, 2, 4, 8];
 /// Its block widths in warps (32 output features each).
 pub const SKINNY_WARPS: [usize; 2] = [4, 8];
 
+/// Shared memory of one weight chunk in flight per warp (32 rows × 32 columns of bf16), times
+/// the ring's depth (SK_STAGES in kernels/linear_skinny.cu): the kernel's dynamic shared memory
+/// is this times its warps.
+pub const SKINNY_WARP_SMEM: usize = 12 * 2048;
+
 /// One launch shape of the skinny kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Skinny {

@@ -279,6 +279,17 @@ impl Cuda {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
             .map_err(drv("compute capability"))?
             >= 9;
+        if sm90 {
+            // the skinny GEMM's weight ring: above the default 48 KiB of dynamic shared memory
+            let bytes = gemm::SKINNY_WARP_SMEM * gemm::SKINNY_WARPS.iter().max().unwrap_or(&8);
+            for f in &k.linear_skinny {
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(drv("skinny GEMM shared memory"))?;
+            }
+        }
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
@@ -409,7 +420,7 @@ impl Cuda {
             .ok_or_else(|| Error::Device("no skinny GEMM kernel".into()))?;
         let p = LinearParams { x: o.x, w: o.w, out: o.out, rows: rows as u32, n: n as u32, k: k as u32 };
         let grid = (n.div_ceil(32 * sk.warps) as u32, sk.splits as u32, 1);
-        self.launch(f, grid, 32 * sk.warps as u32, 0, &p)
+        self.launch(f, grid, 32 * sk.warps as u32, (gemm::SKINNY_WARP_SMEM * sk.warps) as u32, &p)
     }
 
     /// Force attention's key splits (tests, tuning); `None` restores the automatic choice.
