@@ -24,6 +24,14 @@
 #define TC_ROWS 64
 #define TC_STRIDE (TC_HD + 8)
 
+__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // 16 bytes global → shared; src_bytes = 0 fills the 16 bytes with zeros (keys past the end).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, unsigned int src_bytes) {
     const unsigned int d = (unsigned int)__cvta_generic_to_shared(dst);

@@ -31,15 +31,6 @@ __device__ __forceinline__ void unpack16(uint4 c, float* out, __nv_bfloat16) {
     }
 }
 
-// ---- tensor cores: D = A·B + D, m16n8k16, bf16 inputs, f32 accumulators (row-major A, col B).
-// Not volatile: the compiler may schedule it among the loads that feed it.
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // ---- reductions
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

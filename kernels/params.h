@@ -68,15 +68,6 @@ typedef struct {
 } AttentionParams;
 
 typedef struct {
-    dptr_t x;    /* [rows, k] */
-    dptr_t w;    /* [n, k] */
-    dptr_t out;  /* [rows, n] */
-    unsigned int rows;
-    unsigned int n;
-    unsigned int k;
-} LinearParams;
-
-typedef struct {
     dptr_t gate_up;  /* [rows, 2 mlp]: gate | up */
     dptr_t out;      /* [rows, mlp] */
     unsigned int rows;

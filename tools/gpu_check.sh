@@ -135,7 +135,7 @@ run() {
     local label=$1 tool=$2
     shift 2
     t=$SECONDS
-    DLLM_GPU_TEST_QUICK=1 within 60 "$san" --tool "$tool" --error-exitcode 9 "$@" > "$OUT/sanitizer-now.log" 2>&1
+    within 60 "$san" --tool "$tool" --error-exitcode 9 "$@" > "$OUT/sanitizer-now.log" 2>&1
     rc=$?
     { echo "==== $label (rc $rc)"; cat "$OUT/sanitizer-now.log"; } >> "$OUT/sanitizer.log"
     summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-now.log" | tail -n 1)
@@ -145,7 +145,7 @@ run() {
   }
   if [ -x "$san" ]; then
     for tool in memcheck racecheck initcheck; do
-      sanitize "$tool" "$tool" stage/bin/test-gpu kernels_match_cpu_twins_f32 attention_splits skinny_linear --test-threads=1
+      sanitize "$tool" "$tool" stage/bin/test-gpu kernels_match_cpu_twins_f32 attention_splits --test-threads=1
     done
     # the whole binary too: a real decode (graphs, every op) under memcheck
     sanitize "memcheck of \`dllm generate --device cuda\` (dual cache, graphs)" memcheck "$DLLM_BIN" generate \
@@ -190,40 +190,40 @@ run() {
     > "$OUT/s1-profile.txt" 2>&1
   sed -n '/^profile of/,$p' "$OUT/s1-profile.txt" | tee -a "$report"
   say ""
-  # (run 6 measured DLLM_ATTENTION=simt and forced key splits; their sections left with it)
-  say "### GEMMs on cuBLAS only (DLLM_GEMM=cublas: no skinny kernel among the candidates), same card"
-  DLLM_GEMM=cublas within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-prefix \
-    > "$OUT/s1-cublas.txt" 2>&1
-  grep -E '^\| s1-' "$OUT/s1-cublas.txt" | sed 's/^| s1-/| cublas s1-/' | tee -a "$report"
-  grep -E '×.*µs' "$OUT/s1-cublas.txt" | sed 's/^/    /' | tee -a "$report"
+  say "### attention on CUDA cores only (DLLM_ATTENTION=simt), same card"
+  DLLM_ATTENTION=simt within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base \
+    2>&1 | grep -E '^\| s1-' | sed 's/^| s1-/| simt s1-/' | tee -a "$report"
+  say ""
+  say "### in-block attention key splits forced (DLLM_ATTENTION_SPLITS; automatic: 12 on an H100, 9 on CUDA cores)"
+  for n in 3 6 12 24; do
+    DLLM_ATTENTION_SPLITS=$n within 30 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual \
+      2>&1 | grep -E '^\| s1-' | sed "s/^| s1-/| splits $n s1-/" | tee -a "$report"
+  done
   say ""
   # Kernel times without launch gaps: Nsight Compute on our kernels (cuBLAS's excluded) of one S1
   # DualCache in-block step. Our kernels a forward: block start 229 (tensor-core attention, no
-  # combine), in-block 261 + 129 GEMMs with DLLM_GEMM=skinny (every 32-row GEMM on
-  # linear_skinny_k4 with 8 warps, untuned, so that the count does not depend on timings taken under ncu);
-  # the bench runs a warm-up (1 block start + 7 in-block steps), then s1-dual twice: skip the
-  # warm-up, S1's first block start and first in-block step.
+  # combine), in-block 261; the bench runs a warm-up (1 block start + 7 in-block steps), then
+  # s1-dual twice: skip the warm-up, S1's first block start and first in-block step.
   local ncu_bin
   ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
   if [ -n "$ncu_bin" ]; then
     say "### Nsight Compute: our kernels over one S1 in-block DualCache step (graphs off)"
     t=$SECONDS
-    DLLM_GEMM=skinny within 150 "$ncu_bin" \
-      --kernel-name 'regex:^(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select|linear)' \
-      --launch-skip 3578 --launch-count 390 --metrics gpu__time_duration.sum --print-summary per-kernel \
+    within 150 "$ncu_bin" --kernel-name 'regex:^(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select)' \
+      --launch-skip 2546 --launch-count 261 --metrics gpu__time_duration.sum --print-summary per-kernel \
       "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual --no-graphs > "$OUT/ncu.txt" 2>&1
     rc=$?
     say "(ncu rc $rc, $((SECONDS - t)) s; full output in ncu.txt)"
-    grep -E '^ *(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select|linear)[a-z_0-9]*|gpu__time_duration' "$OUT/ncu.txt" \
+    grep -E '^ *(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select)[a-z_0-9]*|gpu__time_duration' "$OUT/ncu.txt" \
       | sed -E 's/ +/ /g' | head -n 60 | sed 's/^/    /' | tee -a "$report"
     say ""
   else
     say "### Nsight Compute: skipped (no ncu)"
   fi
   if command -v cuobjdump >/dev/null && [ -f stage/dllm.fatbin ]; then
-    say "### SASS of linear_skinny_k4_bf16 (sm_90a): memory and tensor-core instructions"
-    cuobjdump -sass -arch sm_90a -fun linear_skinny_k4_bf16 stage/dllm.fatbin 2>&1 \
-      | grep -oE '\b(LDG|STG|LDS|STS|SHFL|HMMA)[.A-Z0-9]*' | sort | uniq -c | tr '\n' ';' | tee -a "$report"
+    say "### SASS of attention_bf16 (sm_90a): memory instructions"
+    cuobjdump -sass -arch sm_90a -fun attention_bf16 stage/dllm.fatbin 2>&1 \
+      | grep -oE '\b(LDG|STG|LDS|STS|SHFL)[.A-Z0-9]*' | sort | uniq -c | tr '\n' ';' | tee -a "$report"
     say ""
   fi
   say ""

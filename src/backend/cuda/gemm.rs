@@ -10,10 +10,6 @@
 //! per shape per process, never inside a capture (a shape first seen while capturing runs
 //! `cublasGemmEx` and is tuned on its next eager call).
 //!
-//! On sm_90 GPUs our own weight-streaming kernel (kernels/linear_skinny.cu, rows ≤ 32) joins
-//! the candidates in each of its shapes (k splits × warps a block); it is kept for a shape only
-//! where it was the fastest.
-//!
 //! f32 checkpoints keep `cublasGemmEx` with pure FP32 compute (exact CPU parity, spec §8).
 
 use std::cell::RefCell;
@@ -41,56 +37,6 @@ fn ok(s: lt::cublasStatus_t, what: &str) -> Result<()> {
     } else {
         Err(Error::Device(format!("cuBLASLt {what}: {s:?}")))
     }
-}
-
-/// Rows the skinny kernel computes at most (one 32-token tile; kernels/linear_skinny.cu).
-pub const SKINNY_MAX_ROWS: usize = 32;
-/// Its k granularity: one mma chunk of 32 columns.
-pub const SKINNY_K_STEP: usize = 32;
-/// Its k splits (thread-block cluster sizes; one entry point each).
-pub const SKINNY_SPLITS: [usize; 4] = [1, 2, 4, 8];
-/// Its block widths in warps (32 output features each).
-pub const SKINNY_WARPS: [usize; 2] = [4, 8];
-
-/// Shared memory of one weight chunk in flight per warp (32 rows × 32 columns of bf16), times
-/// the ring's depth (SK_STAGES in kernels/linear_skinny.cu): the kernel's dynamic shared memory
-/// is this times its warps.
-pub const SKINNY_WARP_SMEM: usize = 12 * 2048;
-
-/// One launch shape of the skinny kernel.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Skinny {
-    /// k parts, one block each, reduced within a thread-block cluster.
-    pub splits: usize,
-    /// warps a block (32 features each).
-    pub warps: usize,
-}
-
-impl Skinny {
-    /// Every launch shape that computes `shape`, or none where the kernel does not fit it.
-    pub fn all_for(shape: Shape) -> Vec<Skinny> {
-        let (rows, _n, k) = shape;
-        if !(1..=SKINNY_MAX_ROWS).contains(&rows) || k % SKINNY_K_STEP != 0 {
-            return vec![];
-        }
-        let mut v = vec![];
-        for warps in SKINNY_WARPS {
-            for splits in SKINNY_SPLITS.into_iter().filter(|&s| s <= k / SKINNY_K_STEP) {
-                v.push(Skinny { splits, warps });
-            }
-        }
-        v
-    }
-}
-
-/// What runs a tuned shape.
-pub enum Choice {
-    /// `cublasGemmEx` with cuBLAS's default algorithm.
-    GemmEx,
-    /// cuBLASLt with the timed algorithm.
-    Lt(LtPlan),
-    /// kernels/linear_skinny.cu in this launch shape.
-    Skinny(Skinny),
 }
 
 /// One shape's matmul description and the algorithm chosen for it.
@@ -158,8 +104,8 @@ impl LtPlan {
 /// The cuBLASLt handle and the per-shape choices.
 pub struct LtGemms {
     handle: lt::cublasLtHandle_t,
-    /// The fastest per tuned shape.
-    pub plans: RefCell<HashMap<Shape, Choice>>,
+    /// None: `cublasGemmEx` was the fastest (or cuBLASLt offered nothing for the shape).
+    pub plans: RefCell<HashMap<Shape, Option<LtPlan>>>,
     /// One line per tuned shape, for `dllm bench`.
     pub report: RefCell<Vec<String>>,
 }
@@ -288,24 +234,5 @@ impl LtGemms {
             total += elapsed(a, b)?;
         }
         Ok(total * 1e3 / reps as f64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn skinny_shapes_cover_few_rows_and_whole_chunks_only() {
-        // LLaDA-8B's in-block GEMMs: every split and width
-        assert_eq!(Skinny::all_for((32, 4096, 4096)).len(), 8);
-        assert_eq!(Skinny::all_for((1, 77, 256)).len(), 8);
-        // more than one 32-token tile, no rows, or k not whole 32-column chunks: none
-        assert!(Skinny::all_for((33, 4096, 4096)).is_empty());
-        assert!(Skinny::all_for((0, 4096, 4096)).is_empty());
-        assert!(Skinny::all_for((32, 4096, 264)).is_empty());
-        // k of 2 chunks: splits of at most 2 blocks
-        let two = Skinny::all_for((8, 100, 64));
-        assert!(two.iter().all(|s| s.splits <= 2) && two.len() == 4, "{two:?}");
     }
 }

@@ -29,7 +29,7 @@ use super::{Backend, DType, GraphUse, Heads, Rule, Sampling, Score, Select, Step
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
 
-pub mod gemm;
+mod gemm;
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 mod params {
@@ -43,7 +43,6 @@ unsafe impl DeviceRepr for EmbedParams {}
 unsafe impl DeviceRepr for RmsNormParams {}
 unsafe impl DeviceRepr for RopeKvParams {}
 unsafe impl DeviceRepr for AttentionParams {}
-unsafe impl DeviceRepr for LinearParams {}
 unsafe impl DeviceRepr for SwigluParams {}
 unsafe impl DeviceRepr for AddParams {}
 unsafe impl DeviceRepr for BiasParams {}
@@ -120,8 +119,6 @@ struct Kernels {
     attention_combine: CudaFunction,
     /// bf16 only (None for f32): kernels/attention_tc.cu.
     attention_tc: Option<CudaFunction>,
-    /// bf16 only (empty for f32): kernels/linear_skinny.cu, one per k split (SKINNY_SPLITS).
-    linear_skinny: Vec<CudaFunction>,
     swiglu: CudaFunction,
     add: CudaFunction,
     add_bias: CudaFunction,
@@ -163,13 +160,6 @@ pub struct Cuda {
     att_splits_forced: Cell<Option<usize>>,
     /// Tests and tuning (`DLLM_ATTENTION=simt`): keep bf16 on the CUDA-core kernel.
     att_tc_off: Cell<bool>,
-    /// Tests, profiling: every bf16 GEMM the skinny kernel fits runs it in this shape, untuned.
-    skinny_forced: Cell<Option<gemm::Skinny>>,
-    /// The tuner leaves the skinny kernel out: `DLLM_GEMM=cublas` (baselines), or a GPU before
-    /// sm_90 (the kernel needs thread-block clusters).
-    skinny_off: bool,
-    /// The GPU is sm_90 or later.
-    sm90: bool,
     k: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -238,13 +228,6 @@ impl Cuda {
             attention: f(&format!("attention_{sfx}"))?,
             attention_combine: f(&format!("attention_combine_{sfx}"))?,
             attention_tc: if dtype == DType::Bf16 { Some(f("attention_tc_bf16")?) } else { None },
-            linear_skinny: match dtype {
-                DType::Bf16 => gemm::SKINNY_SPLITS
-                    .iter()
-                    .map(|s| f(&format!("linear_skinny_k{s}_bf16")))
-                    .collect::<Result<_>>()?,
-                _ => vec![],
-            },
             swiglu: f(&format!("swiglu_{sfx}"))?,
             add: f(&format!("add_{sfx}"))?,
             add_bias: f(&format!("add_bias_{sfx}"))?,
@@ -275,21 +258,6 @@ impl Cuda {
         } else {
             None
         };
-        let sm90 = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-            .map_err(drv("compute capability"))?
-            >= 9;
-        if sm90 {
-            // the skinny GEMM's weight ring: above the default 48 KiB of dynamic shared memory
-            let bytes = gemm::SKINNY_WARP_SMEM * gemm::SKINNY_WARPS.iter().max().unwrap_or(&8);
-            for f in &k.linear_skinny {
-                f.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as i32,
-                )
-                .map_err(drv("skinny GEMM shared memory"))?;
-            }
-        }
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
@@ -313,14 +281,6 @@ impl Cuda {
                 std::env::var("DLLM_ATTENTION_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0),
             ),
             att_tc_off: Cell::new(std::env::var("DLLM_ATTENTION").as_deref() == Ok("simt")),
-            // DLLM_GEMM=skinny: force the skinny kernel, 4 k splits of 8 warps (profiling with
-            // a fixed kernel count); DLLM_GEMM=cublas: leave it out of the tuning (baselines)
-            skinny_forced: Cell::new(match std::env::var("DLLM_GEMM").as_deref() {
-                Ok("skinny") if sm90 => Some(gemm::Skinny { splits: 4, warps: 8 }),
-                _ => None,
-            }),
-            skinny_off: std::env::var("DLLM_GEMM").as_deref() == Ok("cublas") || !sm90,
-            sm90,
             k,
             stream,
             ctx,
@@ -360,10 +320,10 @@ impl Cuda {
             }
         };
         let base = gemm::LtGemms::time(gemm::REPS, gemm_ex, flush, mark, elapsed)?;
-        // (µs, cuBLASLt candidate number) of the fastest cuBLASLt algorithm, if one beats cublasGemmEx
-        let mut best_lt: Option<(f64, usize)> = None;
+        // (µs, candidate number) of the fastest cuBLASLt algorithm, if one beats cublasGemmEx
+        let mut best: Option<(f64, usize)> = None;
         let mut tried = 0;
-        let mut choice = gemm::Choice::GemmEx;
+        let mut chosen_plan = None;
         let offered = gemm::LtPlan::new(shape).and_then(|p| Ok((lt.candidates(&p, ops.workspace_bytes)?, p)));
         match offered {
             Ok((algos, mut plan)) => {
@@ -374,70 +334,34 @@ impl Cuda {
                         continue;
                     };
                     tried += 1;
-                    if t < best_lt.map_or(base, |b| b.0) {
-                        best_lt = Some((t, i));
+                    if t < best.map_or(base, |b| b.0) {
+                        best = Some((t, i));
                     }
                 }
-                if let Some((_, i)) = best_lt {
+                if let Some((_, i)) = best {
                     plan.algo = algos[i];
-                    choice = gemm::Choice::Lt(plan);
+                    chosen_plan = Some(plan);
                 }
             }
             Err(e) => eprintln!("warning: {e} for a {shape:?} GEMM; using cublasGemmEx"),
         }
         let (rows, n, k) = shape;
-        let (mut us, mut chosen) = match best_lt {
+        let (us, chosen) = match best {
             Some((t, i)) => (t, format!("cuBLASLt #{}", i + 1)),
             None => (base, "cublasGemmEx".to_string()),
         };
-        let mut skinny_us = vec![];
-        for sk in gemm::Skinny::all_for(shape).into_iter().filter(|_| !self.skinny_off) {
-            let t = gemm::LtGemms::time(gemm::REPS, || self.skinny(sk, ops, shape), flush, mark, elapsed)?;
-            skinny_us.push(format!("{}×{} {t:.1}", sk.splits, sk.warps));
-            if t < us {
-                (us, chosen) = (t, format!("skinny {} splits × {} warps", sk.splits, sk.warps));
-                choice = gemm::Choice::Skinny(sk);
-            }
-        }
-        let skinny = match skinny_us.is_empty() {
-            true => String::new(),
-            false => format!("; skinny splits×warps {} µs", skinny_us.join(", ")),
-        };
         let gbs = 2.0 * (n * k + rows * k + rows * n) as f64 / (us * 1e-6) / 1e9;
         lt.report.borrow_mut().push(format!(
-            "{rows}×{n}×{k}: {chosen} {us:.1} µs ({gbs:.0} GB/s; cublasGemmEx {base:.1} µs, {tried} cuBLASLt candidates{skinny})"
+            "{rows}×{n}×{k}: {chosen} {us:.1} µs ({gbs:.0} GB/s; cublasGemmEx {base:.1} µs, {tried} cuBLASLt candidates)"
         ));
-        lt.plans.borrow_mut().insert(shape, choice);
+        lt.plans.borrow_mut().insert(shape, chosen_plan);
         Ok(())
-    }
-
-    /// Queue kernels/linear_skinny.cu in launch shape `sk`.
-    fn skinny(&self, sk: gemm::Skinny, o: &gemm::Operands, (rows, n, k): gemm::Shape) -> Result<()> {
-        check(gemm::Skinny::all_for((rows, n, k)).contains(&sk), "linear: shape outside the skinny kernel")?;
-        let i = gemm::SKINNY_SPLITS.iter().position(|&s| s == sk.splits);
-        let f = i
-            .and_then(|i| self.k.linear_skinny.get(i))
-            .ok_or_else(|| Error::Device("no skinny GEMM kernel".into()))?;
-        let p = LinearParams { x: o.x, w: o.w, out: o.out, rows: rows as u32, n: n as u32, k: k as u32 };
-        let grid = (n.div_ceil(32 * sk.warps) as u32, sk.splits as u32, 1);
-        self.launch(f, grid, 32 * sk.warps as u32, (gemm::SKINNY_WARP_SMEM * sk.warps) as u32, &p)
     }
 
     /// Force attention's key splits (tests, tuning); `None` restores the automatic choice.
     /// The count is still capped by the workspace and by one split per key tile.
     pub fn force_attention_splits(&self, splits: Option<usize>) {
         self.att_splits_forced.set(splits);
-    }
-
-    /// Run every bf16 GEMM the skinny kernel fits on it, in launch shape `sk`, instead of the
-    /// tuned choice (tests compare it with the CPU twin); `None` restores tuning. Returns false
-    /// (and forces nothing) on a GPU before sm_90, which cannot run it.
-    pub fn force_skinny_gemm(&self, sk: Option<gemm::Skinny>) -> bool {
-        if !self.sm90 {
-            return false;
-        }
-        self.skinny_forced.set(sk);
-        true
     }
 
     /// Keep bf16 attention on the CUDA-core kernel (tests compare both paths with the CPU twin).
@@ -717,16 +641,12 @@ impl Backend for Cuda {
             workspace_bytes: CUBLAS_WORKSPACE_BYTES,
             stream: self.stream.cu_stream() as cudarc::cublaslt::sys::cudaStream_t,
         };
-        if let Some(sk) = self.skinny_forced.get().filter(|sk| gemm::Skinny::all_for(shape).contains(sk)) {
-            return self.skinny(sk, &ops, shape);
-        }
         let known = lt.plans.borrow().contains_key(&shape);
         if !known && !self.capturing.get() {
             self.tune_gemm(lt, shape, &ops, &gemm_ex)?;
         }
         match lt.plans.borrow().get(&shape) {
-            Some(gemm::Choice::Lt(plan)) => lt.run(plan, &ops),
-            Some(gemm::Choice::Skinny(sk)) => self.skinny(*sk, &ops, shape),
+            Some(Some(plan)) => lt.run(plan, &ops),
             _ => gemm_ex(),
         }
     }
