@@ -30,9 +30,10 @@ typedef struct {
 } EmbedParams;
 
 typedef struct {
-    dptr_t x;    /* [rows, d] */
+    dptr_t x;    /* [rows, d]; add_rmsnorm: h, updated in place (h += residual) */
     dptr_t w;    /* [d] */
     dptr_t out;  /* [rows, d] */
+    dptr_t residual;  /* add_rmsnorm only: [rows, d] */
     unsigned int rows;
     unsigned int d;
     float eps;

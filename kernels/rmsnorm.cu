@@ -1,16 +1,21 @@
 // rmsnorm: y = round(round(x · 1/sqrt(mean(x²) + eps)) · w)       (spec §2: the fp32 statistics,
 // cast to the activation dtype, then the weight multiply, rounded again)
-// Layout: x, out [rows, d]; w [d]. T = f32 | bf16. One block per row, fp32 tree reduction.
-// Floor: 2 · rows · d · sizeof(T) bytes (+ d for w); 4 · rows · d FLOPs: memory-bound.
-// CPU twin: Cpu::rmsnorm.
+// add_rmsnorm: h = round(h + r) (add.cu's residual add), then y = rmsnorm(h): one launch instead
+// of two after every residual add but the last of a forward, bit-identical to add then rmsnorm
+// (same roundings, same summation order; each thread re-reads only the elements it wrote).
+// Layout: x (h), r, out [rows, d]; w [d]. T = f32 | bf16. One block per row, fp32 tree reduction.
+// Floor: 2 · rows · d · sizeof(T) bytes (+ d for w; add_rmsnorm + 2 · rows · d); 4 · rows · d
+// FLOPs: memory-bound.
+// CPU twins: Cpu::rmsnorm; add_rmsnorm is Backend::add_rmsnorm's default (Cpu::add, Cpu::rmsnorm).
 #include "common.cuh"
 
 #define RN_U 8
 
-template <typename T>
+template <typename T, bool ADD>
 __device__ void rmsnorm(const RmsNormParams p) {
     const unsigned int r = blockIdx.x;
-    const T* x = (const T*)p.x + (size_t)r * p.d;
+    T* x = (T*)p.x + (size_t)r * p.d;
+    const T* res = ADD ? (const T*)p.residual + (size_t)r * p.d : nullptr;
     const T* w = (const T*)p.w;
     T* out = (T*)p.out + (size_t)r * p.d;
     // RN_U loads of a thread in flight together (in the same element order as one at a time):
@@ -23,6 +28,12 @@ __device__ void rmsnorm(const RmsNormParams p) {
         for (int u = 0; u < RN_U; ++u) {
             const unsigned int i = i0 + u * blockDim.x;
             v[u] = i < p.d ? to_f(x[i]) : 0.0f;
+            if (ADD) {
+                const float s = i < p.d ? to_f(res[i]) : 0.0f;
+                const T h = from_f<T>(__fadd_rn(v[u], s));
+                if (i < p.d) x[i] = h;
+                v[u] = i < p.d ? to_f(h) : 0.0f;
+            }
         }
 #pragma unroll
         for (int u = 0; u < RN_U; ++u) ss += v[u] * v[u];
@@ -46,4 +57,10 @@ __device__ void rmsnorm(const RmsNormParams p) {
     }
 }
 
-DLLM_KERNEL_PAIR(rmsnorm, RmsNormParams, rmsnorm)
+template <typename T>
+__device__ void rmsnorm_only(const RmsNormParams p) { rmsnorm<T, false>(p); }
+template <typename T>
+__device__ void add_rmsnorm(const RmsNormParams p) { rmsnorm<T, true>(p); }
+
+DLLM_KERNEL_PAIR(rmsnorm, RmsNormParams, rmsnorm_only)
+DLLM_KERNEL_PAIR(add_rmsnorm, RmsNormParams, add_rmsnorm)

@@ -406,9 +406,12 @@ pub fn forward<B: Backend>(
         let keys = (step.batch * step.canvas) as f64;
         let att_bytes = act(cfg.qkv_dim()) + 2.0 * keys * cfg.kv_dim() as f64 * s + act(d);
         let att_flops = 4.0 * r * step.canvas as f64 * (cfg.n_heads * cfg.head_dim) as f64;
-        op(be, p, "rmsnorm", 2.0 * act(d), 4.0 * r * d as f64, || {
-            be.rmsnorm(&ws.h, &lw.attn_norm, cfg.rms_eps, rows, &mut ws.a)
-        })?;
+        // the first layer's input norm; every later one comes fused with the residual add before it
+        if l == 0 {
+            op(be, p, "rmsnorm", 2.0 * act(d), 4.0 * r * d as f64, || {
+                be.rmsnorm(&ws.h, &lw.attn_norm, cfg.rms_eps, rows, &mut ws.a)
+            })?;
+        }
         op(be, p, "linear qkv", qb, qf, || be.linear(&ws.a, &lw.qkv, rows, &mut ws.qkv))?;
         if let Some(bias) = &lw.qkv_bias {
             op(be, p, "qkv bias", 2.0 * act(cfg.qkv_dim()), r * cfg.qkv_dim() as f64, || {
@@ -431,14 +434,20 @@ pub fn forward<B: Backend>(
             be.attention(&ws.qkv, &cache.k[l], &cache.v[l], pads, step, hs, &mut ws.attn)
         })?;
         op(be, p, "linear o", ob, of, || be.linear(&ws.attn, &lw.attn_out, rows, &mut ws.proj))?;
-        op(be, p, "residual add", 3.0 * act(d), r * d as f64, || be.add(&mut ws.h, &ws.proj, rows))?;
-        op(be, p, "rmsnorm", 2.0 * act(d), 4.0 * r * d as f64, || {
-            be.rmsnorm(&ws.h, &lw.ff_norm, cfg.rms_eps, rows, &mut ws.a)
+        op(be, p, "residual add + rmsnorm", 5.0 * act(d), 5.0 * r * d as f64, || {
+            be.add_rmsnorm(&mut ws.h, &ws.proj, &lw.ff_norm, cfg.rms_eps, rows, &mut ws.a)
         })?;
         op(be, p, "linear gate|up", gb, gf, || be.linear(&ws.a, &lw.gate_up, rows, &mut ws.gate_up))?;
         op(be, p, "swiglu", 3.0 * act(m), 5.0 * r * m as f64, || be.swiglu(&ws.gate_up, rows, &mut ws.act))?;
         op(be, p, "linear down", db, df, || be.linear(&ws.act, &lw.down, rows, &mut ws.proj))?;
-        op(be, p, "residual add", 3.0 * act(d), r * d as f64, || be.add(&mut ws.h, &ws.proj, rows))?;
+        match w.layers.get(l + 1) {
+            Some(next) => op(be, p, "residual add + rmsnorm", 5.0 * act(d), 5.0 * r * d as f64, || {
+                be.add_rmsnorm(&mut ws.h, &ws.proj, &next.attn_norm, cfg.rms_eps, rows, &mut ws.a)
+            })?,
+            None => {
+                op(be, p, "residual add", 3.0 * act(d), r * d as f64, || be.add(&mut ws.h, &ws.proj, rows))?
+            }
+        }
         be.range_pop();
     }
     Ok(())

@@ -69,6 +69,11 @@ fn run_ops<B: Backend>(be: &B, temperature: f64, rule: Rule, dream: bool) -> Out
     let mut h = t(rand_uniform(rows * d, 5, 1.0), rows, d);
     be.add(&mut h, &x, rows).unwrap();
     o.named.push(("add", be.to_host(&h, rows).unwrap()));
+    // the fused residual add + norm: both its outputs
+    let mut y2 = poison(rows, d);
+    be.add_rmsnorm(&mut h, &x, &w, 1e-5, rows, &mut y2).unwrap();
+    o.named.push(("add_rmsnorm h", be.to_host(&h, rows).unwrap()));
+    o.named.push(("add_rmsnorm out", be.to_host(&y2, rows).unwrap()));
 
     // embed, rope + cache write, attention, gather: batch 3, canvas 45, window [7, 45), pads 0/5/11
     // (row 1 ending at 40),
@@ -352,6 +357,32 @@ fn bf16_linear_with_tuned_algorithms_matches_the_cpu() {
         eprintln!("tuned: {line}");
     }
     assert!(report.len() >= 3, "every shape was tuned once: {report:?}");
+}
+
+/// The fused residual add + norm is bit-identical to the add then the norm on the same GPU (in
+/// both dtypes, rows wider than one pass of the block), so fusing changes no decoded token.
+#[test]
+fn fused_add_rmsnorm_is_bit_identical_to_add_then_rmsnorm() {
+    for dtype in [DType::F32, DType::Bf16] {
+        let Some(g) = gpu(dtype) else { return };
+        let (rows, d) = (37usize, 4100usize);
+        let h0 = rand_uniform(rows * d, 11, 2.0);
+        let x = g.tensor_from_host(&rand_uniform(rows * d, 12, 1.0), rows, d).unwrap();
+        let w = g.tensor_from_host(&rand_uniform(d, 13, 1.0), 1, d).unwrap();
+        let (mut h1, mut h2) =
+            (g.tensor_from_host(&h0, rows, d).unwrap(), g.tensor_from_host(&h0, rows, d).unwrap());
+        let mut y1 = g.tensor_from_host(&vec![POISON; rows * d], rows, d).unwrap();
+        let mut y2 = g.tensor_from_host(&vec![POISON; rows * d], rows, d).unwrap();
+        g.add(&mut h1, &x, rows).unwrap();
+        g.rmsnorm(&h1, &w, 1e-5, rows, &mut y1).unwrap();
+        g.add_rmsnorm(&mut h2, &x, &w, 1e-5, rows, &mut y2).unwrap();
+        let bits = |t: &dllm::backend::cuda::CudaTensor| -> Vec<u32> {
+            g.to_host(t, rows).unwrap().iter().map(|v| v.to_bits()).collect()
+        };
+        assert!(bits(&h1) == bits(&h2), "{dtype:?}: h differs");
+        assert!(bits(&y1) == bits(&y2), "{dtype:?}: normalised output differs");
+        assert!(g.to_host(&y2, rows).unwrap().iter().all(|v| v.is_finite()), "{dtype:?}: poison left");
+    }
 }
 
 fn gpu_engine(dir: &std::path::Path) -> Option<(ModelFiles, Engine<Cuda>)> {

@@ -190,27 +190,29 @@ run() {
     > "$OUT/s1-profile.txt" 2>&1
   sed -n '/^profile of/,$p' "$OUT/s1-profile.txt" | tee -a "$report"
   say ""
-  say "### attention on CUDA cores only (DLLM_ATTENTION=simt), same card"
-  DLLM_ATTENTION=simt within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-base \
-    2>&1 | grep -E '^\| s1-' | sed 's/^| s1-/| simt s1-/' | tee -a "$report"
+  # (run 6 measured DLLM_ATTENTION=simt: attention on CUDA cores only)
+  say "### residual add and rmsnorm as two kernels (DLLM_UNFUSED=1), same card"
+  DLLM_UNFUSED=1 within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual,s1-dual-b4 \
+    2>&1 | grep -E '^\| s1-' | sed 's/^| s1-/| unfused s1-/' | tee -a "$report"
   say ""
-  say "### in-block attention key splits forced (DLLM_ATTENTION_SPLITS; automatic: 12 on an H100, 9 on CUDA cores)"
-  for n in 3 6 12 24; do
+  say "### in-block attention key splits forced (DLLM_ATTENTION_SPLITS; automatic: 5 on an H100, 3 on CUDA cores)"
+  for n in 1 2 3 5 12; do
     DLLM_ATTENTION_SPLITS=$n within 30 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual \
       2>&1 | grep -E '^\| s1-' | sed "s/^| s1-/| splits $n s1-/" | tee -a "$report"
   done
   say ""
   # Kernel times without launch gaps: Nsight Compute on our kernels (cuBLAS's excluded) of one S1
-  # DualCache in-block step. Our kernels a forward: block start 229 (tensor-core attention, no
-  # combine), in-block 261; the bench runs a warm-up (1 block start + 7 in-block steps), then
-  # s1-dual twice: skip the warm-up, S1's first block start and first in-block step.
+  # DualCache in-block step. Our kernels a forward: block start 166 (tensor-core attention, no
+  # combine; 63 residual adds fused with the next norm), in-block 198; the bench runs a warm-up
+  # (1 block start + 7 in-block steps), then s1-dual twice: skip the warm-up, S1's first block
+  # start and first in-block step.
   local ncu_bin
   ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
   if [ -n "$ncu_bin" ]; then
     say "### Nsight Compute: our kernels over one S1 in-block DualCache step (graphs off)"
     t=$SECONDS
     within 150 "$ncu_bin" --kernel-name 'regex:^(embed|rmsnorm|rope|attention|swiglu|add|gather|argmax|select)' \
-      --launch-skip 2546 --launch-count 261 --metrics gpu__time_duration.sum --print-summary per-kernel \
+      --launch-skip 1916 --launch-count 198 --metrics gpu__time_duration.sum --print-summary per-kernel \
       "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual --no-graphs > "$OUT/ncu.txt" 2>&1
     rc=$?
     say "(ncu rc $rc, $((SECONDS - t)) s; full output in ncu.txt)"

@@ -226,6 +226,22 @@ pub trait Backend {
     fn swiglu(&self, gate_up: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
     /// `h += x` (the residual).
     fn add(&self, h: &mut Self::Tensor, x: &Self::Tensor, rows: usize) -> Result<()>;
+    /// `h += x`, then `out = rmsnorm(h)`: every residual add but the last is followed by the
+    /// next norm. Defined as exactly those two ops (the CPU twin); a backend may fuse them into one
+    /// pass as long as the results stay bit-identical (the CUDA kernel does: one launch fewer).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm(
+        &self,
+        h: &mut Self::Tensor,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.add(h, x, rows)?;
+        self.rmsnorm(h, w, eps, rows, out)
+    }
     /// `x[r] += bias` for every row `r < rows` (`bias` is `[1, cols]`): Dream's q/k/v biases.
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Tensor, rows: usize) -> Result<()>;
     /// Copy the rows that predict the block's positions out of the window's activations: `out`

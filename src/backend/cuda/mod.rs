@@ -84,10 +84,12 @@ fn window_fits(step: Step) -> bool {
 }
 
 /// Key splits for an attention launch of `blocks` (query tiles × heads × rows) over at most `keys`
-/// keys, each split's partial records taking `records_per_split` floats: enough blocks to fill
-/// every multiprocessor about four times over when the query tiles alone cannot (an in-block
-/// step: one or two tiles a head), never below `ATT_MIN_SPLIT_KEYS` keys a split (a forced count:
-/// one key tile), at most `ATT_MAX_SPLITS`, and within the partial-record workspace.
+/// keys, each split's partial records taking `records_per_split` floats: about one block per
+/// multiprocessor when the query tiles alone cannot fill them (an in-block step: one or two tiles
+/// a head), never below `ATT_MIN_SPLIT_KEYS` keys a split (a forced count: one key tile), at most
+/// `ATT_MAX_SPLITS`, and within the partial-record workspace. (Four blocks per multiprocessor
+/// until run 9: the H100 sweep of run 6 ran an in-block step fastest at the fewest splits
+/// tried, 3 of 3/6/12/24, each split adding partial records for attention_combine to merge.)
 pub fn attention_splits(
     sm_count: usize,
     forced: Option<usize>,
@@ -97,7 +99,7 @@ pub fn attention_splits(
 ) -> usize {
     let wanted = match forced {
         Some(s) => s.min(keys.div_ceil(ATT_KTILE)),
-        None => (4 * sm_count).div_ceil(blocks.max(1)).min(keys.div_ceil(ATT_MIN_SPLIT_KEYS)),
+        None => sm_count.div_ceil(blocks.max(1)).min(keys.div_ceil(ATT_MIN_SPLIT_KEYS)),
     };
     let fits = ATT_PARTIAL_BYTES / (records_per_split.max(1) * 4);
     wanted.min(ATT_MAX_SPLITS).min(fits).max(1)
@@ -114,6 +116,7 @@ fn check(cond: bool, what: &str) -> Result<()> {
 struct Kernels {
     embed: CudaFunction,
     rmsnorm: CudaFunction,
+    add_rmsnorm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
     attention_combine: CudaFunction,
@@ -160,6 +163,8 @@ pub struct Cuda {
     att_splits_forced: Cell<Option<usize>>,
     /// Tests and tuning (`DLLM_ATTENTION=simt`): keep bf16 on the CUDA-core kernel.
     att_tc_off: Cell<bool>,
+    /// `DLLM_UNFUSED=1`: add_rmsnorm runs as its two kernels (same-machine comparisons).
+    unfused: bool,
     k: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -224,6 +229,7 @@ impl Cuda {
         let k = Kernels {
             embed: f(&format!("embed_{sfx}"))?,
             rmsnorm: f(&format!("rmsnorm_{sfx}"))?,
+            add_rmsnorm: f(&format!("add_rmsnorm_{sfx}"))?,
             rope_kv: f(&format!("rope_kv_{sfx}"))?,
             attention: f(&format!("attention_{sfx}"))?,
             attention_combine: f(&format!("attention_combine_{sfx}"))?,
@@ -281,6 +287,7 @@ impl Cuda {
                 std::env::var("DLLM_ATTENTION_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0),
             ),
             att_tc_off: Cell::new(std::env::var("DLLM_ATTENTION").as_deref() == Ok("simt")),
+            unfused: std::env::var("DLLM_UNFUSED").as_deref() == Ok("1"),
             k,
             stream,
             ctx,
@@ -576,11 +583,43 @@ impl Backend for Cuda {
             x: self.ptr(&x.buf),
             w: self.ptr(&w.buf),
             out: self.ptr_mut(&mut out.buf),
+            residual: 0,
             rows: rows as u32,
             d: d as u32,
             eps,
         };
         self.launch(&self.k.rmsnorm, Self::grid1(rows), 256, 0, &p)
+    }
+
+    fn add_rmsnorm(
+        &self,
+        h: &mut CudaTensor,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        eps: f32,
+        rows: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        if self.unfused {
+            self.add(h, x, rows)?;
+            return self.rmsnorm(h, w, eps, rows, out);
+        }
+        let d = h.cols;
+        check(
+            x.cols == d && w.rows * w.cols == d && out.cols == d && h.rows >= rows && x.rows >= rows,
+            "add_rmsnorm: shapes",
+        )?;
+        check(out.rows >= rows, "add_rmsnorm: output rows")?;
+        let p = RmsNormParams {
+            x: self.ptr_mut(&mut h.buf),
+            w: self.ptr(&w.buf),
+            out: self.ptr_mut(&mut out.buf),
+            residual: self.ptr(&x.buf),
+            rows: rows as u32,
+            d: d as u32,
+            eps,
+        };
+        self.launch(&self.k.add_rmsnorm, Self::grid1(rows), 256, 0, &p)
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
@@ -1039,15 +1078,17 @@ mod tests {
     fn attention_splits_fill_the_gpu_within_the_workspace() {
         // partial-record floats of `rows` query rows of LLaDA-8B (32 heads, head_dim 128)
         let rec = |rows: usize| rows * 32 * 130;
-        // in-block, batch 1, 768 keys: tensor cores (1 tile a head) 12 splits, CUDA cores 9
-        assert_eq!(attention_splits(132, None, 32, 768, rec(32)), 12);
-        assert_eq!(attention_splits(132, None, 64, 768, rec(32)), 9);
+        // in-block, batch 1, 768 keys: tensor cores (1 tile a head) 5 splits, CUDA cores 3
+        assert_eq!(attention_splits(132, None, 32, 768, rec(32)), 5);
+        assert_eq!(attention_splits(132, None, 64, 768, rec(32)), 3);
+        // batch 4 in-block (128 blocks on tensor cores): 2
+        assert_eq!(attention_splits(132, None, 128, 768, rec(128)), 2);
         // a block start (768 rows) fills the GPU alone, and its records would not fit anyway
         assert_eq!(attention_splits(132, None, 384, 768, rec(768)), 1);
-        // batch 16 in-block (512 blocks): 2 splits wanted, but 512 rows' records fill the 16 MiB
-        // workspace once; batch 8 gets its 3
+        // batch 16 in-block (512 blocks) fills it alone too
         assert_eq!(attention_splits(132, None, 512, 768, rec(512)), 1);
-        assert_eq!(attention_splits(132, None, 256, 768, rec(256)), 3);
+        // a forced count is capped by the workspace: 512 rows' records fill its 16 MiB once
+        assert_eq!(attention_splits(132, Some(4), 512, 768, rec(512)), 1);
         // few keys: at least 64 a split; a forced count: at least one 32-key tile a split
         assert_eq!(attention_splits(132, None, 8, 100, rec(4)), 2);
         assert_eq!(attention_splits(132, Some(7), 8, 100, rec(4)), 4);
