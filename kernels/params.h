@@ -38,6 +38,8 @@ typedef struct {
     unsigned int d;
     float eps;
 } RmsNormParams;
+/* Threads of an rmsnorm / add_rmsnorm block (one block per row). */
+#define DLLM_RMSNORM_THREADS 512
 
 typedef struct {
     dptr_t qkv;      /* [batch x win_len, (n_heads + 2 n_kv_heads) head_dim], q|k|v */

@@ -3,7 +3,8 @@
 // add_rmsnorm: h = round(h + r) (add.cu's residual add), then y = rmsnorm(h): one launch instead
 // of two after every residual add but the last of a forward, bit-identical to add then rmsnorm
 // (same roundings, same summation order; each thread re-reads only the elements it wrote).
-// Layout: x (h), r, out [rows, d]; w [d]. T = f32 | bf16. One block per row, fp32 tree reduction.
+// Layout: x (h), r, out [rows, d]; w [d]. T = f32 | bf16. One block of DLLM_RMSNORM_THREADS per row (LLaDA's
+// d = 4096: one round of 8 loads a thread), fp32 tree reduction.
 // Floor: 2 · rows · d · sizeof(T) bytes (+ d for w; add_rmsnorm + 2 · rows · d); 4 · rows · d
 // FLOPs: memory-bound.
 // CPU twins: Cpu::rmsnorm; add_rmsnorm is Backend::add_rmsnorm's default (Cpu::add, Cpu::rmsnorm).
@@ -23,14 +24,20 @@ __device__ void rmsnorm(const RmsNormParams p) {
     // (run 5)
     float ss = 0.0f;
     for (unsigned int i0 = threadIdx.x; i0 < p.d; i0 += RN_U * blockDim.x) {
-        float v[RN_U];
+        float v[RN_U], s[RN_U];
 #pragma unroll
         for (int u = 0; u < RN_U; ++u) {
             const unsigned int i = i0 + u * blockDim.x;
             v[u] = i < p.d ? to_f(x[i]) : 0.0f;
-            if (ADD) {
-                const float s = i < p.d ? to_f(res[i]) : 0.0f;
-                const T h = from_f<T>(__fadd_rn(v[u], s));
+            if (ADD) s[u] = i < p.d ? to_f(res[i]) : 0.0f;
+        }
+        // every load above is issued before the first store below (x and res may alias as far
+        // as the compiler knows: interleaved, the stores serialised the loads, run 10)
+        if (ADD) {
+#pragma unroll
+            for (int u = 0; u < RN_U; ++u) {
+                const unsigned int i = i0 + u * blockDim.x;
+                const T h = from_f<T>(__fadd_rn(v[u], s[u]));
                 if (i < p.d) x[i] = h;
                 v[u] = i < p.d ? to_f(h) : 0.0f;
             }

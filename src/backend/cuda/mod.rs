@@ -588,7 +588,7 @@ impl Backend for Cuda {
             d: d as u32,
             eps,
         };
-        self.launch(&self.k.rmsnorm, Self::grid1(rows), 256, 0, &p)
+        self.launch(&self.k.rmsnorm, Self::grid1(rows), DLLM_RMSNORM_THREADS, 0, &p)
     }
 
     fn add_rmsnorm(
@@ -619,7 +619,7 @@ impl Backend for Cuda {
             d: d as u32,
             eps,
         };
-        self.launch(&self.k.add_rmsnorm, Self::grid1(rows), 256, 0, &p)
+        self.launch(&self.k.add_rmsnorm, Self::grid1(rows), DLLM_RMSNORM_THREADS, 0, &p)
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
