@@ -88,8 +88,9 @@ fn readme_command_answers_the_sum() {
 }
 
 /// `dllm eval` on the first 24 held-out problems with Fast-dLLM (PrefixCache + threshold 0.9):
-/// measured 22/24 at 3.1 NFE per problem on the build machine (the CPU backend is
-/// deterministic); the baseline needs 64 forwards per problem.
+/// measured 23/24 at 2.6 NFE per problem on the build machine (the CPU backend is
+/// deterministic; 22/24 at 3.1 before the fourth training run); the baseline needs 64 forwards
+/// per problem.
 #[test]
 fn eval_on_held_out_problems_scores_what_was_measured() {
     let o = dllm(&["eval", "--limit", "24", "--cache", "prefix", "--device", "cpu"]);
@@ -102,6 +103,6 @@ fn eval_on_held_out_problems_scores_what_was_measured() {
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     let right: usize = cells[2].split('(').nth(1).and_then(|x| x.split('/').next()).unwrap().parse().unwrap();
     let nfe: f64 = cells[3].parse().unwrap();
-    assert!((21..=23).contains(&right), "{row}");
+    assert!((22..=24).contains(&right), "{row}");
     assert!(nfe <= 64.0 / 3.0, "Fast-dLLM needs at least 3× fewer forwards than the baseline: {row}");
 }
