@@ -456,6 +456,32 @@ impl Cuda {
         Ok(CudaTensor { rows, cols, dtype, buf })
     }
 
+    /// rmsnorm or add_rmsnorm over `rows` rows of width `d`: `(x, residual)` are the input's
+    /// device address and the residual's (0 for a plain rmsnorm).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_norm(
+        &self,
+        f: &CudaFunction,
+        (x, residual): (u64, u64),
+        d: usize,
+        w: &CudaTensor,
+        eps: f32,
+        rows: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        check(w.rows * w.cols == d && out.cols == d && out.rows >= rows, "rmsnorm: shapes")?;
+        let p = RmsNormParams {
+            x,
+            w: self.ptr(&w.buf),
+            out: self.ptr_mut(&mut out.buf),
+            residual,
+            rows: rows as u32,
+            d: d as u32,
+            eps,
+        };
+        self.launch(f, Self::grid1(rows), DLLM_RMSNORM_THREADS, 0, &p)
+    }
+
     fn step_shape(step: Step) -> StepShape {
         StepShape {
             batch: step.batch as u32,
@@ -574,21 +600,9 @@ impl Backend for Cuda {
         rows: usize,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let d = x.cols;
-        check(
-            w.rows * w.cols == d && out.cols == d && x.rows >= rows && out.rows >= rows,
-            "rmsnorm: shapes",
-        )?;
-        let p = RmsNormParams {
-            x: self.ptr(&x.buf),
-            w: self.ptr(&w.buf),
-            out: self.ptr_mut(&mut out.buf),
-            residual: 0,
-            rows: rows as u32,
-            d: d as u32,
-            eps,
-        };
-        self.launch(&self.k.rmsnorm, Self::grid1(rows), DLLM_RMSNORM_THREADS, 0, &p)
+        check(x.rows >= rows, "rmsnorm: input rows")?;
+        let xp = self.ptr(&x.buf);
+        self.launch_norm(&self.k.rmsnorm, (xp, 0), x.cols, w, eps, rows, out)
     }
 
     fn add_rmsnorm(
@@ -604,22 +618,9 @@ impl Backend for Cuda {
             self.add(h, x, rows)?;
             return self.rmsnorm(h, w, eps, rows, out);
         }
-        let d = h.cols;
-        check(
-            x.cols == d && w.rows * w.cols == d && out.cols == d && h.rows >= rows && x.rows >= rows,
-            "add_rmsnorm: shapes",
-        )?;
-        check(out.rows >= rows, "add_rmsnorm: output rows")?;
-        let p = RmsNormParams {
-            x: self.ptr_mut(&mut h.buf),
-            w: self.ptr(&w.buf),
-            out: self.ptr_mut(&mut out.buf),
-            residual: self.ptr(&x.buf),
-            rows: rows as u32,
-            d: d as u32,
-            eps,
-        };
-        self.launch(&self.k.add_rmsnorm, Self::grid1(rows), DLLM_RMSNORM_THREADS, 0, &p)
+        check(x.cols == h.cols && h.rows >= rows && x.rows >= rows, "add_rmsnorm: shapes")?;
+        let hx = (self.ptr_mut(&mut h.buf), self.ptr(&x.buf));
+        self.launch_norm(&self.k.add_rmsnorm, hx, h.cols, w, eps, rows, out)
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
