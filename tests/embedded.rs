@@ -89,7 +89,7 @@ fn readme_command_answers_the_sum() {
 
 /// `dllm eval` on the first 24 held-out problems with Fast-dLLM (PrefixCache + threshold 0.9):
 /// measured 23/24 at 2.6 NFE per problem on the build machine (the CPU backend is
-/// deterministic; 22/24 at 3.1 before the fourth training run); the baseline needs 64 forwards
+/// deterministic; 22/24 at 3.1 before the last training run); the baseline needs 64 forwards
 /// per problem.
 #[test]
 fn eval_on_held_out_problems_scores_what_was_measured() {
