@@ -16,11 +16,27 @@ if [ ! -x "$nvcc" ]; then
 fi
 "$nvcc" --version | tail -n 1
 
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# What bindgen (clang-sys) loads: libclang.so, libclang-*.so, libclang.so.*, libclang-*.so.*,
+# but never libclang-cpp (the C++ library of another package, present on images without libclang),
+# in $LIBCLANG_PATH or the standard library directories.
+have_libclang() {
+  local dir file
+  for dir in ${LIBCLANG_PATH:-} /usr/lib/llvm-*/lib /usr/lib/*-linux-gnu /usr/lib /usr/lib64 \
+    /usr/local/lib /usr/local/llvm*/lib; do
+    for file in "$dir"/libclang.so "$dir"/libclang-*.so "$dir"/libclang.so.* "$dir"/libclang-*.so.*; do
+      [ -e "$file" ] && [[ "${file##*/}" != *-cpp.* ]] && { echo "$file"; return 0; }
+    done
+  done
+  return 1
+}
+
+if ! have_libclang >/dev/null; then
   echo "setup: installing libclang (for bindgen)"
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get install -y --no-install-recommends libclang-dev >/dev/null 2>&1 \
     || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends libclang-dev >/dev/null; }
 fi
+libclang=$(have_libclang) || { echo "setup: no libclang after the install (bindgen needs it)" >&2; exit 1; }
+echo "setup: libclang $libclang"
 echo "setup: ok"
