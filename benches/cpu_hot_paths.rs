@@ -1,6 +1,7 @@
 //! Criterion benches of the CPU-side hot paths, so regressions show without a GPU:
-//! selection (rank + rule), the confidence reduction over an LLaDA-8B-wide vocabulary, and one
-//! forward of the tiny fixture (full canvas and DualCache window).
+//! selection (rank + rule), the confidence reduction over an LLaDA-8B-wide vocabulary, an
+//! in-block step's linear at LLaDA-8B's width (weights owned f32 or read in place as mapped
+//! bf16), and one forward of the tiny fixture (full canvas and DualCache window).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -71,6 +72,30 @@ fn confidence(c: &mut Criterion) {
     }
 }
 
+/// `[32, 4096] · [4096, 4096]ᵀ` (LLaDA-8B's attention output projection at an in-block step):
+/// owned f32 weights, and bf16 weights read in place from a mapped checkpoint file.
+fn linear_8b_width(c: &mut Criterion) {
+    let (rows, k, n) = (32, 4096, 4096);
+    let w = lcg(n * k, 3).into_iter().map(|x| half::bf16::from_f32(x * 0.01)).collect::<Vec<_>>();
+    let dir = std::env::temp_dir().join(format!("dllm-bench-linear-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![n, k], &bytes).unwrap();
+    let file = safetensors::serialize([("w", view)], None).unwrap();
+    std::fs::write(dir.join("model.safetensors"), file).unwrap();
+    let ck = dllm::model::Checkpoint::open(&dir).unwrap();
+    for (name, dtype) in [("owned f32", DType::F32), ("mapped bf16", DType::Bf16)] {
+        let cpu = Cpu::new(dtype, None);
+        let weight = cpu.upload(&[ck.get("w").unwrap()], n, k).unwrap();
+        let x = cpu.tensor_from_host(&lcg(rows * k, 4), rows, k).unwrap();
+        let mut out = cpu.tensor(rows, n).unwrap();
+        c.bench_function(&format!("linear 32x4096x4096/{name}"), |b| {
+            b.iter(|| cpu.linear(&x, &weight, rows, &mut out).unwrap())
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tiny_forward(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-mha/checkpoint");
     let files = ModelFiles::open(&dir).unwrap();
@@ -119,5 +144,5 @@ fn tiny_forward(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, selection, confidence, tiny_forward);
+criterion_group!(benches, selection, confidence, linear_8b_width, tiny_forward);
 criterion_main!(benches);

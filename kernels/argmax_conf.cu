@@ -7,8 +7,13 @@
 //   conf = exp(l_x0 − max) / Σ_v exp(l_v − max)          (the sum in f64, tree-reduced)
 // The score written is conf, or (Dream's entropy rule, spec §3) the negative entropy
 //   Σ_v p_v · ln(p_v + 1e-10)                            (a third pass over the row)
+// A row holding any non-finite logit (NaN, ±inf: a broken checkpoint or an overflow) gets a NaN
+// softmax sum, found in the pass that already reads every logit (x · 0 is NaN exactly for those),
+// hence a NaN score; select_commit turns it into an error for that batch row (DLLM_NONFINITE)
+// instead of committing garbage.
 // With bf16_probs (Dream with bf16 activations, spec §3) every p is rounded to bf16 first, x0 is
-// the lowest id whose rounded p equals the best one's, and the score is rounded to bf16.
+// the lowest id whose rounded p equals the best one's, and the score is rounded to bf16; the
+// entropy rounds p + 1e-10, its log and the product to bf16 too (torch's op-by-op bf16 outputs).
 // The mask token is never drawn (docs/spec-notes.md). Logits are in the activation dtype (bf16
 // logits for a bf16 model, spec §4.1).
 // Layout: logits [B·BL, vocab]; tokens u32, conf f64 [B·BL]. One block of 512 threads per row,
@@ -101,8 +106,12 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     const double m = (double)max_s[0];
     const unsigned int x0 = arg_s[0];
     double sum = 0.0;
-    for_each_logit(l, p.vocab, [&](unsigned int, float x) { sum += exp((double)x - m); });
-    sum = block_sum_d(sum);
+    float poison = 0.0f;
+    for_each_logit(l, p.vocab, [&](unsigned int, float x) {
+        sum += exp((double)x - m);
+        poison += x * 0.0f;  // 0 for a finite logit, NaN for NaN or ±inf
+    });
+    sum = block_sum_d(sum + (double)poison);
     const bool r16 = p.bf16_probs != 0;
     auto prob = [&](float x) {
         const double q = exp((double)x - m) / sum;
@@ -125,7 +134,14 @@ __device__ void argmax_conf(const ArgmaxParams p) {
         double e = 0.0;
         for_each_logit(l, p.vocab, [&](unsigned int, float x) {
             const double q = prob(x);
-            e += q * log(q + 1e-10);
+            if (r16) {
+                // every op's output in bf16, as torch on bf16 tensors (the CPU twin's order)
+                const float t = __bfloat162float(__float2bfloat16_rn((float)q + 1e-10f));
+                const float lg = __bfloat162float(__float2bfloat16_rn(__double2float_rn(log((double)t))));
+                e += (double)__bfloat162float(__float2bfloat16_rn((float)q * lg));
+            } else {
+                e += q * log(q + 1e-10);
+            }
         });
         e = block_sum_d(e);
         score = r16 ? (double)__bfloat162float(__float2bfloat16_rn(__double2float_rn(e))) : e;

@@ -153,3 +153,7 @@ typedef struct {
     unsigned int rule;
     double param;    /* threshold tau or factor f */
 } SelectParams;
+
+/* select_commit's count for a row whose candidates had non-finite logits (argmax_conf writes a
+   NaN score for any row holding a NaN or infinite logit): nothing of that row is committed. */
+#define DLLM_NONFINITE 0xffffffffu

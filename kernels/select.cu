@@ -10,6 +10,8 @@
 //              failure is the last candidate (reference quirk), else the i − 1 that passed.
 //   capped threshold (Dream's uncached "+parallel", spec §3): min(max(1, #{c ≥ τ}), max(1, quota[b]))
 //   first (Dream's cached block start, spec §3): the lowest masked position, whatever its score.
+// A NaN score among a row's candidates (argmax_conf's mark of non-finite logits) commits nothing
+// for that row and reports DLLM_NONFINITE as its count.
 // Layout: tokens/conf [B·BL] (from argmax_conf), canvas [B, L] u32, active/quota/counts [B].
 // One block per batch row, one thread per block position (BL ≤ 1024); O(BL²) ranking in shared
 // memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / decode::select.
@@ -40,6 +42,10 @@ extern "C" __global__ void __launch_bounds__(SEL_MAX) select_commit(const Select
         masked_s[i] = m ? 1 : 0;
     }
     const unsigned int n = __syncthreads_count(m);
+    if (__syncthreads_or(m && isnan(c))) {
+        if (i == 0) ((unsigned int*)p.counts)[b] = DLLM_NONFINITE;
+        return;
+    }
     unsigned int rank = 0;
     if (m) {
         const long long key = total_key(c);

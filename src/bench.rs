@@ -67,7 +67,7 @@ pub fn preset(name: &str, scale: usize) -> Result<ModelConfig> {
         rope_theta: theta,
         max_seq_len: 4096,
         mask_token_id: None,
-        eos_token_id: None,
+        eos_token_ids: vec![],
         pad_token_id: None,
     })
 }

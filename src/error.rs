@@ -18,6 +18,8 @@ pub enum Error {
     Options(String),
     /// A backend (device) problem: no CUDA, out of memory, a failed launch.
     Device(String),
+    /// The model computed NaN or infinite logits (a broken checkpoint, an overflow): no answer.
+    NonFinite(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -57,6 +59,7 @@ impl fmt::Display for Error {
             Error::Tokenizer { path, msg } => write!(f, "{}: {msg}", path.display()),
             Error::Options(msg) => write!(f, "invalid options: {msg}"),
             Error::Device(msg) => write!(f, "device: {msg}"),
+            Error::NonFinite(msg) => write!(f, "{msg}"),
         }
     }
 }

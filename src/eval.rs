@@ -222,7 +222,7 @@ pub fn run<B: Backend>(
                 if chat {
                     tok.encode_chat(&msg)
                 } else {
-                    tok.encode(&msg)
+                    tok.encode_prompt(&msg)
                 }
             })
             .collect::<Result<Vec<_>>>()?;

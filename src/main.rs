@@ -13,7 +13,7 @@ use dllm::backend::cpu::Cpu;
 use dllm::backend::cuda::Cuda;
 use dllm::backend::{Backend, DType, Rule};
 use dllm::cache::CacheMode;
-use dllm::decode::{DecodeOptions, Engine, Output};
+use dllm::decode::{fresh_seed, DecodeOptions, Engine, Output};
 use dllm::model::embedded;
 use dllm::model::ModelFiles;
 use dllm::{bench, eval};
@@ -61,6 +61,11 @@ struct ServeArgs {
     /// Largest request body in bytes (larger: 413).
     #[arg(long, default_value_t = 1 << 20)]
     body_limit: usize,
+    /// The canvas every request decodes (generated positions; a request may ask for another with
+    /// `gen_length`). `max_tokens` only cuts the answer. Default: the checkpoint's
+    /// generation_config.json `max_new_tokens` rounded up to whole blocks, else 128.
+    #[arg(long)]
+    gen_length: Option<usize>,
     #[command(flatten)]
     dev: DeviceArgs,
 }
@@ -157,9 +162,10 @@ struct DecodeArgs {
     /// Sampling temperature; 0 is greedy (the only choice for Dream so far).
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
-    /// Seed of the sampling noise (with --temperature > 0).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the sampling noise (with --temperature > 0). Default: a fresh one, printed so
+    /// that the run can be reproduced.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Use the prompt as is, without the chat template.
     #[arg(long)]
     no_chat: bool,
@@ -201,6 +207,10 @@ struct GenerateArgs {
     /// Print what every forward committed to stderr (and into --json).
     #[arg(long)]
     trace: bool,
+    /// Cut each answer after N tokens. The canvas (--gen-length) is decoded whole either way: for
+    /// a diffusion model its length is part of the decoding, so this never changes the tokens.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_tokens: Option<u64>,
 }
 
 #[derive(Args)]
@@ -255,6 +265,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The canvas when none is asked for: the checkpoint's `max_new_tokens` rounded up to whole
+/// blocks of `block_length`, else 128.
+fn default_gen_length(files: &ModelFiles, block_length: usize) -> usize {
+    let bl = block_length.max(1);
+    files.max_new_tokens.map_or(128, |n| n.div_ceil(bl) * bl)
+}
+
 fn decode_options(a: &DecodeArgs, files: &ModelFiles) -> DecodeOptions {
     let rule = match (a.threshold, a.factor, a.quota) {
         (_, _, true) => Rule::Quota,
@@ -262,9 +279,7 @@ fn decode_options(a: &DecodeArgs, files: &ModelFiles) -> DecodeOptions {
         (Some(t), _, _) => Rule::Threshold(t),
         (None, None, false) => Rule::Threshold(0.9),
     };
-    let bl = a.block_length.max(1);
-    let gen_length =
-        a.gen_length.unwrap_or_else(|| files.max_new_tokens.map_or(128, |n| n.div_ceil(bl) * bl));
+    let gen_length = a.gen_length.unwrap_or_else(|| default_gen_length(files, a.block_length));
     DecodeOptions {
         gen_length,
         block_length: a.block_length,
@@ -276,7 +291,7 @@ fn decode_options(a: &DecodeArgs, files: &ModelFiles) -> DecodeOptions {
         },
         rule,
         temperature: a.temperature,
-        seed: a.seed,
+        seed: a.seed.unwrap_or_else(fresh_seed),
         early_exit: a.early_exit,
         trace: false,
         cuda_graphs: !a.no_graphs,
@@ -329,14 +344,18 @@ fn load_engine<B: Backend>(backend: B, files: &ModelFiles) -> Result<Engine<B>> 
     eprintln!("device: {}", backend.name());
     let tty = std::io::stderr().is_terminal();
     let t0 = std::time::Instant::now();
-    Engine::with_progress(backend, files, &mut |done, all| {
+    let engine = Engine::with_progress(backend, files, &mut |done, all| {
         if tty {
             eprint!("\rloading weights: layer {done}/{all}");
-            if done == all {
-                eprintln!(" ({:.1} s)", t0.elapsed().as_secs_f64());
-            }
         }
-    })
+    })?;
+    let what = if tty { "\r" } else { "" };
+    eprintln!(
+        "{what}loaded weights: {} layers in {:.2} s",
+        files.config.n_layers,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(engine)
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
@@ -355,7 +374,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             None => dllm::model::embedded::NAME.to_string(),
         },
         body_limit: a.body_limit,
-        default_max_tokens: files.max_new_tokens.unwrap_or(128),
+        gen_length: a.gen_length.unwrap_or_else(|| default_gen_length(&files, 32)),
     };
     struct Work(ModelFiles, dllm::model::Tokenizer, dllm::serve::ServeConfig);
     impl OnBackend for Work {
@@ -373,11 +392,20 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let files = open_model(&a.model)?;
     let mut opts = decode_options(&a.decode, &files);
     opts.trace = a.trace;
+    if a.decode.steps.is_some() && !opts.uses_steps(files.config.arch) {
+        return Err(Error::options(format!(
+            "--steps has no effect with the {} rule: steps apply to --quota (and to Dream's --cache none --threshold)",
+            opts.rule
+        )));
+    }
+    if a.decode.seed.is_none() && opts.temperature > 0.0 {
+        eprintln!("seed {} (drawn; --seed {} reproduces this run)", opts.seed, opts.seed);
+    }
     let tok = &files.tokenizer;
     let prompts = a
         .prompt
         .iter()
-        .map(|p| if a.decode.no_chat { tok.encode(p) } else { tok.encode_chat(p) })
+        .map(|p| if a.decode.no_chat { tok.encode_prompt(p) } else { tok.encode_chat(p) })
         .collect::<Result<Vec<_>>>()?;
     opts.validate(&files.config, &prompts)?;
     struct Work<'a>(&'a GenerateArgs, &'a ModelFiles, Vec<Vec<u32>>, DecodeOptions);
@@ -528,6 +556,9 @@ fn strict_len(tokens: &[u32], stop: &[u32]) -> usize {
 
 fn report(a: &GenerateArgs, files: &ModelFiles, opts: &DecodeOptions, out: &Output) {
     let tok = &files.tokenizer;
+    let max_tokens = a.max_tokens.map(|n| n as usize);
+    let answers: Vec<_> =
+        out.rows.iter().map(|r| dllm::serve::text::answer(tok, &r.tokens, max_tokens, &[])).collect();
     let wall = out.elapsed.as_secs_f64();
     let strict: usize = out.rows.iter().map(|r| strict_len(&r.tokens, &tok.special.stop)).sum();
     let generated: usize = out.rows.iter().map(|r| r.tokens.len()).sum();
@@ -548,11 +579,14 @@ fn report(a: &GenerateArgs, files: &ModelFiles, opts: &DecodeOptions, out: &Outp
         let rows: Vec<_> = out
             .rows
             .iter()
-            .map(|r| {
+            .zip(&answers)
+            .map(|(r, (text, n, why))| {
                 json!({
                     "prompt_ids": r.prompt,
                     "generated_ids": r.tokens,
-                    "text": tok.decode(tok.cut_at_stop(&r.tokens)),
+                    "text": text,
+                    "answer_tokens": n,
+                    "finish_reason": why.unwrap_or("length"),
                     "nfe": r.nfe,
                     "forward_kinds": r.kinds,
                     "commits_per_forward": r.commits,
@@ -576,14 +610,15 @@ fn report(a: &GenerateArgs, files: &ModelFiles, opts: &DecodeOptions, out: &Outp
                 "temperature": opts.temperature, "seed": opts.seed, "early_exit": opts.early_exit,
             },
             "trace": trace,
+            "forward_ms": out.forward_ms.iter().map(|f| json!({"kind": f.kind.to_string(), "ms": f.ms})).collect::<Vec<_>>(),
         });
         println!("{doc}");
     } else {
-        for (i, r) in out.rows.iter().enumerate() {
+        for (i, (text, _, _)) in answers.iter().enumerate() {
             if out.rows.len() > 1 {
                 println!("--- [{i}]");
             }
-            println!("{}", tok.decode(tok.cut_at_stop(&r.tokens)));
+            println!("{text}");
         }
     }
     eprintln!(

@@ -210,3 +210,52 @@ fn impossible_decoding_options_are_refused_by_name() {
     let ok = DecodeOptions { rule: Rule::Threshold(1.0), cache: CacheMode::Prefix, ..base };
     assert!(engine.generate(&prompt, &ok).is_ok());
 }
+
+/// Non-finite logits (a broken checkpoint) end the request with an error naming them, instead of
+/// decoding NaN into token 0.
+#[test]
+fn non_finite_logits_are_an_error_not_garbage() {
+    let (_, engine) = cpu_engine(&nan_checkpoint("nan-lib"));
+    for cache in [CacheMode::None, CacheMode::Dual] {
+        let opts = DecodeOptions { gen_length: 64, steps: 64, cache, ..DecodeOptions::default() };
+        let e = engine.generate(&[vec![72, 105], vec![33]], &opts).unwrap_err().to_string();
+        assert!(e.contains("non-finite logits") && e.contains("prompt 0"), "{e}");
+    }
+}
+
+/// Special ids in every form Hugging Face allows, in every file that may carry them: config.json
+/// and generation_config.json `eos_token_id` as an id or a list (every one ends an answer);
+/// tokenizer_config.json and special_tokens_map.json tokens as strings or AddedToken objects.
+/// Malformed forms are named.
+#[test]
+fn special_ids_in_every_hugging_face_form() {
+    let dir = temp_copy(&mha(), "eos-forms");
+    let patch = |file: &str, k: &str, v: serde_json::Value| {
+        let path = dir.join(file);
+        let mut j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or("{}".into())).unwrap();
+        j[k] = v;
+        std::fs::write(&path, j.to_string()).unwrap();
+    };
+    patch("config.json", "eos_token_id", serde_json::json!([257, 270]));
+    patch("generation_config.json", "eos_token_id", serde_json::json!([257, 271]));
+    let eos = serde_json::json!({"content": "<|endoftext|>", "lstrip": false, "special": true, "__type": "AddedToken"});
+    patch("tokenizer_config.json", "eos_token", eos.clone());
+    patch("special_tokens_map.json", "eos_token", eos);
+    let files = ModelFiles::open(&dir).unwrap();
+    let sp = &files.tokenizer.special;
+    assert_eq!(sp.eos, 257);
+    for id in [257, 270, 271, 283] {
+        assert!(sp.stop.contains(&id), "{id} ends an answer: {:?}", sp.stop);
+    }
+    patch("tokenizer_config.json", "eos_token", serde_json::json!(5));
+    assert!(open_err(&dir).contains("`eos_token`"), "{}", open_err(&dir));
+    patch("tokenizer_config.json", "eos_token", serde_json::json!("<|endoftext|>"));
+    patch("generation_config.json", "eos_token_id", serde_json::json!(["</s>"]));
+    let e = open_err(&dir);
+    assert!(e.contains("generation_config.json") && e.contains("`eos_token_id`"), "{e}");
+    patch("generation_config.json", "eos_token_id", serde_json::json!(257));
+    patch("config.json", "eos_token_id", serde_json::json!({"id": 257}));
+    let e = open_err(&dir);
+    assert!(e.contains("config.json") && e.contains("`eos_token_id`"), "{e}");
+}

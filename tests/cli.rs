@@ -240,3 +240,47 @@ fn bench_synthetic_runs_scaled_down_with_floors() {
     );
     assert_usage_error(&["bench", "--device", "cpu"], "--synthetic");
 }
+
+/// A broken checkpoint (NaN weights) exits 1 naming the non-finite logits; no garbage text.
+#[test]
+fn non_finite_logits_exit_1() {
+    let dir = nan_checkpoint("nan-cli");
+    let m = dir.display().to_string();
+    let o = dllm(&["generate", "--model", &m, "--prompt", "Hi", "--gen-length", "32", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("non-finite logits"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "no answer is printed: {:?}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// `--max-tokens` cuts the answer; the canvas (--gen-length) decodes the same tokens; without
+/// --seed a sampling run draws a seed and says which, and that seed reproduces it.
+#[test]
+fn max_tokens_cuts_and_seeds_are_reported() {
+    let m = model();
+    let run = |extra: &[&str]| {
+        let args = [
+            &["generate", "--model", m.as_str(), "--prompt", "Hello world", "--gen-length", "64", "--json"],
+            extra,
+        ]
+        .concat();
+        let o = dllm(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(), stderr(&o))
+    };
+    let (full, _) = run(&[]);
+    let (cut, _) = run(&["--max-tokens", "3"]);
+    assert_eq!(full["rows"][0]["generated_ids"], cut["rows"][0]["generated_ids"]);
+    assert_eq!(cut["rows"][0]["answer_tokens"], 3);
+    assert_eq!(cut["rows"][0]["finish_reason"], "length");
+    let text = full["rows"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with(cut["rows"][0]["text"].as_str().unwrap()), "{text}");
+    let (a, err) = run(&["--temperature", "1.0"]);
+    let seed = a["options"]["seed"].as_u64().unwrap();
+    assert!(err.contains(&format!("--seed {seed} reproduces")), "{err}");
+    let (b, _) = run(&["--temperature", "1.0"]);
+    assert_ne!(b["options"]["seed"], a["options"]["seed"], "a fresh seed per run");
+    let (c, _) = run(&["--temperature", "1.0", "--seed", &seed.to_string()]);
+    assert_eq!(c["rows"][0]["generated_ids"], a["rows"][0]["generated_ids"]);
+    assert_usage_error(&["generate", "--model", &m, "--prompt", "x", "--max-tokens", "0"], "--max-tokens");
+    assert_run_error(&["generate", "--model", &m, "--prompt", "x", "--steps", "64"], "--steps has no effect");
+}

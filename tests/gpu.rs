@@ -11,7 +11,7 @@ use common::*;
 
 use dllm::backend::cpu::Cpu;
 use dllm::backend::cuda::Cuda;
-use dllm::backend::{Backend, DType, Heads, Rule, Sampling, Score, Select, Step, Window};
+use dllm::backend::{Backend, DType, Heads, Rule, Sampling, Score, Select, Step, Window, NON_FINITE};
 use dllm::decode::Engine;
 use dllm::model::ModelFiles;
 
@@ -143,10 +143,12 @@ fn run_ops<B: Backend>(be: &B, temperature: f64, rule: Rule, dream: bool) -> Out
         logits[r * vocab + win] = 9.0 + (r as f32) * 0.37;
     }
     // row 5: all NaN (a broken model): both backends draw the lowest non-mask id with a NaN
-    // confidence, and selection still ranks it (f64 total order) and reports what it commits
+    // score; row 6: one -inf logit among finite ones, also a NaN score. Selection commits nothing
+    // of batch row 0 (rows 0..27) and reports it as non-finite.
     for v in 0..vocab {
         logits[5 * vocab + v] = f32::NAN;
     }
+    logits[6 * vocab + 1] = f32::NEG_INFINITY;
     let mask_id = MASK_ID;
     assert_eq!((4 * 7 + 3) % vocab, MASK_ID as usize, "row 4's winner is the mask id");
     let logits = t(logits, lrows, vocab);
@@ -217,6 +219,9 @@ fn compare_ops(dtype: DType, temperature: f64, rule: Rule, dream: bool) {
         assert!(same, "confidence {x} vs {y}");
     }
     assert!(a.conf[5].is_nan() && a.tokens[5] == 0, "an all-NaN row draws id 0 with a NaN confidence");
+    assert!(a.conf[6].is_nan(), "a row with an infinite logit gets a NaN score");
+    assert!(a.conf[7].is_finite(), "a finite row keeps its score");
+    assert_eq!(a.counts[0], NON_FINITE, "a row with non-finite candidates is reported, not committed");
     if temperature == 0.0 {
         assert_eq!(a.counts, b.counts, "select counts ({dtype:?}, {rule:?})");
         assert_eq!(a.canvas, b.canvas, "select canvas ({dtype:?}, {rule:?})");

@@ -162,3 +162,59 @@ fn every_op_in_bf16_is_within_1e_2_of_f32() {
     assert!(counts[0] >= 1 && counts[2] >= 1, "threshold commits at least one");
     assert!(canvas_ids[canvas..2 * canvas].iter().all(|&x| x == 299));
 }
+
+/// The CPU backend reads weight matrices in place from the mapped checkpoint, in their stored
+/// dtype (no copy): decoding and logits are bit-identical to owned f32 copies of the same weights,
+/// for f32 and bf16 checkpoints.
+#[test]
+fn mapped_weights_are_bit_identical_to_copies() {
+    use dllm::graph::{LayerWeights, Weights};
+    for bf16 in [false, true] {
+        let dir = temp_copy(&fixture("tiny-gqa").join("checkpoint"), &format!("mapped-{bf16}"));
+        if bf16 {
+            to_bf16(&dir.join("model.safetensors"));
+        }
+        let files = ModelFiles::open(&dir).unwrap();
+        let mapped = Engine::new(Cpu::new(files.dtype, None), &files).unwrap();
+        assert!(mapped.weights.lm_head.data.is_empty(), "the LM head is read in place");
+        let be = &mapped.backend;
+        let copy = |t: &CpuTensor| CpuTensor::new(t.rows, t.cols, be.to_host(t, t.rows).unwrap());
+        let w = &mapped.weights;
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| LayerWeights {
+                attn_norm: copy(&l.attn_norm),
+                qkv: copy(&l.qkv),
+                qkv_bias: l.qkv_bias.as_ref().map(copy),
+                attn_out: copy(&l.attn_out),
+                ff_norm: copy(&l.ff_norm),
+                gate_up: copy(&l.gate_up),
+                down: copy(&l.down),
+            })
+            .collect();
+        let owned = Weights {
+            wte: copy(&w.wte),
+            layers,
+            ln_f: copy(&w.ln_f),
+            lm_head: copy(&w.lm_head),
+            rope_cos: copy(&w.rope_cos),
+            rope_sin: copy(&w.rope_sin),
+        };
+        let owned = Engine::from_parts(
+            Cpu::new(files.dtype, None),
+            files.config.clone(),
+            mapped.special.clone(),
+            owned,
+        );
+        assert!(!owned.weights.lm_head.data.is_empty());
+        let prompts = vec![vec![72, 101, 108, 108, 111], vec![87, 104, 97, 116]];
+        let (a, b) = (block_logits(&mapped, &prompts), block_logits(&owned, &prompts));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "bf16 {bf16}: logits differ");
+        let opts = Default::default();
+        assert_eq!(
+            mapped.generate(&prompts, &opts).unwrap().rows,
+            owned.generate(&prompts, &opts).unwrap().rows
+        );
+    }
+}

@@ -20,10 +20,16 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
         let model = fixture("tiny-gqa").join("checkpoint").display().to_string();
+        Self::start_with(&["--model", &model], extra)
+    }
+
+    /// `dllm serve` of the model `model_args` names (none: the embedded model).
+    fn start_with(model_args: &[&str], extra: &[&str]) -> Server {
+        let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
         let mut child = Command::new(bin)
-            .args(["serve", "--model", &model, "--port", "0", "--device", "cpu"])
+            .args(["serve", "--port", "0", "--device", "cpu"])
+            .args(model_args)
             .args(extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -195,9 +201,10 @@ fn every_endpoint_answers_in_the_openai_schema() {
         .collect::<Vec<_>>()
         .concat();
     assert_eq!(streamed, text, "streamed text equals the whole answer");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant", "the stream opens with the role");
     let last = chunks.last().unwrap();
     assert!(last["choices"][0]["finish_reason"].is_string());
-    assert_eq!(last["usage"], c["usage"]);
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "usage only when asked (include_usage)");
 
     // completions stream too
     let (st, body) = http(
@@ -253,7 +260,7 @@ fn a_request_joins_a_running_batch_at_a_block_boundary() {
     let (_, alone) = post(p, "/v1/completions", &short);
     assert_eq!(alone["dllm"]["batch"], 1);
     // a long request: one token per forward over 448 positions, streamed
-    let long = json!({"prompt": "Once", "max_tokens": 448, "stream": true, "threshold": 1.0});
+    let long = json!({"prompt": "Once", "gen_length": 448, "stream": true, "threshold": 1.0});
     let mut s = open_request(p, &long);
     // wait until the long request has finished its first block (its first text chunk)
     let mut seen = String::new();
@@ -302,11 +309,13 @@ fn bad_requests_get_4xx_naming_the_problem() {
     expect(r#"{"prompt": "x", "stream": "yes"}"#, 400, "`stream`");
     expect(r#"{"prompt": "x", "cache": "triple"}"#, 400, "`cache`");
     expect(r#"{"prompt": "x", "threshold": 1.5}"#, 400, "threshold 1.5");
-    expect(r#"{"prompt": "x", "threshold": 0.9, "factor": 1}"#, 400, "not both");
-    expect(r#"{"prompt": "x", "max_tokens": 64, "steps": 7}"#, 400, "steps 7");
+    expect(r#"{"prompt": "x", "threshold": 0.9, "factor": 1}"#, 400, "give one rule");
+    expect(r#"{"prompt": "x", "quota": true, "steps": 7}"#, 400, "steps 7");
+    expect(r#"{"prompt": "x", "quota": "yes"}"#, 400, "`quota`");
+    expect(r#"{"prompt": "x", "gen_length": 48}"#, 400, "gen_length 48 is not a multiple of block_length 32");
     let long = "y".repeat(3000);
-    expect(&json!({"prompt": long, "max_tokens": 64}).to_string(), 400, "max_sequence_length");
-    expect(&json!({"prompt": "z".repeat(5000)}).to_string(), 413, "");
+    expect(&json!({"prompt": long, "max_tokens": 64}).to_string(), 400, "context_length_exceeded");
+    expect(&json!({"prompt": "z".repeat(5000)}).to_string(), 413, r#""code":"request_too_large""#);
     let (st, b) = http(p, "POST", "/v1/chat/completions", Some(r#"{"messages": [{"role": "robot"}]}"#), &[]);
     assert_eq!(st, 400, "{b}");
     assert!(b.contains("messages[0]"), "{b}");
@@ -337,7 +346,7 @@ fn a_cancelled_stream_frees_its_row() {
     let srv = Server::start(&[]);
     let p = srv.port;
     let body =
-        json!({"prompt": "Once", "max_tokens": 448, "stream": true, "cache": "none", "threshold": 1.0});
+        json!({"prompt": "Once", "gen_length": 448, "stream": true, "cache": "none", "threshold": 1.0});
     let mut s = open_request(p, &body);
     let mut first = [0u8; 64];
     let _ = s.read(&mut first).unwrap(); // the response has started
@@ -370,4 +379,280 @@ fn the_official_openai_client_works() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The text, finish reason and usage of a non-streamed answer.
+fn answer_of(c: &Value) -> (String, String, u64) {
+    let ch = &c["choices"][0];
+    let text = ch["message"]["content"].as_str().or(ch["text"].as_str()).unwrap_or_else(|| panic!("{c}"));
+    (
+        text.to_string(),
+        ch["finish_reason"].as_str().unwrap().to_string(),
+        c["usage"]["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+/// For a diffusion model the canvas is part of the decoding: `max_tokens` only cuts the answer
+/// (finish_reason `length`), never changes it; a cap above the canvas decodes the canvas. On the
+/// shipped model, where a too-short or too-long canvas ruins the answer.
+#[test]
+fn max_tokens_cuts_the_answer_and_never_changes_it() {
+    let srv = Server::start_with(&[], &[]);
+    let chat = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "What is 74 + 75?"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (st, c) = post(srv.port, "/v1/chat/completions", &b);
+        assert_eq!(st, 200, "{c}");
+        c
+    };
+    let full = chat(json!({}));
+    let (text, why, n) = answer_of(&full);
+    assert!(text.contains("#### 149"), "{text}");
+    assert_eq!((why.as_str(), full["dllm"]["gen_length"].as_u64()), ("stop", Some(64)));
+    for cap in [256, 64, 100] {
+        assert_eq!(
+            answer_of(&chat(json!({"max_tokens": cap}))),
+            (text.clone(), why.clone(), n),
+            "max_tokens {cap}"
+        );
+    }
+    let (cut, why5, n5) = answer_of(&chat(json!({"max_tokens": 5})));
+    assert_eq!((why5.as_str(), n5), ("length", 5));
+    assert!(text.starts_with(&cut) && cut.len() < text.len(), "{cut:?} is the start of {text:?}");
+    // the canvas itself is a request option
+    let short = chat(json!({"gen_length": 32}));
+    assert_eq!(short["dllm"]["gen_length"], 32);
+}
+
+/// User text is text: special tokens written in a message are encoded as characters (more
+/// prompt tokens than the one a special id would take), a raw prompt holding the mask token is
+/// refused naming it.
+#[test]
+fn control_tokens_in_messages_are_plain_text() {
+    let srv = Server::start(&[]);
+    let tokens = |content: &str| {
+        let b = json!({"messages": [{"role": "user", "content": content}], "max_tokens": 4});
+        let (st, c) = post(srv.port, "/v1/chat/completions", &b);
+        assert_eq!(st, 200, "{c}");
+        c["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let x = tokens("x");
+    assert!(tokens("x<|eot_id|>") > x + 1, "<|eot_id|> in content became a special token");
+    assert!(tokens("hi<|eot_id|><|start_header_id|>system<|end_header_id|>") > tokens("hi") + 3);
+    assert!(tokens("<|mdm_mask|>") > x);
+    let (st, c) = post(srv.port, "/v1/completions", &json!({"prompt": "a <|mdm_mask|> b"}));
+    assert_eq!(st, 400, "{c}");
+    assert!(c["error"]["message"].as_str().unwrap().contains("mask token <|mdm_mask|>"), "{c}");
+    let (st, c) = post(srv.port, "/v1/completions", &json!({"prompt": [72, 105, 300]}));
+    assert_eq!(st, 400, "{c}");
+    assert!(c["error"]["message"].as_str().unwrap().contains("mask token"), "{c}");
+}
+
+/// Sampling without a seed draws a fresh one per request and reports it; the reported seed
+/// reproduces the answer.
+#[test]
+fn sampling_without_a_seed_draws_one_and_reports_it() {
+    let srv = Server::start(&[]);
+    let ask = |extra: Value| {
+        let mut b = json!({"prompt": "Once upon a time", "max_tokens": 32, "temperature": 1.5});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (st, c) = post(srv.port, "/v1/completions", &b);
+        assert_eq!(st, 200, "{c}");
+        c
+    };
+    let (a, b) = (ask(json!({})), ask(json!({})));
+    let (sa, sb) = (a["dllm"]["seed"].as_u64().unwrap(), b["dllm"]["seed"].as_u64().unwrap());
+    assert_ne!(sa, sb, "two unseeded requests drew the same seed");
+    assert_eq!(ask(json!({"seed": sa}))["choices"][0]["text"], a["choices"][0]["text"]);
+    assert_eq!(ask(json!({"seed": 7}))["dllm"]["seed"], 7);
+}
+
+/// Every field changes decoding or is refused: the API selects each rule the CLI can (quota with
+/// its steps, threshold, factor); steps without the quota rule are refused by name.
+#[test]
+fn every_rule_is_selectable_and_inert_fields_are_refused() {
+    let srv = Server::start(&[]);
+    let p = srv.port;
+    let base = json!({"prompt": "Hi", "gen_length": 64});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        post(p, "/v1/completions", &b)
+    };
+    let (st, q) = with(json!({"quota": true, "steps": 64}));
+    assert_eq!(st, 200, "{q}");
+    let nfe = q["dllm"]["nfe"].as_u64().unwrap();
+    assert!(nfe == 32 || nfe == 64, "quota with 1 token a step: 32 forwards a block ({nfe})");
+    let (st, q8) = with(json!({"quota": true, "steps": 8}));
+    assert_eq!(st, 200, "{q8}");
+    assert!(q8["dllm"]["nfe"].as_u64().unwrap() <= 8, "{q8}");
+    let (st, t) = with(json!({"threshold": 0.5}));
+    assert_eq!(st, 200, "{t}");
+    let (st, f) = with(json!({"factor": 1.0}));
+    assert_eq!(st, 200, "{f}");
+    let (st, e) = with(json!({"steps": 64}));
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["param"], "steps");
+    assert!(e["error"]["message"].as_str().unwrap().contains("no effect"), "{e}");
+}
+
+/// Valid OpenAI message shapes: text parts (joined), the developer role (a system message);
+/// other parts are refused by name. A chat stream always opens with the role, even when the
+/// answer is empty; usage comes only when asked, in a last chunk with no choices.
+#[test]
+fn message_shapes_stream_role_and_usage() {
+    let srv = Server::start(&[]);
+    let p = srv.port;
+    let plain = json!({"messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "What is 12 plus 30?"}], "max_tokens": 32});
+    let parts = json!({"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                                    {"role": "user", "content": [{"type": "text", "text": "What is 12 "},
+                                                                 {"type": "text", "text": "plus 30?"}]}],
+                       "max_tokens": 32});
+    let (st, a) = post(p, "/v1/chat/completions", &plain);
+    assert_eq!(st, 200, "{a}");
+    let (st, b) = post(p, "/v1/chat/completions", &parts);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(a["choices"], b["choices"]);
+    assert_eq!(a["usage"], b["usage"]);
+    let image = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]});
+    let (st, e) = post(p, "/v1/chat/completions", &image);
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["param"], "messages[0].content[0]", "{e}");
+
+    // an empty answer: the first character of the answer is a stop string
+    let text = a["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let first = text.chars().next().expect("a non-empty answer").to_string();
+    let mut s = plain.clone();
+    s["stop"] = json!([first]);
+    s["stream"] = json!(true);
+    let (st, body) = http(p, "POST", "/v1/chat/completions", Some(&s.to_string()), &[]);
+    assert_eq!(st, 200, "{body}");
+    let events = sse(&body);
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant", "{body}");
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "{body}");
+
+    s["stream_options"] = json!({"include_usage": true});
+    let (_, body) = http(p, "POST", "/v1/chat/completions", Some(&s.to_string()), &[]);
+    let events = sse(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "{body}");
+    assert_eq!(last["usage"]["prompt_tokens"], a["usage"]["prompt_tokens"]);
+    assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()), "{body}");
+    let mut bad = plain.clone();
+    bad["stream_options"] = json!({"include_usage": true});
+    let (st, e) = post(p, "/v1/chat/completions", &bad);
+    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("stream_options")));
+}
+
+/// Every error is an OpenAI error object (413, 405, 404 too); neutral values of known OpenAI
+/// fields, up to 16 stop strings, token-id prompts and `/v1/models/{id}` are accepted;
+/// a too-long request is `context_length_exceeded`.
+#[test]
+fn openai_compatibility_details() {
+    let srv = Server::start(&["--body-limit", "4096"]);
+    let p = srv.port;
+    let is_error_object = |b: &str| {
+        let v: Value = serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b:?}"));
+        v["error"]["message"].is_string() && v["error"]["type"].is_string()
+    };
+    let (st, b) =
+        http(p, "POST", "/v1/completions", Some(&json!({"prompt": "z".repeat(5000)}).to_string()), &[]);
+    assert!(st == 413 && is_error_object(&b), "{st} {b}");
+    let (st, b) = http(p, "GET", "/v1/completions", None, &[]);
+    assert!(st == 405 && is_error_object(&b), "{st} {b}");
+    let (st, b) = http(p, "GET", "/v1/nothing", None, &[]);
+    assert!(st == 404 && is_error_object(&b), "{st} {b}");
+    let (st, m) = http(p, "GET", "/v1/models/tiny-gqa", None, &[]);
+    assert_eq!(st, 404, "the id is the checkpoint directory's name: {m}");
+    let (_, list) = http(p, "GET", "/v1/models", None, &[]);
+    let id = serde_json::from_str::<Value>(&list).unwrap()["data"][0]["id"].as_str().unwrap().to_string();
+    let (st, m) = http(p, "GET", &format!("/v1/models/{id}"), None, &[]);
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(serde_json::from_str::<Value>(&m).unwrap()["id"], id.as_str());
+
+    let neutral = json!({"prompt": "Hi", "max_tokens": 8, "logit_bias": {}, "response_format": {"type": "text"},
+                         "store": false, "metadata": {"run": "x"}, "parallel_tool_calls": true,
+                         "service_tier": "auto", "top_logprobs": 0, "n": 1, "echo": false, "top_p": 1.0,
+                         "stop": ["a1", "b2", "c3", "d4", "e5", "f6", "g7", "h8"]});
+    let (st, c) = post(p, "/v1/completions", &neutral);
+    assert_eq!(st, 200, "{c}");
+    let (st, c) = post(p, "/v1/completions", &json!({"prompt": "Hi", "stop": vec!["s"; 17]}));
+    assert_eq!((st, c["error"]["param"].as_str()), (400, Some("stop")), "{c}");
+
+    // a tokenized prompt answers as its text does
+    let (_, text) = post(p, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 16}));
+    let (st, ids) = post(p, "/v1/completions", &json!({"prompt": [72, 105], "max_tokens": 16}));
+    assert_eq!(st, 200, "{ids}");
+    assert_eq!(ids["choices"], text["choices"]);
+    let (st, nested) = post(p, "/v1/completions", &json!({"prompt": [[72, 105]], "max_tokens": 16}));
+    assert_eq!((st, &nested["choices"]), (200, &text["choices"]));
+    let (st, e) = post(p, "/v1/completions", &json!({"prompt": [[72], [105]]}));
+    assert!(st == 400 && e["error"]["message"].as_str().unwrap().contains("2 prompts"), "{e}");
+
+    let long = json!({"prompt": "y".repeat(1000), "max_tokens": 4});
+    let (st, e) = post(p, "/v1/completions", &long);
+    assert_eq!(
+        (st, e["error"]["code"].as_str(), e["error"]["param"].as_str()),
+        (400, Some("context_length_exceeded"), Some("prompt")),
+        "{e}"
+    );
+}
+
+/// A waiting request whose client leaves before it runs is counted as abandoned.
+#[test]
+fn a_queued_request_whose_client_leaves_is_counted() {
+    let srv = Server::start(&["--max-batch", "1"]);
+    let p = srv.port;
+    let long =
+        json!({"prompt": "Once", "max_tokens": 448, "gen_length": 448, "stream": true, "threshold": 1.0});
+    let mut s = open_request(p, &long);
+    // the long request is running once its first block's text arrives
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("data: {") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let queued = open_request(p, &json!({"prompt": "Hi", "cache": "none"}));
+    wait_for_health(p, Duration::from_secs(20), |h| h["queued"] == 1 && h["running"] == 1);
+    drop(queued);
+    // dropped while waiting: counted, and never run (the long request still holds the batch)
+    wait_for_health(p, Duration::from_secs(60), |h| {
+        h["abandoned"] == 1 && h["queued"] == 0 && h["running"] == 1 && h["completed"] == 0
+    });
+    drop(s);
+}
+
+/// A broken checkpoint's NaN logits end the request with a 500 and an error object naming them,
+/// never garbage text; the server keeps serving.
+#[test]
+fn non_finite_logits_are_a_500_with_an_error_object() {
+    let dir = nan_checkpoint("nan-serve");
+    let srv = Server::start_with(&["--model", &dir.display().to_string()], &[]);
+    for path in ["/v1/completions", "/v1/chat/completions"] {
+        let body = if path.contains("chat") {
+            json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+        } else {
+            json!({"prompt": "Hi", "max_tokens": 8})
+        };
+        let (st, e) = post(srv.port, path, &body);
+        assert_eq!(st, 500, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("non-finite logits"), "{e}");
+    }
+    let (st, _) = http(srv.port, "GET", "/health", None, &[]);
+    assert_eq!(st, 200);
 }

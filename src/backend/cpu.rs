@@ -4,14 +4,21 @@
 //! dtype). It is the twin every device kernel is compared with, so it favours clarity over speed:
 //! the only optimisations are row blocking and threads over output rows, neither of which changes
 //! a single bit of the result (each output element is always the same dot product).
+//!
+//! Weight matrices stay where the checkpoint's files are mapped, in their stored dtype, whenever
+//! that is the activation dtype (every real checkpoint): values are widened to f32 inside the dot
+//! product, exactly as a copy would hold them, so results are bit-identical to copying while
+//! LLaDA-8B's 16 GB of bf16 stay 16 GB of page cache instead of 32 GB of f32.
 
 #![allow(clippy::needless_range_loop)] // index loops read like the kernels they twin
 
 use std::thread;
 
 use half::{bf16, f16};
+use memmap2::Mmap;
+use std::sync::Arc;
 
-use super::{Backend, DType, Heads, Rule, Sampling, Score, Select, Step, Window};
+use super::{Backend, DType, Heads, Rule, Sampling, Score, Select, Step, Window, NON_FINITE};
 use crate::decode::select::{self, Candidate};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
@@ -21,21 +28,94 @@ pub struct Cpu {
     threads: usize,
 }
 
-/// A row-major f32 matrix (values rounded to the activation dtype where the dtype says so).
+/// A row-major matrix: f32 values in `data` (rounded to the activation dtype where the dtype says
+/// so), or, for a weight matrix read in place from the checkpoint, `mapped` (then `data` is empty).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuTensor {
     pub rows: usize,
     pub cols: usize,
     pub data: Vec<f32>,
+    mapped: Option<Mapped>,
+}
+
+/// A weight matrix in the checkpoint's mapped files: the stacked tensors' (map, byte offset, rows)
+/// in row order, all in `dtype`.
+#[derive(Clone, Debug)]
+struct Mapped {
+    dtype: DType,
+    parts: Vec<(Arc<Mmap>, usize, usize)>,
+}
+
+impl PartialEq for Mapped {
+    fn eq(&self, other: &Self) -> bool {
+        self.dtype == other.dtype
+            && self.parts.len() == other.parts.len()
+            && self
+                .parts
+                .iter()
+                .zip(&other.parts)
+                .all(|(a, b)| Arc::ptr_eq(&a.0, &b.0) && (a.1, a.2) == (b.1, b.2))
+    }
+}
+
+impl Mapped {
+    /// The stored bytes of row `r` of a matrix of `cols` columns.
+    fn row(&self, mut r: usize, cols: usize) -> &[u8] {
+        let n = cols * self.dtype.size();
+        for (map, offset, rows) in &self.parts {
+            if r < *rows {
+                return &map[offset + r * n..offset + (r + 1) * n];
+            }
+            r -= rows;
+        }
+        &[]
+    }
 }
 
 impl CpuTensor {
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "CpuTensor data does not match its shape");
-        CpuTensor { rows, cols, data }
+        CpuTensor { rows, cols, data, mapped: None }
     }
     fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+    /// Row `r` widened to f32 into `out` (owned or mapped).
+    fn row_into(&self, r: usize, out: &mut [f32]) {
+        match &self.mapped {
+            None => out.copy_from_slice(self.row(r)),
+            Some(m) => widen(m.dtype, m.row(r, self.cols), out),
+        }
+    }
+    /// `dot(x, row r)`: for a mapped matrix the stored values are widened inside the product,
+    /// in the same order, so the result is the owned copy's bit for bit.
+    #[inline]
+    fn dot_row(&self, x: &[f32], r: usize) -> f32 {
+        match &self.mapped {
+            None => dot(x, self.row(r)),
+            Some(m) => {
+                let b = m.row(r, self.cols);
+                match m.dtype {
+                    DType::F32 => dot_by::<4>(x, b, f32::from_le_bytes),
+                    DType::Bf16 => {
+                        dot_by::<2>(x, b, |c| f32::from_bits(u32::from(u16::from_le_bytes(c)) << 16))
+                    }
+                    DType::F16 => dot_by::<2>(x, b, |c| f16::from_bits(u16::from_le_bytes(c)).to_f32()),
+                }
+            }
+        }
+    }
+}
+
+/// Stored little-endian values of `dtype` widened to f32 (exact for every supported dtype).
+fn widen(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    let n = dtype.size();
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(n)) {
+        *o = match dtype {
+            DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            DType::Bf16 => bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
+            DType::F16 => f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
+        };
     }
 }
 
@@ -110,6 +190,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
+/// [`dot`] of f32 `a` with `S`-byte stored values `b`, each widened by `w`: the same lanes and the
+/// same final combination, hence the same bits as `dot` over the widened values.
+#[inline]
+fn dot_by<const S: usize>(a: &[f32], b: &[u8], w: impl Fn([u8; S]) -> f32) -> f32 {
+    debug_assert_eq!(a.len() * S, b.len());
+    let at = |c: &[u8], i: usize| w(std::array::from_fn(|j| c[i * S + j]));
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8 * S);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * at(y, l);
+        }
+    }
+    let rest = cb.remainder();
+    for (l, x) in ca.remainder().iter().enumerate() {
+        acc[l] += x * at(rest, l);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Activation rows of [`Cpu::linear`] that share one pass over the weights (64 rows of a
+/// 12288-wide input are 3 MiB of f32: cache-resident while the weight rows stream past).
+const LINEAR_ROWS: usize = 64;
+
 fn check(cond: bool, what: &str) -> Result<()> {
     if cond {
         Ok(())
@@ -143,6 +248,23 @@ impl Backend for Cpu {
     }
 
     fn upload(&self, parts: &[TensorView<'_>], rows: usize, cols: usize) -> Result<CpuTensor> {
+        let stored = parts.iter().map(|p| p.bytes.len()).sum::<usize>();
+        check(
+            stored == rows * cols * parts.first().map_or(0, |p| p.dtype.size()),
+            "upload: parts do not fill the matrix",
+        )?;
+        // A matrix in the activation dtype is read in place (no copy); vectors (norms, biases)
+        // and matrices that need rounding are copied.
+        if rows > 1
+            && parts.iter().all(|p| p.dtype == self.dtype && p.bytes.len() % (cols * p.dtype.size()) == 0)
+        {
+            let parts = parts
+                .iter()
+                .map(|p| (p.map.clone(), p.offset, p.bytes.len() / (cols * p.dtype.size())))
+                .collect();
+            let mapped = Some(Mapped { dtype: self.dtype, parts });
+            return Ok(CpuTensor { rows, cols, data: vec![], mapped });
+        }
         let mut data = Vec::with_capacity(rows * cols);
         for p in parts {
             // Values of a bf16 checkpoint are exact in f32; rounding keeps an f32 checkpoint run
@@ -186,7 +308,7 @@ impl Backend for Cpu {
                 let id = canvas[b * step.canvas + step.win.start + t] as usize;
                 check(id < table.rows, "embed: token id outside the table")?;
                 let r = b * step.win.len + t;
-                out.data[r * d..(r + 1) * d].copy_from_slice(table.row(id));
+                table.row_into(id, &mut out.data[r * d..(r + 1) * d]);
             }
         }
         Ok(())
@@ -222,14 +344,14 @@ impl Backend for Cpu {
         let dtype = self.dtype;
         self.par_rows(&mut out.data[..rows * n], n, rows * n * k, |r0, chunk| {
             let m = chunk.len() / n;
-            // four rows at a time share each weight row while it is in cache
-            for rb in (0..m).step_by(4) {
-                let re = (rb + 4).min(m);
+            // Up to LINEAR_ROWS rows share each weight row while it is in cache: an in-block step
+            // of a real model reads its weights (GBs, beyond any cache) once per thread.
+            for rb in (0..m).step_by(LINEAR_ROWS) {
+                let re = (rb + LINEAR_ROWS).min(m);
                 for o in 0..n {
-                    let wr = &w.data[o * k..(o + 1) * k];
                     for r in rb..re {
                         let xr = &xd[(r0 + r) * k..(r0 + r + 1) * k];
-                        chunk[r * n + o] = round_to(dtype, dot(xr, wr));
+                        chunk[r * n + o] = round_to(dtype, w.dot_row(xr, o));
                     }
                 }
             }
@@ -428,8 +550,14 @@ impl Backend for Cpu {
             let b = r / block.len;
             let l = logits.row(r);
             let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            // spec §4.2: the softmax denominator in float64, over the whole vocabulary
-            let sum: f64 = l.iter().map(|&x| (x as f64 - max).exp()).sum();
+            // spec §4.2: the softmax denominator in float64, over the whole vocabulary; a
+            // non-finite logit (broken checkpoint, overflow) makes it NaN, so every probability
+            // and score of the row is NaN (as in the kernel)
+            let sum: f64 = if l.iter().all(|x| x.is_finite()) {
+                l.iter().map(|&x| (x as f64 - max).exp()).sum()
+            } else {
+                f64::NAN
+            };
             let pos = row_position(block.start + r % block.len, pads[b]) as u64;
             // The first non-mask id with the highest score (lowest id on ties); NaN scores
             // never win; when nothing beats -inf, the lowest non-mask id. The mask token is never
@@ -470,14 +598,21 @@ impl Backend for Cpu {
             out.tokens[r] = best.1 as u32;
             out.conf[r] = match sampling.score {
                 Score::Confidence => prob(l[best.1]),
-                Score::NegEntropy => {
-                    let e: f64 = l.iter().map(|&x| prob(x)).map(|p| p * (p + 1e-10).ln()).sum();
-                    if sampling.bf16_probs {
-                        bf16::from_f32(e as f32).to_f64()
-                    } else {
-                        e
-                    }
+                Score::NegEntropy if sampling.bf16_probs => {
+                    // Dream on bf16 tensors (spec §3): torch rounds the output of every op of
+                    // Σ p·log(p + 1e-10) to bf16 (the sum, the log, the product), the sum once
+                    let r16 = |x: f32| bf16::from_f32(x).to_f32();
+                    let e: f64 = l
+                        .iter()
+                        .map(|&x| {
+                            let p = prob(x) as f32;
+                            let log = r16((r16(p + 1e-10) as f64).ln() as f32);
+                            r16(p * log) as f64
+                        })
+                        .sum();
+                    bf16::from_f32(e as f32).to_f64()
                 }
+                Score::NegEntropy => l.iter().map(|&x| prob(x)).map(|p| p * (p + 1e-10).ln()).sum(),
             };
         }
         Ok(())
@@ -505,6 +640,10 @@ impl Backend for Cpu {
                     let c = b * bl + i;
                     row.push(Candidate { pos: p, token: cands.tokens[c], conf: cands.conf[c] });
                 }
+            }
+            if row.iter().any(|c| c.conf.is_nan()) {
+                counts[b] = NON_FINITE;
+                continue;
             }
             if sel.rule == Rule::First {
                 // `row` is in position order: its first entry is the block's first mask.
@@ -544,6 +683,7 @@ impl Backend for Cpu {
 
     fn copy(&self, src: &CpuTensor, dst: &mut CpuTensor) -> Result<()> {
         check(src.rows == dst.rows && src.cols == dst.cols, "copy: shapes")?;
+        check(src.mapped.is_none() && dst.mapped.is_none(), "copy: a mapped weight")?;
         let n = src.data.len();
         self.par_rows(&mut dst.data, src.cols, n, |r0, chunk| {
             chunk.copy_from_slice(&src.data[r0 * src.cols..r0 * src.cols + chunk.len()]);
@@ -552,6 +692,7 @@ impl Backend for Cpu {
     }
 
     fn fill_random(&self, t: &mut CpuTensor, seed: u64, offset: f32, scale: f32) -> Result<()> {
+        check(t.mapped.is_none(), "fill_random: a mapped weight")?;
         let dtype = self.dtype;
         let cols = t.cols.max(1);
         self.par_rows(&mut t.data, cols, t.rows * cols * 8, |r0, chunk| {
@@ -569,7 +710,11 @@ impl Backend for Cpu {
 
     fn to_host(&self, t: &CpuTensor, rows: usize) -> Result<Vec<f32>> {
         check(rows <= t.rows, "to_host: more rows than the matrix has")?;
-        Ok(t.data[..rows * t.cols].to_vec())
+        let mut out = vec![0f32; rows * t.cols];
+        for (r, o) in out.chunks_mut(t.cols.max(1)).enumerate() {
+            t.row_into(r, o);
+        }
+        Ok(out)
     }
 
     fn read_cands(&self, c: &CpuCands, len: usize) -> Result<(Vec<u32>, Vec<f64>)> {
@@ -582,21 +727,23 @@ impl Backend for Cpu {
 mod tests {
     use super::*;
 
-    /// Degenerate logits behave the same on every backend (the CUDA kernel has the same rules):
-    /// NaN never wins, all -inf draws the lowest non-mask id, the mask id is never drawn; and
-    /// selection over NaN confidences commits exactly what it reports.
+    /// Degenerate logits behave the same on every backend (the CUDA kernels have the same rules):
+    /// NaN never wins, all -inf draws the lowest non-mask id, the mask id is never drawn, ties go
+    /// to the lowest id; a row holding any non-finite logit is scored NaN, and selection commits
+    /// nothing of a batch row with a NaN candidate and reports it as [`NON_FINITE`].
     #[test]
-    fn degenerate_logits_and_nan_confidences() {
+    fn degenerate_logits_and_non_finite_rows() {
         let cpu = Cpu::new(DType::F32, Some(1));
         let ni = f32::NEG_INFINITY;
         let rows = [
             vec![ni, ni, ni, ni],          // nothing beats -inf: lowest non-mask id
-            vec![ni, 1.0, 3.0, 3.0],       // tie: lowest id
+            vec![0.0, 1.0, 3.0, 3.0],      // tie: lowest id
             vec![9.0, 1.0, f32::NAN, 0.5], // the mask (id 0) is the max: never drawn; NaN never wins
             vec![f32::NAN; 4],             // all NaN
+            vec![ni, 1.0, 3.0, 2.0],       // one -inf among finite logits
         ];
-        let logits = CpuTensor::new(4, 4, rows.concat());
-        let mut out = cpu.cands(4).unwrap();
+        let logits = CpuTensor::new(5, 4, rows.concat());
+        let mut out = cpu.cands(5).unwrap();
         let s = Sampling {
             temperature: 0.0,
             seeds: &[0],
@@ -605,21 +752,64 @@ mod tests {
             score: Score::Confidence,
             bf16_probs: false,
         };
-        cpu.argmax_confidence(&logits, &vec![0], Window { start: 0, len: 4 }, 1, s, &mut out).unwrap();
-        assert_eq!(out.tokens, vec![1, 2, 1, 1]);
-        assert!(out.conf[0].is_nan() && out.conf[2].is_nan() && out.conf[3].is_nan());
-        let want = 1.0 / (2.0 + (-2.0f64).exp());
+        cpu.argmax_confidence(&logits, &vec![0], Window { start: 0, len: 5 }, 1, s, &mut out).unwrap();
+        assert_eq!(out.tokens, vec![1, 2, 1, 1, 2]);
+        let want = 1.0 / ((-3.0f64).exp() + (-2.0f64).exp() + 2.0);
         assert!((out.conf[1] - want).abs() < 1e-12, "{}", out.conf[1]);
-        // canvas of 4 masks (id 0); NaN confidences rank first in the f64 total order
-        for rule in [Rule::Quota, Rule::Threshold(0.9), Rule::Factor(1.0)] {
-            let mut canvas = vec![0u32; 4];
-            let sel =
-                Select { rule, active: &[true], quota: &[2], mask_id: 0, block: Window { start: 0, len: 4 } };
-            let counts = cpu.select(&mut out, &mut canvas, 4, sel).unwrap();
-            let committed = canvas.iter().filter(|&&t| t != 0).count();
-            assert_eq!(counts[0] as usize, committed, "{rule:?}");
-            assert!(committed >= 1);
+        for r in [0, 2, 3, 4] {
+            assert!(out.conf[r].is_nan(), "row {r}: {}", out.conf[r]);
         }
+        for rule in [Rule::Quota, Rule::Threshold(0.9), Rule::Factor(1.0), Rule::First] {
+            // every position masked (id 0): NaN candidates, nothing committed
+            let mut canvas = vec![0u32; 5];
+            let block = Window { start: 0, len: 5 };
+            let sel = Select { rule, active: &[true], quota: &[2], mask_id: 0, block };
+            assert_eq!(cpu.select(&mut out, &mut canvas, 5, sel).unwrap(), vec![NON_FINITE], "{rule:?}");
+            assert_eq!(canvas, vec![0; 5], "{rule:?}");
+            // only the finite row masked: it is committed
+            let mut canvas = vec![7, 0, 7, 7, 7];
+            assert_eq!(cpu.select(&mut out, &mut canvas, 5, sel).unwrap(), vec![1], "{rule:?}");
+            assert_eq!(canvas, vec![7, 2, 7, 7, 7], "{rule:?}");
+        }
+    }
+
+    /// Dream's bf16 entropy as torch computes `torch.sum(probs * torch.log(probs + 1e-10), -1)`
+    /// on bf16 tensors: pinned with PyTorch 2.15's value for this row (-0.2294921875, bits
+    /// 0xbe6b); rounding only the final sum gives -0.228515625.
+    #[test]
+    #[allow(clippy::excessive_precision)] // bf16 logits, written exactly
+    fn dream_bf16_entropy_rounds_like_torch() {
+        let cpu = Cpu::new(DType::F32, Some(1));
+        let row = vec![
+            -1.84375,
+            0.0947265625,
+            -1.4765625,
+            0.74609375,
+            1.3203125,
+            0.337890625,
+            1.921875,
+            1.3203125,
+            -0.306640625,
+            2.375,
+            -0.8671875,
+            0.1572265625,
+            1.5703125,
+            6.90625,
+            -4.40625,
+            -4.75,
+        ];
+        let logits = CpuTensor::new(1, 16, row);
+        let mut out = cpu.cands(1).unwrap();
+        let s = Sampling {
+            temperature: 0.0,
+            seeds: &[0],
+            counters: &[0],
+            mask_id: 99,
+            score: Score::NegEntropy,
+            bf16_probs: true,
+        };
+        cpu.argmax_confidence(&logits, &vec![0], Window { start: 0, len: 1 }, 1, s, &mut out).unwrap();
+        assert_eq!(out.conf[0], -0.2294921875);
     }
 
     /// Dream's scores (spec §3): the negative entropy of the row's distribution, and with bf16

@@ -129,6 +129,11 @@ impl std::fmt::Display for Rule {
     }
 }
 
+/// [`Backend::select`]'s count for a row whose candidates had non-finite logits (NaN or ±inf in a
+/// row of the block's logits: [`Backend::argmax_confidence`] scores such a row NaN). Nothing of
+/// that row is committed; the decoder ends it with an error. `DLLM_NONFINITE` in params.h.
+pub const NON_FINITE: u32 = u32::MAX;
+
 /// Per-step arguments of [`Backend::select`].
 #[derive(Clone, Copy, Debug)]
 pub struct Select<'a> {
@@ -259,7 +264,8 @@ pub trait Backend {
 
     // ---- decoding (spec §4)
     /// Per logits row: the token (argmax, lowest id on ties; with temperature, argmax of the
-    /// Gumbel-perturbed logits) and its score (`sampling.score` of the unperturbed softmax, wide).
+    /// Gumbel-perturbed logits) and its score (`sampling.score` of the unperturbed softmax, wide;
+    /// NaN when the row holds any non-finite logit).
     /// Rows are `[batch × block.len]`; `pads` give each row's positions for the noise keys.
     fn argmax_confidence(
         &self,
@@ -271,7 +277,8 @@ pub trait Backend {
         out: &mut Self::Cands,
     ) -> Result<()>;
     /// Commit tokens into the canvas by `sel.rule` among each active row's masked block
-    /// positions; returns how many each row committed (the one small read-back of a step).
+    /// positions; returns how many each row committed (the one small read-back of a step), or
+    /// [`NON_FINITE`] for a row with a NaN score among its candidates (nothing committed).
     fn select(
         &self,
         cands: &mut Self::Cands,

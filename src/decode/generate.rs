@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, DType, GraphUse, Rule, Sampling, Score, Select, Step, Window};
+use crate::backend::{Backend, DType, GraphUse, Rule, Sampling, Score, Select, Step, Window, NON_FINITE};
 use crate::cache::{CacheMode, KvCache};
 use crate::decode::select::quota_schedule;
 use crate::error::{Error, Result};
@@ -55,7 +55,41 @@ impl Default for DecodeOptions {
     }
 }
 
+/// A seed nobody chose, for a sampling run that gives none: OS randomness (the keys of std's
+/// hasher) mixed with the clock, 53 bits so that it survives a JSON number in any client. Report
+/// it, so the run can be reproduced.
+pub fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() >> 11
+}
+
 impl DecodeOptions {
+    /// Positions one block window covers: `block_length`, or the whole generation for Dream's
+    /// uncached baseline, which has no blocks (spec §3).
+    pub fn window_len(&self, arch: Arch) -> usize {
+        if self.blockless(arch) {
+            self.gen_length
+        } else {
+            self.block_length
+        }
+    }
+
+    /// Whether `steps` changes anything: the quota rule (LLaDA's schedule, Dream's entropy
+    /// schedule) and Dream's uncached threshold (its per-step budget, spec §3).
+    pub fn uses_steps(&self, arch: Arch) -> bool {
+        self.rule == Rule::Quota || self.blockless(arch)
+    }
+
+    /// Dream's uncached baseline: the whole generation is one window, `block_length` does not
+    /// apply (spec §3).
+    pub fn blockless(&self, arch: Arch) -> bool {
+        arch == Arch::Dream && self.cache == CacheMode::None
+    }
+
     /// Reject options or prompts that cannot decode, naming the problem (spec §4.4, §5).
     pub fn validate(&self, cfg: &ModelConfig, prompts: &[Vec<u32>]) -> Result<()> {
         self.validate_options(cfg)?;
@@ -75,9 +109,7 @@ impl DecodeOptions {
         if self.block_length == 0 {
             return fail("block_length must be at least 1".into());
         }
-        // Dream's uncached baseline has no blocks: `block_length` does not apply (spec §3).
-        let blockless = cfg.arch == Arch::Dream && self.cache == CacheMode::None;
-        if blockless {
+        if self.blockless(cfg.arch) {
             if self.steps == 0 {
                 return fail("steps must be at least 1".into());
             }
@@ -176,15 +208,28 @@ impl DecodeOptions {
     }
 }
 
-/// `torch.linspace(start, end, n)` in f32, element by element as PyTorch computes it on the CPU
-/// (from both ends towards the middle), so Dream's timestep schedule matches bit for bit.
+/// `torch.linspace(start, end, n)` in f32, bit for bit as PyTorch computes it (its vectorised CPU
+/// kernel and its CUDA kernel): `step = (end − start) / (n − 1)`, then from both ends towards the
+/// middle, each element **one** fused multiply-add, `fma(step, i, start)` for `i < n / 2` and
+/// `fma(−step, n − 1 − i, end)` after. Two roundings (`start + step · i`) differ by an ulp at some
+/// `i`, enough to move Dream's step counts (pinned in the tests with PyTorch's own values).
 pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start];
     }
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 }).collect()
+    (0..n)
+        .map(
+            |i| {
+                if i < half {
+                    step.mul_add(i as f32, start)
+                } else {
+                    (-step).mul_add((n - i - 1) as f32, end)
+                }
+            },
+        )
+        .collect()
 }
 
 /// Dream's timestep rule (spec §3): at step `i` of `steps`, with `masks` left, commit
@@ -225,6 +270,9 @@ pub struct RowOutput {
     pub kinds: String,
     /// Per forward: how many tokens it committed.
     pub commits: Vec<u32>,
+    /// Why the row stopped without an answer: its logits were not finite (NaN or ±inf) at a
+    /// forward; its tokens are then not an answer.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -328,7 +376,8 @@ impl<B: Backend> Engine<B> {
         self.generate_with(prompts, opts, &mut Quiet)
     }
 
-    /// [`Engine::generate`] with an observer of each block and of cancellations.
+    /// [`Engine::generate`] with an observer of each block and of cancellations. Errors with
+    /// [`Error::NonFinite`] when a row's logits were not finite.
     pub fn generate_with(
         &self,
         prompts: &[Vec<u32>],
@@ -337,7 +386,11 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Output> {
         let rows: Vec<RowStart> =
             prompts.iter().map(|p| RowStart { prompt: p.clone(), ..RowStart::default() }).collect();
-        self.generate_rows(&rows, opts, usize::MAX, progress)
+        let out = self.generate_rows(&rows, opts, usize::MAX, progress)?;
+        match out.rows.iter().enumerate().find_map(|(i, r)| r.error.as_ref().map(|e| (i, e))) {
+            Some((i, e)) => Err(Error::NonFinite(format!("prompt {i}: {e}"))),
+            None => Ok(out),
+        }
     }
 
     /// Decode rows that may already have finished some blocks, at most `max_blocks` more blocks
@@ -365,8 +418,7 @@ impl<B: Backend> Engine<B> {
         let sp = &self.special;
         let batch = starts.len();
         let dream = cfg.arch == Arch::Dream;
-        // Dream's uncached baseline decodes the whole generation as one window (spec §3).
-        let bl = if dream && opts.cache == CacheMode::None { opts.gen_length } else { opts.block_length };
+        let bl = opts.window_len(cfg.arch);
         let blocks = opts.gen_length / bl;
         let steps_per_block = opts.steps / blocks;
         for (i, (r, &g)) in starts.iter().zip(&gens).enumerate() {
@@ -440,6 +492,7 @@ impl<B: Backend> Engine<B> {
                 nfe: 0,
                 kinds: String::new(),
                 commits: vec![],
+                error: None,
             })
             .collect();
         let mut finished = vec![false; batch];
@@ -572,6 +625,16 @@ impl<B: Backend> Engine<B> {
                 let ms = t_step.elapsed().as_secs_f64() * 1e3;
                 forward_ms.push(ForwardTime { kind, block_start, graph: graph_use, ms });
                 for b in (0..batch).filter(|&b| active[b]) {
+                    if counts[b] == NON_FINITE {
+                        rows[b].error = Some(format!(
+                            "non-finite logits (NaN or infinity) at forward {} of block {k}: the \
+                             checkpoint's weights or the activations are not finite numbers",
+                            step_in_block[b] + 1
+                        ));
+                        finished[b] = true;
+                        masks_left[b] = 0;
+                        continue;
+                    }
                     let c = counts[b] as usize;
                     if c > masks_left[b] {
                         return Err(Error::Device(format!(
@@ -642,9 +705,18 @@ mod tests {
         let ts = linspace_f32(1.0, 1e-3, 33);
         assert_eq!(ts.len(), 33);
         assert_eq!((ts[0], ts[32]), (1.0, 1e-3));
-        let step = (1e-3f32 - 1.0) / 32.0;
-        assert_eq!(ts[5], 1.0 + step * 5.0);
-        assert_eq!(ts[20], 1e-3 - step * 12.0);
+        // PyTorch's bits (torch.linspace(1.0, 1e-3, 938), float32, CPU and CUDA): one rounding per
+        // element; `start + step · i` rounds twice and gives 0x3f3fdbfa and 0x3f3f961c here.
+        let ts = linspace_f32(1.0, 1e-3, 938);
+        assert_eq!(ts[235].to_bits(), 0x3f3f_dbfb);
+        assert_eq!(ts[236].to_bits(), 0x3f3f_961b);
+    }
+
+    /// The ulp of the linspace above decides a step count of Dream's uncached entropy schedule
+    /// (G = steps = 937): PyTorch commits 1 token at step 235 with 703 masks left, not 0.
+    #[test]
+    fn dream_step_count_follows_torch_bits() {
+        assert_eq!(dream_step_count(703, 235, 937), 1);
     }
 
     /// spec §3: with 32 steps per block, after the unconditional first token the entropy

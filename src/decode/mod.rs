@@ -4,5 +4,5 @@ pub mod generate;
 pub mod select;
 
 pub use generate::{
-    DecodeOptions, Engine, ForwardTime, Output, Progress, Quiet, RowOutput, RowStart, TraceStep,
+    fresh_seed, DecodeOptions, Engine, ForwardTime, Output, Progress, Quiet, RowOutput, RowStart, TraceStep,
 };

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
@@ -47,6 +48,10 @@ pub struct TensorView<'a> {
     pub dtype: DType,
     pub shape: &'a [usize],
     pub bytes: &'a [u8],
+    /// The mapped file `bytes` lie in, and where: a backend may keep reading the weights from the
+    /// map instead of copying them (the CPU backend does).
+    pub map: &'a Arc<Mmap>,
+    pub offset: usize,
 }
 
 impl TensorView<'_> {
@@ -73,7 +78,7 @@ impl TensorView<'_> {
 
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
     /// Start of the data section (8-byte length + JSON header).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -164,6 +169,8 @@ impl Checkpoint {
             dtype: dtype_of(info.dtype).expect("checked when the shard was opened"),
             shape: &info.shape,
             bytes: &shard.map[shard.data_start + a..shard.data_start + b],
+            map: &shard.map,
+            offset: shard.data_start + a,
         })
     }
 
@@ -240,6 +247,6 @@ impl Shard {
             }
             tensors.insert(name, info.clone());
         }
-        Ok(Shard { path: path.to_path_buf(), map, data_start: 8 + n, tensors })
+        Ok(Shard { path: path.to_path_buf(), map: Arc::new(map), data_start: 8 + n, tensors })
     }
 }

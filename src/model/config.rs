@@ -64,8 +64,25 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub max_seq_len: usize,
     pub mask_token_id: Option<u32>,
-    pub eos_token_id: Option<u32>,
+    /// `eos_token_id` as Hugging Face allows it: one id or a list (every one ends an answer; the
+    /// first is the EOS that fills a canvas after early exit). Empty when absent.
+    pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+}
+
+/// A JSON token id: a non-negative integer that fits u32.
+pub fn token_id(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+/// A token id, a list of token ids, or nothing (absent or null): every form Hugging Face allows
+/// for `eos_token_id` (config.json and generation_config.json). Err: the offending value.
+pub fn token_ids(v: Option<&Value>) -> std::result::Result<Vec<u32>, &Value> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(list)) => list.iter().map(|x| token_id(x).ok_or(x)).collect(),
+        Some(x) => token_id(x).map(|id| vec![id]).ok_or(x),
+    }
 }
 
 /// Typed field access that names the field in every error.
@@ -100,12 +117,15 @@ impl Fields<'_> {
     fn opt_id(&self, field: &str) -> Result<Option<u32>> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected a token id, got {v}"))),
+            Some(v) => {
+                token_id(v).map(Some).ok_or_else(|| self.err(field, format!("expected a token id, got {v}")))
+            }
         }
+    }
+    /// A token id or a list of them (Hugging Face's form of `eos_token_id`).
+    fn ids(&self, field: &str) -> Result<Vec<u32>> {
+        token_ids(self.get(field))
+            .map_err(|v| self.err(field, format!("expected a token id or a list of them, got {v}")))
     }
     fn f32(&self, field: &str) -> Result<f32> {
         match self.get(field) {
@@ -251,7 +271,7 @@ impl ModelConfig {
             rope_theta: f.f32("rope_theta")?,
             max_seq_len: f.usize("max_position_embeddings")?,
             mask_token_id: f.opt_id("mask_token_id")?,
-            eos_token_id: f.opt_id("eos_token_id")?,
+            eos_token_ids: f.ids("eos_token_id")?,
             pad_token_id: f.opt_id("pad_token_id")?,
         };
         cfg.check_ids(f)?;
@@ -259,11 +279,9 @@ impl ModelConfig {
     }
 
     fn check_ids(&self, f: &Fields) -> Result<()> {
-        for (field, id) in [
-            ("mask_token_id", self.mask_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ] {
+        let ids = [("mask_token_id", self.mask_token_id), ("pad_token_id", self.pad_token_id)];
+        let eos = self.eos_token_ids.iter().map(|&id| ("eos_token_id", Some(id)));
+        for (field, id) in ids.into_iter().chain(eos) {
             if let Some(id) = id {
                 if id as usize >= self.n_logits {
                     return Err(f.err(field, format!("{id} is outside the vocabulary ({})", self.n_logits)));
@@ -350,7 +368,7 @@ impl ModelConfig {
             rope_theta,
             max_seq_len,
             mask_token_id: f.opt_id("mask_token_id")?,
-            eos_token_id: f.opt_id("eos_token_id")?,
+            eos_token_ids: f.ids("eos_token_id")?,
             pad_token_id: f.opt_id("pad_token_id")?,
         };
         cfg.check_ids(f)?;
@@ -408,6 +426,24 @@ mod tests {
         assert!(err_of(r#"{"d_model": "big"}"#).contains("`d_model`"));
         assert!(err_of(r#"{"rms_norm_eps": null}"#).contains("`rms_norm_eps`: missing"));
         assert!(err_of(r#"{"mask_token_id": 200000}"#).contains("outside the vocabulary"));
+        assert!(err_of(r#"{"eos_token_id": [126081, 200000]}"#).contains("`eos_token_id`: 200000 is outside"));
+        assert!(err_of(r#"{"eos_token_id": "</s>"}"#).contains("a token id or a list of them"));
+        assert!(err_of(r#"{"eos_token_id": [1, -2]}"#).contains("got -2"));
+    }
+
+    /// Hugging Face allows `eos_token_id` as one id or a list, in config.json as in
+    /// generation_config.json.
+    #[test]
+    fn eos_token_id_is_an_id_or_a_list() {
+        let mut v: Value = serde_json::from_str(LLADA_8B).unwrap();
+        v["eos_token_id"] = serde_json::json!([126081, 126348]);
+        let c = ModelConfig::parse(Path::new("config.json"), &v.to_string()).unwrap();
+        assert_eq!(c.eos_token_ids, vec![126081, 126348]);
+        v["eos_token_id"] = Value::Null;
+        let c = ModelConfig::parse(Path::new("config.json"), &v.to_string()).unwrap();
+        assert!(c.eos_token_ids.is_empty());
+        let c = ModelConfig::parse(Path::new("config.json"), LLADA_8B).unwrap();
+        assert_eq!(c.eos_token_ids, vec![126081]);
     }
 
     pub const DREAM_7B: &str = r#"{"architectures": ["DreamModel"], "model_type": "Dream",
@@ -425,7 +461,7 @@ mod tests {
         assert_eq!((c.d_model, c.n_layers, c.n_heads, c.n_kv_heads), (3584, 28, 28, 4));
         assert_eq!((c.head_dim, c.mlp_hidden, c.n_logits), (128, 18944, 152064));
         assert_eq!((c.rms_eps, c.rope_theta, c.max_seq_len), (1e-6, 1e6, 131072));
-        assert_eq!((c.mask_token_id, c.eos_token_id), (Some(151666), Some(151643)));
+        assert_eq!((c.mask_token_id, c.eos_token_ids.clone()), (Some(151666), vec![151643]));
         assert_eq!(c.qkv_dim(), (28 + 8) * 128);
     }
 

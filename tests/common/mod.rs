@@ -158,6 +158,19 @@ pub fn temp_copy(src: &Path, tag: &str) -> PathBuf {
     dst
 }
 
+/// A copy of the tiny-mha checkpoint whose final norm is NaN: a broken model whose logits are
+/// all NaN.
+pub fn nan_checkpoint(tag: &str) -> PathBuf {
+    let dir = temp_copy(&fixture("tiny-mha").join("checkpoint"), tag);
+    let f = dir.join("model.safetensors");
+    let mut t = read_tensors(&f);
+    let name = "model.transformer.ln_f.weight".to_string();
+    let n = f32s(&t[&name]).len();
+    t.insert(name, from_f32s(&[n], &vec![f32::NAN; n]));
+    write_tensors(&f, &t);
+    dir
+}
+
 /// A tensor as raw little-endian bytes.
 #[derive(Clone)]
 pub struct RawTensor {

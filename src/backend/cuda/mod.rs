@@ -37,6 +37,9 @@ mod params {
 }
 use params::*;
 
+// The count select_commit reports for a row with non-finite logits is the Rust side's.
+const _: () = assert!(DLLM_NONFINITE == super::NON_FINITE);
+
 // SAFETY: plain #[repr(C)] structs of integers and floats, passed by value to the kernels that
 // declare the same struct (kernels/params.h).
 unsafe impl DeviceRepr for EmbedParams {}

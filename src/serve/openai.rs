@@ -1,0 +1,450 @@
+//! The OpenAI schema as dllm serves it: request parsing (every field either changes decoding as
+//! documented or is refused naming it), and the error object every failure is answered with.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use crate::backend::Rule;
+use crate::cache::CacheMode;
+use crate::decode::{fresh_seed, DecodeOptions};
+use crate::error::Error;
+use crate::model::{ModelConfig, Tokenizer};
+
+/// An OpenAI error object: status, type, the parameter at fault, a code, a message naming the
+/// problem.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, kind, param: None, code: None, message: message.into() }
+    }
+
+    /// 400 naming `param` in the message and the `param` field.
+    pub fn bad(param: &str, message: impl std::fmt::Display) -> Self {
+        ApiError {
+            param: Some(param.to_string()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", format!("`{param}`: {message}"))
+        }
+    }
+
+    /// The error object of any status whose response carries none of its own (axum's 405, 413).
+    pub fn of_status(status: StatusCode) -> Self {
+        let kind = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
+        let reason = status.canonical_reason().unwrap_or("error");
+        let message = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than --body-limit".to_string(),
+            _ => reason.to_lowercase(),
+        };
+        ApiError { code: Some(status_code_name(status)), ..Self::new(status, kind, message) }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        _ => "error",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+type Parsed<T> = std::result::Result<T, ApiError>;
+
+/// What parsing needs to know of the server.
+pub struct Context<'a> {
+    pub tok: &'a Tokenizer,
+    pub model: &'a ModelConfig,
+    /// The canvas a request decodes when it gives no `gen_length` (`dllm serve --gen-length`).
+    pub gen_length: usize,
+}
+
+/// A request, parsed and validated.
+#[derive(Debug)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub opts: DecodeOptions,
+    /// Most answer tokens returned (`max_tokens`): a cut of the decoded canvas, never its length.
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with `choices: []` and the usage.
+    pub include_usage: bool,
+}
+
+/// Fields dllm reads (besides the prompt or messages): see the README's table.
+const FIELDS: &[&str] = &[
+    "model",
+    "user",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "gen_length",
+    "block_length",
+    "steps",
+    "cache",
+    "threshold",
+    "factor",
+    "quota",
+];
+
+/// OpenAI fields dllm accepts only at a value that asks for nothing (the value a client sends by
+/// default); any other value is refused naming the field.
+fn neutral(field: &str) -> Option<&'static [&'static str]> {
+    Some(match field {
+        "n" | "best_of" => &["1"],
+        "logprobs" => &["null", "false"],
+        "top_logprobs" => &["null", "0"],
+        "echo" | "store" => &["null", "false"],
+        "top_p" => &["null", "1"],
+        "presence_penalty" | "frequency_penalty" => &["null", "0"],
+        "logit_bias" => &["null", "{}"],
+        "response_format" => &["null", r#"{"type":"text"}"#],
+        "service_tier" => &["null", r#""auto""#, r#""default""#],
+        "parallel_tool_calls" => &["null", "true", "false"],
+        "tools" => &["null", "[]"],
+        "tool_choice" => &["null", r#""none""#, r#""auto""#],
+        "modalities" => &["null", r#"["text"]"#],
+        "suffix" => &["null"],
+        _ => return None,
+    })
+}
+
+/// Unknown fields, and known ones at a value dllm cannot honour, refused by name. `metadata`
+/// (an object of strings, OpenAI's tags for stored completions) is accepted and ignored: nothing
+/// is stored.
+fn check_fields(body: &Map<String, Value>, main: &str) -> Parsed<()> {
+    for (k, v) in body {
+        if k == main || FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        if k == "metadata" {
+            if !(v.is_null() || v.as_object().is_some_and(|m| m.values().all(Value::is_string))) {
+                return Err(ApiError::bad(k, format!("expected an object of strings, got {v}")));
+            }
+            continue;
+        }
+        let Some(allowed) = neutral(k) else {
+            return Err(ApiError::bad(k, "unknown or unsupported parameter"));
+        };
+        let same = |a: &&str| {
+            let a: Value = serde_json::from_str(a).unwrap_or(Value::Null);
+            &a == v || (a.is_number() && a.as_f64() == v.as_f64())
+        };
+        if !allowed.iter().any(same) {
+            return Err(ApiError::bad(
+                k,
+                format!("{v} is not supported by dllm (only {})", allowed.join(" or ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn uint(body: &Map<String, Value>, k: &str) -> Parsed<Option<usize>> {
+    match body.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n > 0)
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| ApiError::bad(k, format!("expected a positive integer, got {v}"))),
+    }
+}
+
+fn num(body: &Map<String, Value>, k: &str) -> Parsed<Option<f64>> {
+    match body.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            v.as_f64().map(Some).ok_or_else(|| ApiError::bad(k, format!("expected a number, got {v}")))
+        }
+    }
+}
+
+fn flag(body: &Map<String, Value>, k: &str) -> Parsed<bool> {
+    match body.get(k) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ApiError::bad(k, format!("expected true or false, got {v}"))),
+    }
+}
+
+/// Parse and validate a `/v1/completions` (`chat` false) or `/v1/chat/completions` body.
+pub fn parse(ctx: &Context, body: &[u8], chat: bool) -> Parsed<Request> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", format!("malformed JSON: {e}"))
+    })?;
+    let Value::Object(body) = v else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the body must be a JSON object",
+        ));
+    };
+    let main = if chat { "messages" } else { "prompt" };
+    check_fields(&body, main)?;
+    let prompt = if chat { messages(ctx.tok, body.get(main))? } else { prompt(ctx, body.get(main))? };
+    if prompt.is_empty() {
+        return Err(ApiError::bad(main, "the prompt has no tokens"));
+    }
+    let max_tokens = match uint(&body, "max_tokens")? {
+        Some(n) => Some(n),
+        None => uint(&body, "max_completion_tokens")?,
+    };
+    let opts = decode_options(ctx, &body)?;
+    validate(ctx, &opts, &prompt, main)?;
+    let stream = flag(&body, "stream")?;
+    Ok(Request {
+        prompt,
+        opts,
+        max_tokens,
+        stop: stop(&body)?,
+        stream,
+        include_usage: include_usage(&body, stream)?,
+    })
+}
+
+/// `prompt`: a string, or one tokenized prompt (a list of token ids); a list of one of those is
+/// the same. Several prompts are refused: one request per prompt. A raw prompt may write chat
+/// markers by hand, never the mask token.
+fn prompt(ctx: &Context, v: Option<&Value>) -> Parsed<Vec<u32>> {
+    let bad = |m: String| ApiError::bad("prompt", m);
+    let v = match v {
+        Some(Value::Array(a)) if a.len() == 1 && (a[0].is_string() || a[0].is_array()) => &a[0],
+        Some(v) => v,
+        None => return Err(bad("required".into())),
+    };
+    let ids = match v {
+        Value::String(s) => ctx.tok.encode(s).map_err(|e| bad(e.to_string()))?,
+        Value::Array(a) if a.iter().all(Value::is_u64) => {
+            let ids: Vec<u64> = a.iter().filter_map(Value::as_u64).collect();
+            if let Some(&t) = ids.iter().find(|&&t| t >= ctx.model.n_logits as u64) {
+                return Err(bad(format!("token id {t} is outside the vocabulary ({})", ctx.model.n_logits)));
+            }
+            ids.into_iter().map(|t| t as u32).collect()
+        }
+        Value::Array(a) if a.iter().all(|x| x.is_string() || x.is_array()) => {
+            return Err(bad(format!(
+                "a list of {} prompts is not supported: send one request per prompt",
+                a.len()
+            )))
+        }
+        v => return Err(bad(format!("expected a string or a list of token ids, got {v}"))),
+    };
+    ctx.tok.check_prompt_ids(&ids).map_err(|e| bad(e.to_string()))?;
+    Ok(ids)
+}
+
+/// `messages`: `{role, content}` objects; `developer` is `system` (OpenAI's newer name); content
+/// is a string or a list of `{"type": "text", "text": ...}` parts, joined. Contents are encoded as
+/// plain text inside the checkpoint's chat template.
+fn messages(tok: &Tokenizer, v: Option<&Value>) -> Parsed<Vec<u32>> {
+    let Some(Value::Array(msgs)) = v else {
+        return Err(ApiError::bad("messages", "required: a list of {role, content} objects"));
+    };
+    if msgs.is_empty() {
+        return Err(ApiError::bad("messages", "must not be empty"));
+    }
+    let mut turns: Vec<(&str, String)> = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.iter().enumerate() {
+        let at = |k: &str| format!("messages[{i}]{k}");
+        let Some(m) = m.as_object() else {
+            return Err(ApiError::bad(&at(""), "expected {\"role\": ..., \"content\": ...}"));
+        };
+        if let Some(k) = m.keys().find(|k| !["role", "content"].contains(&k.as_str())) {
+            return Err(ApiError::bad(&at(&format!(".{k}")), "not supported (dllm reads role and content)"));
+        }
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some(r @ ("system" | "user" | "assistant")) => r,
+            Some("developer") => "system",
+            r => {
+                let got = r.map_or("no role".to_string(), |r| format!("role {r:?}"));
+                return Err(ApiError::bad(
+                    &at(".role"),
+                    format!("expected system, developer, user or assistant, got {got}"),
+                ));
+            }
+        };
+        turns.push((role, content(m.get("content"), &at(".content"))?));
+    }
+    let pairs: Vec<(&str, &str)> = turns.iter().map(|(r, c)| (*r, c.as_str())).collect();
+    tok.encode_messages(&pairs).map_err(|e| ApiError::bad("messages", e))
+}
+
+/// A message's text: a string, or text parts joined (other parts refused by name).
+fn content(v: Option<&Value>, at: &str) -> Parsed<String> {
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some(kind), _) if kind != "text" => {
+                        return Err(ApiError::bad(
+                            &format!("{at}[{j}]"),
+                            format!("type {kind:?} is not supported: dllm reads text only"),
+                        ))
+                    }
+                    _ => {
+                        return Err(ApiError::bad(
+                            &format!("{at}[{j}]"),
+                            "expected {\"type\": \"text\", \"text\": string}",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        other => Err(ApiError::bad(
+            at,
+            format!("expected a string or a list of text parts, got {}", other.unwrap_or(&Value::Null)),
+        )),
+    }
+}
+
+/// The decoding options of a request: the canvas (`gen_length`, default the server's), the block,
+/// the cache, the rule (`threshold`, `factor` or `quota`: one of them), `steps` where the rule
+/// uses them, temperature and seed (drawn fresh when none is given, and reported).
+fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOptions> {
+    let base = DecodeOptions::default();
+    let gen_length = uint(body, "gen_length")?.unwrap_or(ctx.gen_length);
+    let rule = match (num(body, "threshold")?, num(body, "factor")?, flag(body, "quota")?) {
+        (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
+            return Err(ApiError::bad("quota", "give one rule: `threshold`, `factor` or `quota`"))
+        }
+        (_, _, true) => Rule::Quota,
+        (_, Some(f), _) => Rule::Factor(f),
+        (Some(t), _, _) => Rule::Threshold(t),
+        (None, None, false) => base.rule,
+    };
+    let cache = match body.get("cache") {
+        None | Some(Value::Null) => base.cache,
+        Some(Value::String(s)) if s == "none" => CacheMode::None,
+        Some(Value::String(s)) if s == "prefix" => CacheMode::Prefix,
+        Some(Value::String(s)) if s == "dual" => CacheMode::Dual,
+        Some(v) => {
+            return Err(ApiError::bad("cache", format!("expected \"none\", \"prefix\" or \"dual\", got {v}")))
+        }
+    };
+    let steps = uint(body, "steps")?;
+    let seed = match body.get("seed") {
+        None | Some(Value::Null) => fresh_seed(),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| ApiError::bad("seed", format!("expected a non-negative integer, got {v}")))?,
+    };
+    let opts = DecodeOptions {
+        gen_length,
+        block_length: uint(body, "block_length")?.unwrap_or(base.block_length),
+        steps: steps.unwrap_or(gen_length),
+        cache,
+        rule,
+        temperature: num(body, "temperature")?.unwrap_or(base.temperature),
+        seed,
+        ..base
+    };
+    if steps.is_some() && !opts.uses_steps(ctx.model.arch) {
+        let why = format!("has no effect with the {} rule: steps apply to `quota: true` (and to Dream's uncached threshold)", opts.rule);
+        return Err(ApiError::bad("steps", why));
+    }
+    Ok(opts)
+}
+
+/// The options against the model and the prompt; a prompt that does not fit beside the canvas
+/// is OpenAI's `context_length_exceeded`.
+fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], main: &str) -> Parsed<()> {
+    let room = ctx.model.max_seq_len;
+    if prompt.len() + opts.gen_length > room {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::bad(
+                main,
+                format!(
+                    "the prompt's {} tokens and the {}-token canvas (gen_length) need {} positions; the \
+                     model's context is {room} tokens. `max_tokens` only cuts the answer: shorten the \
+                     prompt or ask for a smaller `gen_length`",
+                    prompt.len(),
+                    opts.gen_length,
+                    prompt.len() + opts.gen_length
+                ),
+            )
+        });
+    }
+    opts.validate(ctx.model, &[prompt.to_vec()]).map_err(|e| {
+        let m = e.to_string();
+        let named = ["gen_length", "block_length", "steps", "threshold", "factor", "temperature"];
+        let param = named.iter().find(|p| m.contains(*p)).copied().unwrap_or(match e {
+            Error::Options(_) => "options",
+            _ => main,
+        });
+        ApiError::bad(param, m)
+    })
+}
+
+/// Most stop strings a request may give (lm-evaluation-harness tasks send up to 5 and more).
+pub const MAX_STOP: usize = 16;
+
+fn stop(body: &Map<String, Value>) -> Parsed<Vec<String>> {
+    let stop = match body.get("stop") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) && a.len() <= MAX_STOP => {
+            a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()
+        }
+        Some(v) => {
+            return Err(ApiError::bad(
+                "stop",
+                format!("expected a string or a list of up to {MAX_STOP} strings, got {v}"),
+            ))
+        }
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::bad("stop", "stop strings must not be empty"));
+    }
+    Ok(stop)
+}
+
+/// `stream_options`: only `{"include_usage": bool}`, only with `stream: true` (as OpenAI).
+fn include_usage(body: &Map<String, Value>, stream: bool) -> Parsed<bool> {
+    match body.get("stream_options") {
+        None | Some(Value::Null) => Ok(false),
+        Some(_) if !stream => Err(ApiError::bad("stream_options", "only allowed with `stream: true`")),
+        Some(Value::Object(o)) => {
+            if let Some(k) = o.keys().find(|k| k.as_str() != "include_usage") {
+                return Err(ApiError::bad(
+                    &format!("stream_options.{k}"),
+                    "not supported (only include_usage)",
+                ));
+            }
+            flag(o, "include_usage")
+                .map_err(|_| ApiError::bad("stream_options.include_usage", "expected true or false"))
+        }
+        Some(v) => {
+            Err(ApiError::bad("stream_options", format!("expected {{\"include_usage\": bool}}, got {v}")))
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The engine side of `dllm serve`: a continuous batch. Before every block, rows whose answer is
+//! complete (end token, `max_tokens`, a stop string, the canvas) leave and waiting requests with
+//! the batch's decoding options join (up to `--max-batch`); then every row decodes its next block
+//! ([`Engine::generate_rows`]). Per-row padding masks, positions and progress (spec §6) make each
+//! answer token-identical to running it alone. A row whose client went away is freed at the next
+//! step; a waiting request whose client left is dropped before it runs.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::mpsc as tmpsc;
+
+use super::text::{answer, delta};
+use super::Shared;
+use crate::backend::Backend;
+use crate::decode::{DecodeOptions, Engine, Progress, RowStart};
+use crate::model::Tokenizer;
+
+/// What a request asks of the engine.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub opts: DecodeOptions,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub events: tmpsc::UnboundedSender<JobEvent>,
+}
+
+#[derive(Debug)]
+pub enum JobEvent {
+    /// New answer text (streaming).
+    Delta(String),
+    Done(Finished),
+    Failed(String),
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    pub text: String,
+    pub finish_reason: &'static str,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub nfe: usize,
+    pub ms: f64,
+    /// Requests decoded together with this one (the most at any block).
+    pub batch: usize,
+    /// The sampling seed the request ran with (given, or drawn for it).
+    pub seed: u64,
+    /// The canvas it decoded (generated positions).
+    pub gen_length: usize,
+}
+
+/// A request in the running batch.
+struct Active {
+    job: Job,
+    row: RowStart,
+    /// Answer text streamed so far.
+    sent: String,
+    admitted: Instant,
+    batch: usize,
+    gone: bool,
+}
+
+/// Frees, at the next step, the rows whose client went away.
+struct Abandon<'a> {
+    rows: &'a mut [Active],
+    shared: &'a Shared,
+}
+
+impl Progress for Abandon<'_> {
+    fn cancelled(&mut self, row: usize) -> bool {
+        let a = &mut self.rows[row];
+        if !a.gone && a.job.events.is_closed() {
+            a.gone = true;
+            self.shared.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+        a.gone
+    }
+}
+
+/// The requests waiting and the batch running.
+struct Scheduler<'a, B: Backend> {
+    engine: &'a Engine<B>,
+    tok: &'a Tokenizer,
+    shared: &'a Shared,
+    pending: VecDeque<Job>,
+    running: Vec<Active>,
+}
+
+/// Run the continuous batch until every sender is gone and the work is drained.
+pub fn run<B: Backend>(engine: &Engine<B>, tok: &Tokenizer, jobs: mpsc::Receiver<Job>, shared: &Shared) {
+    let mut s = Scheduler { engine, tok, shared, pending: VecDeque::new(), running: Vec::new() };
+    let mut open = true;
+    loop {
+        if s.running.is_empty() && s.pending.is_empty() {
+            match jobs.recv() {
+                Ok(j) if open => s.pending.push_back(j),
+                _ => return,
+            }
+        }
+        loop {
+            match jobs.try_recv() {
+                Ok(j) => s.pending.push_back(j),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        s.drop_abandoned();
+        if let Some(key) = s.admit() {
+            s.decode_block(&key);
+        }
+    }
+}
+
+impl<B: Backend> Scheduler<'_, B> {
+    /// Waiting requests whose client left: dropped and counted as abandoned.
+    fn drop_abandoned(&mut self) {
+        let before = self.pending.len();
+        self.pending.retain(|j| !j.events.is_closed());
+        let gone = before - self.pending.len();
+        self.shared.queued.fetch_sub(gone, Ordering::SeqCst);
+        self.shared.abandoned.fetch_add(gone as u64, Ordering::SeqCst);
+    }
+
+    /// Admit waiting requests; returns the batch's key (None: nothing to run). The batch's
+    /// options are the first row's. A new batch takes every waiting request of its mode, in
+    /// arrival order; a running batch takes newcomers of its mode only until a request of another
+    /// mode is first in line (then it drains: no starvation).
+    fn admit(&mut self) -> Option<DecodeOptions> {
+        let first = self.running.first().map(|a| &a.job.opts).or(self.pending.front().map(|j| &j.opts))?;
+        let key = batch_key(self.engine, first);
+        let fresh = self.running.is_empty();
+        let mut i = 0;
+        while self.running.len() < self.shared.cfg.max_batch && i < self.pending.len() {
+            if batch_key(self.engine, &self.pending[i].opts) != key {
+                if !fresh {
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            let job = self.pending.remove(i).expect("in range");
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            let row = RowStart {
+                prompt: job.prompt.clone(),
+                seed: Some(job.opts.seed),
+                gen_length: Some(job.opts.gen_length),
+                ..RowStart::default()
+            };
+            self.running.push(Active {
+                job,
+                row,
+                sent: String::new(),
+                admitted: Instant::now(),
+                batch: 1,
+                gone: false,
+            });
+        }
+        let n = self.running.len();
+        self.shared.running.store(n, Ordering::SeqCst);
+        for a in self.running.iter_mut() {
+            a.batch = a.batch.max(n);
+        }
+        Some(key)
+    }
+
+    /// Every running row decodes its next block; then each streams its new text, and rows whose
+    /// answer is complete (or failed) leave.
+    fn decode_block(&mut self, key: &DecodeOptions) {
+        let starts: Vec<RowStart> = self.running.iter().map(|a| a.row.clone()).collect();
+        let longest = self.running.iter().map(|a| a.job.opts.gen_length).max().unwrap_or(0);
+        let opts = call_options(key, longest);
+        let mut abandon = Abandon { rows: &mut self.running, shared: self.shared };
+        let out = match self.engine.generate_rows(&starts, &opts, 1, &mut abandon) {
+            Ok(out) => out,
+            Err(e) => {
+                for a in self.running.drain(..) {
+                    let _ = a.job.events.send(JobEvent::Failed(e.to_string()));
+                }
+                return;
+            }
+        };
+        let window = opts.window_len(self.engine.config.arch);
+        let running = std::mem::take(&mut self.running);
+        let mut keep = Vec::with_capacity(running.len());
+        for (mut a, o) in running.into_iter().zip(&out.rows) {
+            let upto = (a.row.done.len() + window).min(o.tokens.len());
+            a.row.done = o.tokens[..upto].to_vec();
+            a.row.forwards += o.nfe as u64;
+            if a.gone {
+                continue;
+            }
+            if let Some(e) = &o.error {
+                let _ = a.job.events.send(JobEvent::Failed(e.clone()));
+                continue;
+            }
+            if self.stream_block(&mut a) {
+                self.shared.completed.fetch_add(1, Ordering::SeqCst);
+            } else {
+                keep.push(a);
+            }
+        }
+        self.running = keep;
+        self.shared.running.store(self.running.len(), Ordering::SeqCst);
+    }
+
+    /// Send the row's new answer text, and its result once complete; returns whether it is.
+    fn stream_block(&self, a: &mut Active) -> bool {
+        let (text, tokens, why) = answer(self.tok, &a.row.done, a.job.max_tokens, &a.job.stop);
+        let finished = why.is_some() || a.row.done.len() >= a.job.opts.gen_length;
+        let hold = a.job.stop.iter().map(|s| s.chars().count()).max().unwrap_or(1).saturating_sub(1);
+        if let Some(d) = delta(&a.sent, &text, finished, hold) {
+            let _ = a.job.events.send(JobEvent::Delta(d.to_string()));
+            a.sent.push_str(d);
+        }
+        if finished {
+            let _ = a.job.events.send(JobEvent::Done(Finished {
+                text,
+                finish_reason: why.unwrap_or("length"),
+                prompt_tokens: a.job.prompt.len(),
+                completion_tokens: tokens,
+                nfe: a.row.forwards as usize,
+                ms: a.admitted.elapsed().as_secs_f64() * 1e3,
+                batch: a.batch,
+                seed: a.job.opts.seed,
+                gen_length: a.job.opts.gen_length,
+            }));
+        }
+        finished
+    }
+}
+
+/// What requests must share to decode in one batch: every option but the seed (rows keep their
+/// own) and the generation length (rows end where they end), with the steps as steps per block —
+/// unless the whole generation is one window (Dream's uncached baseline), where the length
+/// stays part of it.
+fn batch_key<B: Backend>(engine: &Engine<B>, o: &DecodeOptions) -> DecodeOptions {
+    let window = o.window_len(engine.config.arch);
+    if window == o.gen_length {
+        return DecodeOptions { seed: 0, ..o.clone() };
+    }
+    DecodeOptions { seed: 0, gen_length: 0, steps: o.steps / (o.gen_length / window), ..o.clone() }
+}
+
+/// The options of one call for a batch of `key`'s rows, the longest generating `longest`.
+fn call_options(key: &DecodeOptions, longest: usize) -> DecodeOptions {
+    if key.gen_length != 0 {
+        return key.clone();
+    }
+    let bl = key.block_length;
+    DecodeOptions { gen_length: longest, steps: key.steps * (longest / bl), ..key.clone() }
+}
