@@ -291,7 +291,8 @@ fn decode_options(a: &DecodeArgs, files: &ModelFiles) -> DecodeOptions {
         },
         rule,
         temperature: a.temperature,
-        seed: a.seed.unwrap_or_else(fresh_seed),
+        // greedy decoding draws no noise: a seed only matters (and is only drawn) when sampling
+        seed: a.seed.unwrap_or_else(|| if a.temperature > 0.0 { fresh_seed() } else { 0 }),
         early_exit: a.early_exit,
         trace: false,
         cuda_graphs: !a.no_graphs,

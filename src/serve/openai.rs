@@ -328,7 +328,7 @@ fn content(v: Option<&Value>, at: &str) -> Parsed<String> {
 
 /// The decoding options of a request: the canvas (`gen_length`, default the server's), the block,
 /// the cache, the rule (`threshold`, `factor` or `quota`: one of them), `steps` where the rule
-/// uses them, temperature and seed (drawn fresh when none is given, and reported).
+/// uses them, temperature and seed (drawn fresh for sampling when none is given, and reported).
 fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOptions> {
     let base = DecodeOptions::default();
     let gen_length = uint(body, "gen_length")?.unwrap_or(ctx.gen_length);
@@ -351,8 +351,10 @@ fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOpti
         }
     };
     let steps = uint(body, "steps")?;
+    let temperature = num(body, "temperature")?.unwrap_or(base.temperature);
     let seed = match body.get("seed") {
-        None | Some(Value::Null) => fresh_seed(),
+        None | Some(Value::Null) if temperature > 0.0 => fresh_seed(),
+        None | Some(Value::Null) => 0, // greedy: no noise is drawn
         Some(v) => v
             .as_u64()
             .ok_or_else(|| ApiError::bad("seed", format!("expected a non-negative integer, got {v}")))?,
@@ -363,7 +365,7 @@ fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOpti
         steps: steps.unwrap_or(gen_length),
         cache,
         rule,
-        temperature: num(body, "temperature")?.unwrap_or(base.temperature),
+        temperature,
         seed,
         ..base
     };
