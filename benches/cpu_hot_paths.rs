@@ -8,13 +8,14 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+use dllm::backend::cpu::select::{commit_count, rank, Candidate};
 use dllm::backend::cpu::{Cpu, CpuTensor};
-use dllm::backend::{Backend, DType, Rule, Sampling, Score, Step, Window};
+use dllm::backend::{Backend, DType, Sampling, Score, SelectRule, Step, Window};
 use dllm::cache::KvCache;
-use dllm::decode::select::{commit_count, quota_schedule, rank, Candidate};
+use dllm::decode::policy::quota_schedule;
 use dllm::decode::{DecodeOptions, Engine};
-use dllm::graph::{self, Workspace};
 use dllm::model::ModelFiles;
+use dllm::transformer::{self, Workspace};
 
 fn lcg(n: usize, seed: u64) -> Vec<f32> {
     let mut z = seed;
@@ -33,9 +34,11 @@ fn selection(c: &mut Criterion) {
         .enumerate()
         .map(|(i, &x)| Candidate { pos: i, token: i as u32, conf: (x as f64 + 4.0) / 8.0 })
         .collect();
-    for (name, rule) in
-        [("quota", Rule::Quota), ("threshold", Rule::Threshold(0.9)), ("factor", Rule::Factor(1.0))]
-    {
+    for (name, rule) in [
+        ("quota", SelectRule::Quota),
+        ("threshold", SelectRule::Threshold(0.9)),
+        ("factor", SelectRule::Factor(1.0)),
+    ] {
         c.bench_function(&format!("select/{name}/32 candidates"), |b| {
             b.iter(|| {
                 let mut v = cands.clone();
@@ -113,7 +116,7 @@ fn tiny_forward(c: &mut Criterion) {
         let step = Step { batch, canvas, win };
         c.bench_function(&format!("tiny-mha forward/{name}"), |b| {
             b.iter(|| {
-                graph::forward(
+                transformer::forward(
                     &engine.backend,
                     cfg,
                     &engine.weights,
@@ -125,7 +128,7 @@ fn tiny_forward(c: &mut Criterion) {
                     None,
                 )
                 .unwrap();
-                graph::block_logits(
+                transformer::block_logits(
                     &engine.backend,
                     cfg,
                     &engine.weights,

@@ -16,13 +16,14 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, DType, GraphUse, Rule};
+use crate::backend::rng::synthetic_value;
+use crate::backend::{Backend, DType, GraphUse};
 use crate::cache::CacheMode;
-use crate::decode::select::synthetic_value;
-use crate::decode::{DecodeOptions, Engine, Output};
+use crate::decode::{DecodeOptions, Engine, Output, Quiet, Rule, RunOptions};
 use crate::error::{Error, Result};
-use crate::graph::{OpStat, Weights};
 use crate::model::{Arch, ModelConfig, SpecialIds};
+use crate::profile::{floor_ms, forward_cost, OpStat};
+use crate::transformer::Weights;
 
 pub const PRESETS: &[&str] = &["llada-8b", "dream-7b", "tiny"];
 
@@ -148,34 +149,6 @@ pub fn measure_ceilings<B: Backend>(be: &B, big: bool) -> Result<Ceilings> {
     Ok(Ceilings { bandwidth, gemm, copy_bytes, gemm_mnk: (m, nn, k) })
 }
 
-/// Bytes a forward must move — every weight once (all layers and the LM head; the embedding is
-/// only gathered) and the KV cache it reads and writes — and its FLOPs, for `rows_per_batch`
-/// query rows against `keys` keys per batch row, with `elem`-byte elements.
-pub fn forward_cost(
-    cfg: &ModelConfig,
-    elem: usize,
-    batch: usize,
-    rows_per_batch: usize,
-    keys: usize,
-    block: usize,
-) -> (f64, f64) {
-    let (d, m) = (cfg.d_model as f64, cfg.mlp_hidden as f64);
-    let layer_params = d * cfg.qkv_dim() as f64 + d * d + 3.0 * d * m;
-    let head_params = cfg.n_logits as f64 * d;
-    let kv = 2.0 * cfg.kv_dim() as f64 * (batch * (keys + rows_per_batch)) as f64;
-    let bytes = (cfg.n_layers as f64 * (layer_params + kv) + head_params) * elem as f64;
-    let rows = (batch * rows_per_batch) as f64;
-    let attn = 4.0 * rows * keys as f64 * (cfg.n_heads * cfg.head_dim) as f64;
-    let flops =
-        cfg.n_layers as f64 * (2.0 * rows * layer_params + attn) + 2.0 * (batch * block) as f64 * head_params;
-    (bytes, flops)
-}
-
-/// The floor of a forward in ms: weight reads at full bandwidth or FLOPs at the GEMM rate.
-pub fn floor_ms(c: &Ceilings, bytes: f64, flops: f64) -> f64 {
-    (bytes / c.bandwidth).max(flops / c.gemm) * 1e3
-}
-
 /// One variant's measurements.
 #[derive(Clone, Debug)]
 pub struct VariantResult {
@@ -278,10 +251,11 @@ pub fn run<B: Backend>(be: B, args: &BenchArgs, big: bool) -> Result<Value> {
         steps: 8,
         cache: CacheMode::Dual,
         rule: Rule::Quota,
-        cuda_graphs: args.cuda_graphs,
         ..DecodeOptions::default()
     };
-    engine.generate(&[synthetic_prompt(p, cfg.n_logits, args.seed)], &warm)?;
+    let run = RunOptions { trace: false, cuda_graphs: args.cuda_graphs, profile: args.profile };
+    let quiet = RunOptions { profile: false, ..run };
+    engine.generate_with(&[synthetic_prompt(p, cfg.n_logits, args.seed)], &warm, quiet, &mut Quiet)?;
 
     let mut results = vec![];
     for name in &args.variants {
@@ -300,15 +274,12 @@ pub fn run<B: Backend>(be: B, args: &BenchArgs, big: bool) -> Result<Value> {
             temperature: 0.0,
             seed: args.seed,
             early_exit: false,
-            trace: false,
-            cuda_graphs: args.cuda_graphs,
-            profile: args.profile,
         };
         // Each variant runs twice and the second run is reported: one-time work of new shapes
         // (GEMM algorithm tuning, CUDA graph capture) stays out of the table, as in a server.
-        engine.generate(&prompts, &opts)?;
-        let out = engine.generate(&prompts, &opts)?;
-        let r = summarize(&cfg, elem, &ceil, v, p, g, &out, &engine.special.stop);
+        engine.generate_with(&prompts, &opts, run, &mut Quiet)?;
+        let out = engine.generate_with(&prompts, &opts, run, &mut Quiet)?;
+        let r = summarize(&cfg, elem, &ceil, v, p, g, &out, &engine.special);
         println!(
             "| {} | {} | {} | {:.3} | {:.1} | {:.1} | {} | {} |",
             r.name,
@@ -354,7 +325,7 @@ fn summarize(
     p: usize,
     g: usize,
     out: &Output,
-    stop: &[u32],
+    special: &SpecialIds,
 ) -> VariantResult {
     let canvas = p + g;
     let (fb, ff) = forward_cost(cfg, elem, v.batch, canvas, canvas, 32);
@@ -366,11 +337,7 @@ fn summarize(
         CacheMode::None => canvas,
     };
     let (ib, iff) = forward_cost(cfg, elem, v.batch, win, canvas, 32);
-    let strict: usize = out
-        .rows
-        .iter()
-        .map(|r| r.tokens.iter().position(|t| stop.contains(t)).map_or(r.tokens.len(), |i| i + 1))
-        .sum();
+    let strict: usize = out.rows.iter().map(|r| special.strict_len(&r.tokens)).sum();
     VariantResult {
         name: v.name,
         batch: v.batch,
@@ -385,8 +352,8 @@ fn summarize(
         in_block_ms: mean(
             out.forward_ms.iter().filter(|f| !f.block_start && f.graph != GraphUse::Captured).map(|f| f.ms),
         ),
-        block_start_floor_ms: floor_ms(ceil, fb, ff),
-        in_block_floor_ms: floor_ms(ceil, ib, iff),
+        block_start_floor_ms: floor_ms(ceil.bandwidth, ceil.gemm, fb, ff),
+        in_block_floor_ms: floor_ms(ceil.bandwidth, ceil.gemm, ib, iff),
         profile: out.profile.clone(),
     }
 }
@@ -398,7 +365,7 @@ fn print_profile(r: &VariantResult, ceil: &Ceilings) {
     println!("| op | calls | total ms | % | GB/s | TFLOP/s | floor ms | × floor |");
     println!("|---|---|---|---|---|---|---|---|");
     for (name, s) in &r.profile {
-        let floor = floor_ms(ceil, s.bytes, s.flops);
+        let floor = floor_ms(ceil.bandwidth, ceil.gemm, s.bytes, s.flops);
         let (gbs, tfs) = (s.bytes / (s.ms * 1e-3) / 1e9, s.flops / (s.ms * 1e-3) / 1e12);
         let vs_floor =
             if floor > 0.0 { format!("{:.2} | {:.1}", floor, s.ms / floor) } else { "— | —".into() };

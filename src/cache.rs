@@ -42,14 +42,44 @@ impl CacheMode {
         }
     }
 
-    /// The letter a forward of this kind gets in traces: F full canvas, P prefix step, D dual step
-    /// (the notation of the reference's outputs).
-    pub fn kind(self, block_start: bool) -> char {
+    /// The kind of a forward of this mode.
+    pub fn kind(self, block_start: bool) -> ForwardKind {
         match (self, block_start) {
-            (CacheMode::None, _) | (_, true) => 'F',
-            (CacheMode::Prefix, false) => 'P',
-            (CacheMode::Dual, false) => 'D',
+            (CacheMode::None, _) | (_, true) => ForwardKind::Full,
+            (CacheMode::Prefix, false) => ForwardKind::Prefix,
+            (CacheMode::Dual, false) => ForwardKind::Dual,
         }
+    }
+}
+
+/// What a forward computes: the whole canvas (a block start, or every step without a cache), a
+/// PrefixCache step over `x[s:]`, or a DualCache step over the block. Displayed as the letter the
+/// reference's outputs use: F, P, D.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardKind {
+    Full,
+    Prefix,
+    Dual,
+}
+
+impl ForwardKind {
+    /// Its timeline range name (NVTX).
+    pub fn range_name(self) -> &'static str {
+        match self {
+            ForwardKind::Full => "forward: full canvas",
+            ForwardKind::Prefix => "forward: prefix step",
+            ForwardKind::Dual => "forward: dual step",
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForwardKind::Full => "F",
+            ForwardKind::Prefix => "P",
+            ForwardKind::Dual => "D",
+        })
     }
 }
 
@@ -90,7 +120,8 @@ mod tests {
         assert_eq!(CacheMode::None.window(false, s, e, l), Window { start: 0, len: l });
         assert_eq!(CacheMode::Prefix.window(false, s, e, l), Window { start: s, len: l - s });
         assert_eq!(CacheMode::Dual.window(false, s, e, l), Window { start: s, len: 32 });
-        assert_eq!(CacheMode::Dual.kind(false), 'D');
-        assert_eq!(CacheMode::Prefix.kind(true), 'F');
+        assert_eq!(CacheMode::Dual.kind(false).to_string(), "D");
+        assert_eq!(CacheMode::Prefix.kind(true).to_string(), "F");
+        assert_eq!(CacheMode::Prefix.kind(false).to_string(), "P");
     }
 }

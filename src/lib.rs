@@ -11,10 +11,12 @@ pub mod backend;
 pub mod bench;
 pub mod cache;
 pub mod decode;
+pub mod dtype;
 pub mod error;
 pub mod eval;
-pub mod graph;
 pub mod model;
+pub mod profile;
 pub mod serve;
+pub mod transformer;
 
 pub use error::{Error, Result};

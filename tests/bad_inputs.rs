@@ -3,9 +3,9 @@
 mod common;
 use common::*;
 
-use dllm::backend::Rule;
 use dllm::cache::CacheMode;
 use dllm::decode::DecodeOptions;
+use dllm::decode::Rule;
 use dllm::model::ModelFiles;
 
 fn open_err(dir: &std::path::Path) -> String {

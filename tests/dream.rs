@@ -8,9 +8,9 @@ use common::*;
 
 use std::process::Command;
 
-use dllm::backend::Rule;
 use dllm::cache::CacheMode;
 use dllm::decode::DecodeOptions;
+use dllm::decode::Rule;
 use dllm::model::{Arch, ModelFiles};
 
 fn dir() -> std::path::PathBuf {

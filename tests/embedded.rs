@@ -4,6 +4,7 @@
 
 mod common;
 
+use dllm::eval::datasets;
 use dllm::model::{embedded, ModelFiles};
 
 #[test]
@@ -19,12 +20,12 @@ fn embedded_checkpoint_loads_and_validates() {
     assert_eq!(embedded::model_dir().unwrap(), dir);
     let size: u64 = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     assert!(size < 20 << 20, "the shipped model must stay under 20 MB ({size} bytes)");
-    assert_eq!(embedded::test_set().unwrap().len(), 500);
-    assert_eq!(embedded::fewshot_set().unwrap().len(), 8);
+    assert_eq!(datasets::test_set().unwrap().len(), 500);
+    assert_eq!(datasets::fewshot_set().unwrap().len(), 8);
     // held-out and few-shot problems are disjoint
     let test: std::collections::HashSet<String> =
-        embedded::test_set().unwrap().into_iter().map(|p| p.question).collect();
-    assert!(embedded::fewshot_set().unwrap().iter().all(|p| !test.contains(&p.question)));
+        datasets::test_set().unwrap().into_iter().map(|p| p.question).collect();
+    assert!(datasets::fewshot_set().unwrap().iter().all(|p| !test.contains(&p.question)));
 }
 
 /// spec §8: bf16 is checked end to end on the trained model by agreement, not exact tokens — the
@@ -39,7 +40,7 @@ fn bf16_run_of_the_trained_model_agrees_with_f32() {
     common::to_bf16(&dir.join("model.safetensors"));
     let files = ModelFiles::open(&dir).unwrap();
     assert_eq!(files.dtype, DType::Bf16);
-    let problems: Vec<_> = embedded::test_set().unwrap().into_iter().take(24).collect();
+    let problems: Vec<_> = datasets::test_set().unwrap().into_iter().take(24).collect();
     let tok = &files.tokenizer;
     let prompts: Vec<Vec<u32>> = problems.iter().map(|p| tok.encode_chat(&p.question).unwrap()).collect();
     let opts = DecodeOptions { gen_length: 64, steps: 64, ..DecodeOptions::default() };

@@ -5,9 +5,9 @@
 mod common;
 use common::*;
 
-use dllm::backend::Rule;
 use dllm::cache::CacheMode;
 use dllm::decode::DecodeOptions;
+use dllm::decode::{Rule, RunOptions};
 
 fn golden_cases(name: &str) -> Vec<Case> {
     cases(&fixture(name).join("goldens.json"), "nfe")
@@ -180,7 +180,8 @@ fn rows_joining_at_block_boundaries_equal_each_row_alone() {
                     order.push(next);
                     next += 1;
                 }
-                let out = engine.generate_rows(&rows, &p0.opts, 1, &mut Quiet).unwrap();
+                let out =
+                    engine.generate_rows(&rows, &p0.opts, RunOptions::default(), 1, &mut Quiet).unwrap();
                 let mut keep = vec![];
                 for ((mut r, i), o) in rows.into_iter().zip(order.iter().copied()).zip(&out.rows) {
                     nfe[i] += o.nfe;

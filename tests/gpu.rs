@@ -11,7 +11,7 @@ use common::*;
 
 use dllm::backend::cpu::Cpu;
 use dllm::backend::cuda::Cuda;
-use dllm::backend::{Backend, DType, Heads, Rule, Sampling, Score, Select, Step, Window, NON_FINITE};
+use dllm::backend::{Backend, DType, Heads, Sampling, Score, Select, SelectRule, Step, Window, NON_FINITE};
 use dllm::decode::Engine;
 use dllm::model::ModelFiles;
 
@@ -45,7 +45,7 @@ struct Outs {
 /// Run every op once on `be` with the same host inputs; return the host copies of the outputs.
 /// `dream`: Dream's variants of the same ops (q/k/v bias, shifted gather, bf16 probabilities on a
 /// bf16 backend, the entropy score under the quota rule).
-fn run_ops<B: Backend>(be: &B, temperature: f64, rule: Rule, dream: bool) -> Outs {
+fn run_ops<B: Backend>(be: &B, temperature: f64, rule: SelectRule, dream: bool) -> Outs {
     let mut o = Outs::default();
     let t = |data: Vec<f32>, rows: usize, cols: usize| be.tensor_from_host(&data, rows, cols).unwrap();
     let poison =
@@ -160,7 +160,7 @@ fn run_ops<B: Backend>(be: &B, temperature: f64, rule: Rule, dream: bool) -> Out
         seeds: &seeds,
         counters: &counters,
         mask_id,
-        score: if dream && rule == Rule::Quota { Score::NegEntropy } else { Score::Confidence },
+        score: if dream && rule == SelectRule::Quota { Score::NegEntropy } else { Score::Confidence },
         bf16_probs: dream && be.dtype() == DType::Bf16,
     };
     be.argmax_confidence(&logits, &pads, block, batch, sampling, &mut cands).unwrap();
@@ -184,11 +184,11 @@ fn run_ops<B: Backend>(be: &B, temperature: f64, rule: Rule, dream: bool) -> Out
     o
 }
 
-fn compare(dtype: DType, temperature: f64, rule: Rule) {
+fn compare(dtype: DType, temperature: f64, rule: SelectRule) {
     compare_ops(dtype, temperature, rule, false)
 }
 
-fn compare_ops(dtype: DType, temperature: f64, rule: Rule, dream: bool) {
+fn compare_ops(dtype: DType, temperature: f64, rule: SelectRule, dream: bool) {
     let Some(g) = gpu(dtype) else { return };
     let cpu = Cpu::new(dtype, None);
     let a = run_ops(&g, temperature, rule, dream);
@@ -231,10 +231,10 @@ fn compare_ops(dtype: DType, temperature: f64, rule: Rule, dream: bool) {
 
 #[test]
 fn kernels_match_cpu_twins_f32() {
-    for rule in [Rule::Quota, Rule::Threshold(0.5), Rule::Factor(1.0)] {
+    for rule in [SelectRule::Quota, SelectRule::Threshold(0.5), SelectRule::Factor(1.0)] {
         compare(DType::F32, 0.0, rule);
     }
-    compare(DType::F32, 1.0, Rule::Threshold(0.9));
+    compare(DType::F32, 1.0, SelectRule::Threshold(0.9));
 }
 
 /// Dream's op variants (spec §3): bias add, shifted gather, entropy scores, bf16 probabilities,
@@ -242,7 +242,12 @@ fn kernels_match_cpu_twins_f32() {
 #[test]
 fn dream_kernels_match_cpu_twins() {
     for dtype in [DType::F32, DType::Bf16] {
-        for rule in [Rule::Quota, Rule::Threshold(0.5), Rule::First, Rule::CappedThreshold(0.5)] {
+        for rule in [
+            SelectRule::Quota,
+            SelectRule::Threshold(0.5),
+            SelectRule::First,
+            SelectRule::CappedThreshold(0.5),
+        ] {
             compare_ops(dtype, 0.0, rule, true);
         }
     }
@@ -250,10 +255,10 @@ fn dream_kernels_match_cpu_twins() {
 
 #[test]
 fn kernels_match_cpu_twins_bf16() {
-    for rule in [Rule::Quota, Rule::Threshold(0.5), Rule::Factor(1.0)] {
+    for rule in [SelectRule::Quota, SelectRule::Threshold(0.5), SelectRule::Factor(1.0)] {
         compare(DType::Bf16, 0.0, rule);
     }
-    compare(DType::Bf16, 0.7, Rule::Threshold(0.9));
+    compare(DType::Bf16, 0.7, SelectRule::Threshold(0.9));
 }
 
 /// One attention op on `be` from host q|k|v rows, K/V caches and pads; the output is poisoned
@@ -414,8 +419,9 @@ fn official_and_golden_cases_token_for_token_on_gpu() {
         for graphs in [true, false] {
             let mut bad = vec![];
             for c in &cases {
-                let opts = dllm::decode::DecodeOptions { cuda_graphs: graphs, ..c.opts.clone() };
-                let out = engine.generate(std::slice::from_ref(&c.prompt), &opts).unwrap();
+                let run = dllm::decode::RunOptions { cuda_graphs: graphs, ..Default::default() };
+                let prompt = std::slice::from_ref(&c.prompt);
+                let out = engine.generate_with(prompt, &c.opts, run, &mut dllm::decode::Quiet).unwrap();
                 let r = &out.rows[0];
                 if r.tokens != c.tokens || r.nfe != c.nfe || r.commits != c.commits {
                     bad.push(c.name.clone());

@@ -63,7 +63,7 @@ fn t(rows: usize, cols: usize, seed: u64, scale: f32) -> CpuTensor {
 /// made of bf16 values.
 #[test]
 fn every_op_in_bf16_is_within_1e_2_of_f32() {
-    use dllm::backend::{Heads, Rule, Sampling, Score, Select};
+    use dllm::backend::{Heads, Sampling, Score, Select, SelectRule};
     let fb = Cpu::new(DType::Bf16, Some(2));
     let ff = Cpu::new(DType::F32, Some(2));
     let check = |what: &str, a: &CpuTensor, b: &CpuTensor, n: usize| {
@@ -151,7 +151,7 @@ fn every_op_in_bf16_is_within_1e_2_of_f32() {
     assert_eq!(cands[0], cands[1]);
     let mut canvas_ids = vec![299u32; batch * canvas];
     let sel = Select {
-        rule: Rule::Threshold(0.5),
+        rule: SelectRule::Threshold(0.5),
         active: &[true, false, true],
         quota: &[0; 3],
         mask_id: 299,
@@ -168,7 +168,7 @@ fn every_op_in_bf16_is_within_1e_2_of_f32() {
 /// for f32 and bf16 checkpoints.
 #[test]
 fn mapped_weights_are_bit_identical_to_copies() {
-    use dllm::graph::{LayerWeights, Weights};
+    use dllm::transformer::{LayerWeights, Weights};
     for bf16 in [false, true] {
         let dir = temp_copy(&fixture("tiny-gqa").join("checkpoint"), &format!("mapped-{bf16}"));
         if bf16 {

@@ -16,9 +16,10 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod rng;
 
+pub use crate::dtype::DType;
 use crate::error::Result;
-pub use crate::model::checkpoint::DType;
 use crate::model::checkpoint::TensorView;
 
 /// The canvas rows a forward computes: queries at positions `[start, start + len)`.
@@ -100,9 +101,10 @@ pub enum GraphUse {
     Replayed,
 }
 
-/// Which masked positions of the current block to commit (spec §4.4).
+/// Which masked positions of the current block [`Backend::select`] commits (spec §4.4): the
+/// user's rules (`decode::Rule`) and the two Dream's decoder adds (spec §3).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Rule {
+pub enum SelectRule {
     /// The `quota[b]` most confident (the LLaDA low-confidence schedule).
     Quota,
     /// Every candidate with confidence ≥ τ, and always the most confident one.
@@ -117,14 +119,14 @@ pub enum Rule {
     CappedThreshold(f64),
 }
 
-impl std::fmt::Display for Rule {
+impl std::fmt::Display for SelectRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Rule::Quota => write!(f, "quota"),
-            Rule::Threshold(t) => write!(f, "threshold {t}"),
-            Rule::Factor(x) => write!(f, "factor {x}"),
-            Rule::First => write!(f, "first position"),
-            Rule::CappedThreshold(t) => write!(f, "threshold {t} within the step budget"),
+            SelectRule::Quota => write!(f, "quota"),
+            SelectRule::Threshold(t) => write!(f, "threshold {t}"),
+            SelectRule::Factor(x) => write!(f, "factor {x}"),
+            SelectRule::First => write!(f, "first position"),
+            SelectRule::CappedThreshold(t) => write!(f, "threshold {t} within the step budget"),
         }
     }
 }
@@ -137,10 +139,10 @@ pub const NON_FINITE: u32 = u32::MAX;
 /// Per-step arguments of [`Backend::select`].
 #[derive(Clone, Copy, Debug)]
 pub struct Select<'a> {
-    pub rule: Rule,
+    pub rule: SelectRule,
     /// Per batch row: false for rows that must not change (their block is done).
     pub active: &'a [bool],
-    /// Per batch row: how many to commit under [`Rule::Quota`].
+    /// Per batch row: how many to commit under [`SelectRule::Quota`].
     pub quota: &'a [u32],
     pub mask_id: u32,
     /// The current block, canvas positions `[start, start + len)`.

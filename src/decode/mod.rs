@@ -1,8 +1,14 @@
-//! Fast-dLLM decoding: the selection rules (spec §4) and the block loop (spec §5).
+//! Fast-dLLM decoding (spec §4, §5): what to decode ([`options`]), each step's rule, score and
+//! quota ([`policy`]), the batch's layout and row states ([`batch`]), the engine and its block
+//! loop ([`engine`]), one step ([`step`]) and what a call returns ([`output`]).
 
-pub mod generate;
-pub mod select;
+pub mod batch;
+pub mod engine;
+pub mod options;
+pub mod output;
+pub mod policy;
+pub mod step;
 
-pub use generate::{
-    fresh_seed, DecodeOptions, Engine, ForwardTime, Output, Progress, Quiet, RowOutput, RowStart, TraceStep,
-};
+pub use engine::Engine;
+pub use options::{fresh_seed, DecodeOptions, Rule, RunOptions};
+pub use output::{DecodeObserver, ForwardTime, Output, Quiet, RowOutput, RowStart, TraceStep};

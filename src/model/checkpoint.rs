@@ -14,31 +14,8 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
 use serde_json::Value;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-
-/// The tensor element types dllm loads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl DType {
-    pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::Bf16 | DType::F16 => 2,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "F32",
-            DType::Bf16 => "BF16",
-            DType::F16 => "F16",
-        }
-    }
-}
 
 /// A tensor inside a mapped file: no copy until a backend uploads it.
 #[derive(Clone, Copy, Debug)]
@@ -55,10 +32,6 @@ pub struct TensorView<'a> {
 }
 
 impl TensorView<'_> {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-
     /// Widen to f32 (exact for every supported dtype).
     pub fn to_f32(&self) -> Vec<f32> {
         let b = self.bytes;

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::eval::{parse_jsonl, Problem};
 
 pub const NAME: &str = "dllm-arith-tiny";
 
@@ -21,8 +20,10 @@ const FILES: &[(&str, &[u8])] = &[
     ("tokenizer_config.json", include_bytes!("../../models/dllm-arith-tiny/tokenizer_config.json")),
 ];
 
-const TEST: &str = include_str!("../../data/arith/test.jsonl");
-const FEWSHOT: &str = include_str!("../../data/arith/fewshot.jsonl");
+/// The held-out problems (GSM8K-format JSONL; `eval::datasets` parses them).
+pub const TEST_JSONL: &str = include_str!("../../data/arith/test.jsonl");
+/// Worked examples for few-shot prompts (same format).
+pub const FEWSHOT_JSONL: &str = include_str!("../../data/arith/fewshot.jsonl");
 
 /// FNV-1a over every file's name and bytes.
 fn content_hash() -> u64 {
@@ -62,14 +63,4 @@ pub fn model_dir() -> Result<PathBuf> {
         std::fs::rename(&tmp, dir.join(name)).map_err(|e| Error::io(&dir.join(name), e))?;
     }
     Ok(dir)
-}
-
-/// The 500 held-out problems the embedded model was never trained on.
-pub fn test_set() -> Result<Vec<Problem>> {
-    parse_jsonl(std::path::Path::new("data/arith/test.jsonl (embedded)"), TEST)
-}
-
-/// Worked examples for few-shot prompts (also never trained on).
-pub fn fewshot_set() -> Result<Vec<Problem>> {
-    parse_jsonl(std::path::Path::new("data/arith/fewshot.jsonl (embedded)"), FEWSHOT)
 }

@@ -4,11 +4,13 @@
 pub mod checkpoint;
 pub mod config;
 pub mod embedded;
+pub mod layout;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use checkpoint::{Checkpoint, DType, TensorView};
+pub use crate::dtype::DType;
+pub use checkpoint::{Checkpoint, TensorView};
 pub use config::{Arch, ModelConfig};
 pub use tokenizer::{SpecialIds, Tokenizer};
 
@@ -31,7 +33,7 @@ impl ModelFiles {
     pub fn open(dir: &Path) -> Result<Self> {
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        let dtype = crate::graph::validate(&checkpoint, &config)?;
+        let dtype = layout::validate(&checkpoint, &config)?;
         let tokenizer = Tokenizer::load(dir, &config)?;
         let max_new_tokens = max_new_tokens(&dir.join("generation_config.json"))?;
         Ok(ModelFiles { dir: dir.to_path_buf(), config, checkpoint, dtype, tokenizer, max_new_tokens })

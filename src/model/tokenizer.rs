@@ -25,6 +25,14 @@ pub struct SpecialIds {
     pub stop: Vec<u32>,
 }
 
+impl SpecialIds {
+    /// Tokens up to and including the first end token (all of them when none): what strict
+    /// tok/s counts (spec §1).
+    pub fn strict_len(&self, tokens: &[u32]) -> usize {
+        tokens.iter().position(|t| self.stop.contains(t)).map_or(tokens.len(), |i| i + 1)
+    }
+}
+
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

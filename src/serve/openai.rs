@@ -6,9 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::backend::Rule;
 use crate::cache::CacheMode;
-use crate::decode::{fresh_seed, DecodeOptions};
+use crate::decode::{fresh_seed, DecodeOptions, Rule};
 use crate::error::Error;
 use crate::model::{ModelConfig, Tokenizer};
 

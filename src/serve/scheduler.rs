@@ -15,7 +15,7 @@ use tokio::sync::mpsc as tmpsc;
 use super::text::{answer, delta};
 use super::Shared;
 use crate::backend::Backend;
-use crate::decode::{DecodeOptions, Engine, Progress, RowStart};
+use crate::decode::{DecodeObserver, DecodeOptions, Engine, RowStart, RunOptions};
 use crate::model::Tokenizer;
 
 /// What a request asks of the engine.
@@ -68,7 +68,7 @@ struct Abandon<'a> {
     shared: &'a Shared,
 }
 
-impl Progress for Abandon<'_> {
+impl DecodeObserver for Abandon<'_> {
     fn cancelled(&mut self, row: usize) -> bool {
         let a = &mut self.rows[row];
         if !a.gone && a.job.events.is_closed() {
@@ -175,7 +175,7 @@ impl<B: Backend> Scheduler<'_, B> {
         let longest = self.running.iter().map(|a| a.job.opts.gen_length).max().unwrap_or(0);
         let opts = call_options(key, longest);
         let mut abandon = Abandon { rows: &mut self.running, shared: self.shared };
-        let out = match self.engine.generate_rows(&starts, &opts, 1, &mut abandon) {
+        let out = match self.engine.generate_rows(&starts, &opts, RunOptions::default(), 1, &mut abandon) {
             Ok(out) => out,
             Err(e) => {
                 for a in self.running.drain(..) {

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use dllm::backend::cpu::Cpu;
-use dllm::backend::{Backend, Rule, Step, Window};
+use dllm::backend::{Backend, Step, Window};
 use dllm::cache::CacheMode;
 use dllm::cache::KvCache;
+use dllm::decode::Rule;
 use dllm::decode::{DecodeOptions, Engine};
-use dllm::graph::{self, Workspace};
 use dllm::model::ModelFiles;
+use dllm::transformer::{self, Workspace};
 
 /// A file under tests/fixtures. Test binaries staged onto another machine (the GPU check) run
 /// from the repository root there, where the build machine's path does not exist.
@@ -86,8 +87,6 @@ pub fn cases(file: &Path, nfe_field: &str) -> Vec<Case> {
                     temperature: 0.0,
                     seed: 0,
                     early_exit: false,
-                    trace: false,
-                    ..DecodeOptions::default()
                 },
                 tokens: ids(&c["tokens"]),
                 nfe: c[nfe_field].as_u64().unwrap() as usize,
@@ -256,9 +255,17 @@ pub fn block_logits<B: Backend>(engine: &Engine<B>, prompts: &[Vec<u32>]) -> Vec
     let mut ws = Workspace::new(be, cfg, batch, canvas_len, 32).unwrap();
     let mut cache = KvCache::new(be, cfg, batch, canvas_len).unwrap();
     let step = Step { batch, canvas: canvas_len, win: Window { start: 0, len: canvas_len } };
-    graph::forward(be, cfg, &engine.weights, &mut ws, &mut cache, &ids, &pad_ids, step, None).unwrap();
-    graph::block_logits(be, cfg, &engine.weights, &mut ws, step, Window { start: p_max, len: 32 }, None)
-        .unwrap();
+    transformer::forward(be, cfg, &engine.weights, &mut ws, &mut cache, &ids, &pad_ids, step, None).unwrap();
+    transformer::block_logits(
+        be,
+        cfg,
+        &engine.weights,
+        &mut ws,
+        step,
+        Window { start: p_max, len: 32 },
+        None,
+    )
+    .unwrap();
     be.to_host(&ws.logits, batch * 32).unwrap()
 }
 

@@ -25,7 +25,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::bf16;
 
-use super::{Backend, DType, GraphUse, Heads, Rule, Sampling, Score, Select, Step, Window};
+use super::{Backend, DType, GraphUse, Heads, Sampling, Score, Select, SelectRule, Step, Window};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
 
@@ -919,11 +919,11 @@ impl Backend for Cuda {
         self.stream.memcpy_htod(&active[..], &mut cands.active).map_err(drv("active"))?;
         self.stream.memcpy_htod(&sel.quota[..batch], &mut cands.quota).map_err(drv("quota"))?;
         let (rule, param) = match sel.rule {
-            Rule::Quota => (DLLM_RULE_QUOTA, 0.0),
-            Rule::Threshold(t) => (DLLM_RULE_THRESHOLD, t),
-            Rule::Factor(f) => (DLLM_RULE_FACTOR, f),
-            Rule::First => (DLLM_RULE_FIRST, 0.0),
-            Rule::CappedThreshold(t) => (DLLM_RULE_CAPPED_THRESHOLD, t),
+            SelectRule::Quota => (DLLM_RULE_QUOTA, 0.0),
+            SelectRule::Threshold(t) => (DLLM_RULE_THRESHOLD, t),
+            SelectRule::Factor(f) => (DLLM_RULE_FACTOR, f),
+            SelectRule::First => (DLLM_RULE_FIRST, 0.0),
+            SelectRule::CappedThreshold(t) => (DLLM_RULE_CAPPED_THRESHOLD, t),
         };
         let p = SelectParams {
             tokens: self.ptr(&cands.tokens),

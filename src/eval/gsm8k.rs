@@ -1,18 +1,11 @@
-//! `dllm eval`: exact-match accuracy on a GSM8K-format JSONL file (`question`, `answer` whose
-//! last line is `#### N`), with the decoding speed beside it. Works on any checkpoint: with
-//! LLaDA-8B-Instruct and the real GSM8K test file it measures what the Fast-dLLM paper's table
-//! measures (spec §7).
+//! GSM8K-format problems (`question`, `answer` whose last line is `#### N`): reading them, the
+//! prompt a problem becomes, and the final number of an answer.
 
 use std::path::Path;
-use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::backend::{Backend, Rule};
-use crate::cache::CacheMode;
-use crate::decode::{DecodeOptions, Engine};
 use crate::error::{Error, Result};
-use crate::model::Tokenizer;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Problem {
@@ -111,73 +104,6 @@ fn normalize(n: &str) -> String {
     s
 }
 
-/// A decoding configuration of the paper's table (spec §7).
-#[derive(Clone, Debug)]
-pub struct Mode {
-    pub name: &'static str,
-    pub cache: CacheMode,
-    pub rule: Rule,
-}
-
-/// The four configurations of the Fast-dLLM table, plus DualCache and the factor rule.
-pub const TABLE_MODES: &[Mode] = &[
-    Mode { name: "baseline (no cache, 1 token/step)", cache: CacheMode::None, rule: Rule::Quota },
-    Mode { name: "+ PrefixCache", cache: CacheMode::Prefix, rule: Rule::Quota },
-    Mode { name: "+ parallel (threshold 0.9)", cache: CacheMode::None, rule: Rule::Threshold(0.9) },
-    Mode {
-        name: "Fast-dLLM (PrefixCache + threshold 0.9)",
-        cache: CacheMode::Prefix,
-        rule: Rule::Threshold(0.9),
-    },
-    Mode { name: "DualCache + threshold 0.9", cache: CacheMode::Dual, rule: Rule::Threshold(0.9) },
-    Mode { name: "DualCache + factor 1.0", cache: CacheMode::Dual, rule: Rule::Factor(1.0) },
-];
-
-/// One sample's outcome.
-#[derive(Clone, Debug)]
-pub struct Sample {
-    pub index: usize,
-    pub target: Option<String>,
-    pub prediction: Option<String>,
-    pub text: String,
-    pub nfe: usize,
-    pub generated: usize,
-    pub strict: usize,
-}
-
-impl Sample {
-    pub fn correct(&self) -> bool {
-        self.prediction.is_some() && self.prediction == self.target
-    }
-}
-
-/// A whole run of one mode.
-#[derive(Clone, Debug)]
-pub struct Report {
-    pub samples: Vec<Sample>,
-    pub wall_s: f64,
-}
-
-impl Report {
-    pub fn accuracy(&self) -> f64 {
-        self.samples.iter().filter(|s| s.correct()).count() as f64 / self.samples.len().max(1) as f64
-    }
-    pub fn nfe(&self) -> f64 {
-        self.samples.iter().map(|s| s.nfe).sum::<usize>() as f64 / self.samples.len().max(1) as f64
-    }
-    pub fn generated(&self) -> usize {
-        self.samples.iter().map(|s| s.generated).sum()
-    }
-    /// Tokens per forward: generated tokens over forwards (spec §1).
-    pub fn tpf(&self) -> f64 {
-        self.generated() as f64 / self.samples.iter().map(|s| s.nfe).sum::<usize>().max(1) as f64
-    }
-    /// Strict tok/s: tokens up to and including the first end token, over the wall time (spec §1).
-    pub fn strict_tok_per_s(&self) -> f64 {
-        self.samples.iter().map(|s| s.strict).sum::<usize>() as f64 / self.wall_s.max(1e-9)
-    }
-}
-
 /// The user message of a problem: the question, after `shots` worked examples if any.
 pub fn user_message(p: &Problem, shots: &[Problem]) -> String {
     if shots.is_empty() {
@@ -188,76 +114,6 @@ pub fn user_message(p: &Problem, shots: &[Problem]) -> String {
         s.push_str(&format!("Question: {}\nAnswer: {}\n\n", e.question.trim(), e.answer.trim()));
     }
     s.push_str(&format!("Question: {}\nAnswer:", p.question.trim()));
-    s
-}
-
-/// How problems become prompts and batches.
-#[derive(Clone, Copy, Debug)]
-pub struct Prompting<'a> {
-    /// Worked examples put before each question.
-    pub shots: &'a [Problem],
-    /// Render with the checkpoint's chat template (else the text as is).
-    pub chat: bool,
-    /// Problems decoded together as one batch.
-    pub batch_size: usize,
-}
-
-/// Decode every problem (in batches) with `opts` and score it.
-pub fn run<B: Backend>(
-    engine: &Engine<B>,
-    tok: &Tokenizer,
-    problems: &[Problem],
-    how: Prompting<'_>,
-    opts: &DecodeOptions,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Report> {
-    let Prompting { shots, chat, batch_size } = how;
-    let t0 = Instant::now();
-    let mut samples = Vec::with_capacity(problems.len());
-    for (c, chunk) in problems.chunks(batch_size.max(1)).enumerate() {
-        let prompts = chunk
-            .iter()
-            .map(|p| {
-                let msg = user_message(p, shots);
-                if chat {
-                    tok.encode_chat(&msg)
-                } else {
-                    tok.encode_prompt(&msg)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let out = engine.generate(&prompts, opts)?;
-        for (i, (p, r)) in chunk.iter().zip(&out.rows).enumerate() {
-            let answer = tok.cut_at_stop(&r.tokens);
-            let text = tok.decode(answer);
-            samples.push(Sample {
-                index: c * batch_size + i,
-                target: extract_answer(&p.answer),
-                prediction: extract_answer(&text),
-                text,
-                nfe: r.nfe,
-                generated: r.tokens.len(),
-                strict: (answer.len() + 1).min(r.tokens.len()),
-            });
-        }
-        progress(samples.len(), problems.len());
-    }
-    Ok(Report { samples, wall_s: t0.elapsed().as_secs_f64() })
-}
-
-/// Every sample as one JSON object per line, for inspection.
-pub fn samples_jsonl(problems: &[Problem], mode: &str, r: &Report) -> String {
-    let mut s = String::new();
-    for x in &r.samples {
-        let p = &problems[x.index];
-        let v = json!({
-            "mode": mode, "index": x.index, "question": p.question, "target": x.target,
-            "prediction": x.prediction, "correct": x.correct(), "output": x.text,
-            "nfe": x.nfe, "generated_tokens": x.generated,
-        });
-        s.push_str(&v.to_string());
-        s.push('\n');
-    }
     s
 }
 

@@ -18,10 +18,14 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use std::sync::Arc;
 
-use super::{Backend, DType, Heads, Rule, Sampling, Score, Select, Step, Window, NON_FINITE};
-use crate::decode::select::{self, Candidate};
+use super::{Backend, DType, Heads, Sampling, Score, Select, SelectRule, Step, Window, NON_FINITE};
+pub mod select;
+
+use super::rng;
+pub use crate::dtype::round_to;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::TensorView;
+use select::Candidate;
 
 pub struct Cpu {
     dtype: DType,
@@ -159,15 +163,6 @@ impl Cpu {
                 s.spawn(move || f(i * per, chunk));
             }
         });
-    }
-}
-
-#[inline]
-pub fn round_to(dtype: DType, x: f32) -> f32 {
-    match dtype {
-        DType::F32 => x,
-        DType::Bf16 => bf16::from_f32(x).to_f32(),
-        DType::F16 => f16::from_f32(x).to_f32(),
     }
 }
 
@@ -572,7 +567,7 @@ impl Backend for Cpu {
                     x as f64
                 } else {
                     x as f64 / sampling.temperature
-                        + select::gumbel(sampling.seeds[b], sampling.counters[b], pos, v as u64)
+                        + rng::gumbel(sampling.seeds[b], sampling.counters[b], pos, v as u64)
                 };
                 if score > best.0 {
                     best = (score, v);
@@ -645,7 +640,7 @@ impl Backend for Cpu {
                 counts[b] = NON_FINITE;
                 continue;
             }
-            if sel.rule == Rule::First {
+            if sel.rule == SelectRule::First {
                 // `row` is in position order: its first entry is the block's first mask.
                 if let Some(c) = row.first() {
                     canvas[b * canvas_len + c.pos] = c.token;
@@ -697,7 +692,7 @@ impl Backend for Cpu {
         let cols = t.cols.max(1);
         self.par_rows(&mut t.data, cols, t.rows * cols * 8, |r0, chunk| {
             for (j, x) in chunk.iter_mut().enumerate() {
-                *x = round_to(dtype, select::synthetic_value(seed, (r0 * cols + j) as u64, offset, scale));
+                *x = round_to(dtype, rng::synthetic_value(seed, (r0 * cols + j) as u64, offset, scale));
             }
         });
         Ok(())
@@ -759,7 +754,9 @@ mod tests {
         for r in [0, 2, 3, 4] {
             assert!(out.conf[r].is_nan(), "row {r}: {}", out.conf[r]);
         }
-        for rule in [Rule::Quota, Rule::Threshold(0.9), Rule::Factor(1.0), Rule::First] {
+        for rule in
+            [SelectRule::Quota, SelectRule::Threshold(0.9), SelectRule::Factor(1.0), SelectRule::First]
+        {
             // every position masked (id 0): NaN candidates, nothing committed
             let mut canvas = vec![0u32; 5];
             let block = Window { start: 0, len: 5 };

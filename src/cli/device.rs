@@ -1,0 +1,75 @@
+//! Where a command runs: `--device` picks a backend, and work generic over the backend runs on
+//! it; the checkpoint (or the embedded one) and the engine's loading line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use dllm::backend::cpu::Cpu;
+#[cfg(feature = "cuda")]
+use dllm::backend::cuda::Cuda;
+use dllm::backend::Backend;
+use dllm::decode::Engine;
+use dllm::dtype::DType;
+use dllm::model::{embedded, ModelFiles};
+use dllm::{Error, Result};
+
+use super::args::{DeviceArg, DeviceArgs};
+
+/// Work that runs on whichever backend `--device` picks.
+pub(crate) trait OnBackend {
+    fn run<B: Backend>(self, backend: B) -> Result<()>;
+}
+
+/// `auto`: CUDA when it works (saying why not otherwise), else the CPU.
+pub(crate) fn dispatch(dev: &DeviceArgs, dtype: DType, work: impl OnBackend) -> Result<()> {
+    if dev.threads == Some(0) {
+        return Err(Error::options("--threads must be at least 1"));
+    }
+    let cpu = || Cpu::new(dtype, dev.threads);
+    match dev.device {
+        DeviceArg::Cpu => work.run(cpu()),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda => work.run(Cuda::new(0, dtype)?),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Auto => match Cuda::new(0, dtype) {
+            Ok(gpu) => work.run(gpu),
+            Err(e) => {
+                eprintln!("CUDA unavailable ({e}); using the CPU");
+                work.run(cpu())
+            }
+        },
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda => Err(Error::Device(
+            "--device cuda: this build of dllm has no CUDA backend (built without the `cuda` feature)".into(),
+        )),
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Auto => work.run(cpu()),
+    }
+}
+
+/// The checkpoint of `--model`, or the embedded one.
+pub(crate) fn open_model(model: &Option<PathBuf>) -> Result<ModelFiles> {
+    match model {
+        Some(dir) => ModelFiles::open(dir),
+        None => ModelFiles::open(&embedded::model_dir()?),
+    }
+}
+
+/// Upload the weights, with a progress line on a terminal.
+pub(crate) fn load_engine<B: Backend>(backend: B, files: &ModelFiles) -> Result<Engine<B>> {
+    eprintln!("device: {}", backend.name());
+    let tty = std::io::stderr().is_terminal();
+    let t0 = std::time::Instant::now();
+    let engine = Engine::load_with_progress(backend, files, &mut |done, all| {
+        if tty {
+            eprint!("\rloading weights: layer {done}/{all}");
+        }
+    })?;
+    let what = if tty { "\r" } else { "" };
+    eprintln!(
+        "{what}loaded weights: {} layers in {:.2} s",
+        files.config.n_layers,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(engine)
+}

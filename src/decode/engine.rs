@@ -1,0 +1,154 @@
+//! The Fast-dLLM block loop (spec §5) over any backend: baseline, PrefixCache and DualCache; the
+//! quota, threshold and factor rules (spec §4); batches whose rows each decode exactly as they
+//! would alone (spec §6). Dream runs the same loop with its own rules (spec §3, [`StepPolicy`]).
+//! A call is: plan the batch ([`BatchPlan`]), allocate once, then for each block run steps until
+//! no row has a mask left in it ([`super::step`]), then read the canvas back.
+
+use std::time::Instant;
+
+use super::batch::{BatchPlan, RowState};
+use super::options::{DecodeOptions, RunOptions};
+use super::output::{DecodeObserver, Output, Quiet, RowStart};
+use super::policy::StepPolicy;
+use super::step::{Buffers, Call};
+use crate::backend::{Backend, DType};
+use crate::error::{Error, Result};
+use crate::model::{Arch, ModelConfig, ModelFiles, SpecialIds};
+use crate::profile::Profiler;
+use crate::transformer::Weights;
+
+/// A model on a backend, ready to decode.
+pub struct Engine<B: Backend> {
+    pub backend: B,
+    pub config: ModelConfig,
+    pub special: SpecialIds,
+    pub weights: Weights<B::Tensor>,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Upload the (already validated) checkpoint's weights to `backend`.
+    pub fn new(backend: B, files: &ModelFiles) -> Result<Self> {
+        Self::load_with_progress(backend, files, &mut |_, _| {})
+    }
+
+    /// An engine over weights made elsewhere (synthetic weights of `dllm bench`).
+    pub fn from_parts(
+        backend: B,
+        config: ModelConfig,
+        special: SpecialIds,
+        weights: Weights<B::Tensor>,
+    ) -> Self {
+        Engine { backend, config, special, weights }
+    }
+
+    /// As [`Engine::new`], reporting `(layers uploaded, layers)` as the weights go to the device.
+    pub fn load_with_progress(
+        backend: B,
+        files: &ModelFiles,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let weights = Weights::load(&backend, &files.checkpoint, &files.config, progress)?;
+        Ok(Engine {
+            backend,
+            config: files.config.clone(),
+            special: files.tokenizer.special.clone(),
+            weights,
+        })
+    }
+
+    /// Decode a batch of prompts (token ids, already templated) with Fast-dLLM.
+    pub fn generate(&self, prompts: &[Vec<u32>], opts: &DecodeOptions) -> Result<Output> {
+        self.generate_with(prompts, opts, RunOptions::default(), &mut Quiet)
+    }
+
+    /// [`Engine::generate`] with run options and an observer of each block and of
+    /// cancellations. Errors with [`Error::NonFinite`] when a row's logits were not finite.
+    pub fn generate_with(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &DecodeOptions,
+        run: RunOptions,
+        observer: &mut dyn DecodeObserver,
+    ) -> Result<Output> {
+        let rows: Vec<RowStart> =
+            prompts.iter().map(|p| RowStart { prompt: p.clone(), ..RowStart::default() }).collect();
+        let out = self.generate_rows(&rows, opts, run, usize::MAX, observer)?;
+        match out.rows.iter().enumerate().find_map(|(i, r)| r.error.as_ref().map(|e| (i, e))) {
+            Some((i, e)) => Err(Error::NonFinite(format!("prompt {i}: {e}"))),
+            None => Ok(out),
+        }
+    }
+
+    /// Decode rows that may already have finished some blocks, at most `max_blocks` more blocks
+    /// each: the continuous batch of `dllm serve` resumes its rows between blocks, adding and
+    /// removing rows at block boundaries. Each row's current block is aligned at one canvas
+    /// column by left padding; a row with fewer blocks left ends before the canvas does (its
+    /// later keys are masked), so every row decodes exactly as it would alone.
+    pub fn generate_rows(
+        &self,
+        starts: &[RowStart],
+        opts: &DecodeOptions,
+        run: RunOptions,
+        max_blocks: usize,
+        observer: &mut dyn DecodeObserver,
+    ) -> Result<Output> {
+        let t0 = Instant::now();
+        let plan = self.plan(starts, opts, max_blocks)?;
+        let be = &self.backend;
+        let bf16_probs = self.config.arch == Arch::Dream && be.dtype() == DType::Bf16;
+        let policy = StepPolicy::new(opts, self.config.arch, plan.window, plan.steps_per_block, bf16_probs);
+        let bufs = Buffers::new(be, &self.config, &plan)?;
+        let rows = starts.iter().map(|r| RowState::new(r, r.seed.unwrap_or(opts.seed))).collect();
+        let mut call = Call {
+            engine: self,
+            opts,
+            run,
+            policy,
+            bufs,
+            rows,
+            bf16_probs,
+            before: plan.canvas.clone(),
+            plan,
+            prof: Profiler::default(),
+            forwards: 0,
+            trace: vec![],
+            forward_ms: vec![],
+        };
+        for k in 0..call.plan.blocks {
+            call.run_block(k, observer)?;
+            if call.rows.iter().all(|r| r.finished) {
+                break;
+            }
+        }
+        call.finish(t0)
+    }
+
+    /// Validate the options and rows and lay the batch out (errors name the problem).
+    fn plan(&self, starts: &[RowStart], opts: &DecodeOptions, max_blocks: usize) -> Result<BatchPlan> {
+        opts.validate_options(&self.config)?;
+        if starts.is_empty() {
+            return Err(Error::options("no prompt given"));
+        }
+        let prompts: Vec<Vec<u32>> = starts.iter().map(|r| r.prompt.clone()).collect();
+        let gens: Vec<usize> = starts.iter().map(|r| r.gen_length.unwrap_or(opts.gen_length)).collect();
+        opts.validate_prompts(&self.config, &prompts, &gens)?;
+        let window = opts.window_len(self.config.arch);
+        let plan = BatchPlan::new(starts, opts, window, &self.special, max_blocks)?;
+        let be = &self.backend;
+        if window > be.max_block_length() {
+            let dream = self.config.arch == Arch::Dream;
+            return Err(Error::options(format!(
+                "{} {window} is above the {} backend's longest block ({}){}",
+                if opts.blockless(self.config.arch) {
+                    "gen_length (Dream's uncached window)"
+                } else {
+                    "block_length"
+                },
+                be.name(),
+                be.max_block_length(),
+                if dream { ": use --cache prefix or dual, or a shorter generation" } else { "" }
+            )));
+        }
+        Ok(plan)
+    }
+}

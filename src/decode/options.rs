@@ -1,0 +1,241 @@
+//! What to decode: the options of a decode call (spec §4, §5), checked before any forward, with
+//! their defaults (the one source of them: the CLI and the server start from
+//! [`DecodeOptions::default`]).
+
+use crate::backend::SelectRule;
+use crate::cache::CacheMode;
+use crate::error::{Error, Result};
+use crate::model::{Arch, ModelConfig};
+
+/// Which masked positions of the current block a step commits (spec §4.4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// A fixed number per step: LLaDA's low-confidence schedule over `steps`; Dream's entropy
+    /// schedule (spec §3).
+    Quota,
+    /// Every candidate with confidence ≥ τ, and always the most confident one.
+    Threshold(f64),
+    /// Fast-dLLM's factor rule, reference quirk included (LLaDA only).
+    Factor(f64),
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Quota => write!(f, "quota"),
+            Rule::Threshold(t) => write!(f, "threshold {t}"),
+            Rule::Factor(x) => write!(f, "factor {x}"),
+        }
+    }
+}
+
+impl From<Rule> for SelectRule {
+    fn from(r: Rule) -> Self {
+        match r {
+            Rule::Quota => SelectRule::Quota,
+            Rule::Threshold(t) => SelectRule::Threshold(t),
+            Rule::Factor(f) => SelectRule::Factor(f),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeOptions {
+    /// G: generated positions, a multiple of `block_length`.
+    pub gen_length: usize,
+    pub block_length: usize,
+    /// Total steps; only the quota rule uses them (steps / blocks per block), but they must
+    /// divide evenly in every mode (spec §4.4).
+    pub steps: usize,
+    pub cache: CacheMode,
+    pub rule: Rule,
+    /// 0 = greedy. Above 0: Gumbel-max sampling with a counter-based RNG keyed by `seed`.
+    pub temperature: f64,
+    pub seed: u64,
+    /// Stop a row once a whole block of it is end-of-sequence tokens (spec §5 EOS). Off by
+    /// default: the reference decodes every block.
+    pub early_exit: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            gen_length: 128,
+            block_length: 32,
+            steps: 128,
+            cache: CacheMode::Dual,
+            rule: Rule::Threshold(0.9),
+            temperature: 0.0,
+            seed: 0,
+            early_exit: false,
+        }
+    }
+}
+
+/// How a decode call runs, apart from what it decodes: instrumentation and execution choices
+/// that never change a token (so never part of a server batch's key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Record what every forward committed (reads the canvas back after each step).
+    pub trace: bool,
+    /// Replay in-block steps from captured CUDA graphs (backends without graphs ignore it).
+    pub cuda_graphs: bool,
+    /// Time every op (marks around each, resolved per step; disables graphs).
+    pub profile: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { trace: false, cuda_graphs: true, profile: false }
+    }
+}
+
+/// A seed nobody chose, for a sampling run that gives none: OS randomness (the keys of std's
+/// hasher) mixed with the clock, 53 bits so that it survives a JSON number in any client. Report
+/// it, so the run can be reproduced.
+pub fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() >> 11
+}
+
+impl DecodeOptions {
+    /// Positions one block window covers: `block_length`, or the whole generation for Dream's
+    /// uncached baseline, which has no blocks (spec §3).
+    pub fn window_len(&self, arch: Arch) -> usize {
+        if self.blockless(arch) {
+            self.gen_length
+        } else {
+            self.block_length
+        }
+    }
+
+    /// Whether `steps` changes anything: the quota rule (LLaDA's schedule, Dream's entropy
+    /// schedule) and Dream's uncached threshold (its per-step budget, spec §3).
+    pub fn uses_steps(&self, arch: Arch) -> bool {
+        self.rule == Rule::Quota || self.blockless(arch)
+    }
+
+    /// Dream's uncached baseline: the whole generation is one window, `block_length` does not
+    /// apply (spec §3).
+    pub fn blockless(&self, arch: Arch) -> bool {
+        arch == Arch::Dream && self.cache == CacheMode::None
+    }
+
+    /// Reject options or prompts that cannot decode, naming the problem (spec §4.4, §5).
+    pub fn validate(&self, cfg: &ModelConfig, prompts: &[Vec<u32>]) -> Result<()> {
+        self.validate_options(cfg)?;
+        if prompts.is_empty() {
+            return Err(Error::options("no prompt given"));
+        }
+        let gens = vec![self.gen_length; prompts.len()];
+        self.validate_prompts(cfg, prompts, &gens)
+    }
+
+    /// The options alone, for `cfg`'s family.
+    pub(crate) fn validate_options(&self, cfg: &ModelConfig) -> Result<()> {
+        let fail = |m: String| Err(Error::options(m));
+        if self.gen_length == 0 {
+            return fail("gen_length must be at least 1".into());
+        }
+        if self.block_length == 0 {
+            return fail("block_length must be at least 1".into());
+        }
+        if self.blockless(cfg.arch) {
+            if self.steps == 0 {
+                return fail("steps must be at least 1".into());
+            }
+        } else {
+            if self.gen_length % self.block_length != 0 {
+                return fail(format!(
+                    "gen_length {} is not a multiple of block_length {}",
+                    self.gen_length, self.block_length
+                ));
+            }
+            let blocks = self.gen_length / self.block_length;
+            if self.steps == 0 || self.steps % blocks != 0 {
+                return fail(format!(
+                    "steps {} is not a positive multiple of the number of blocks {blocks} (gen_length / block_length)",
+                    self.steps
+                ));
+            }
+        }
+        match self.rule {
+            Rule::Threshold(t) if !(t > 0.0 && t <= 1.0) => {
+                return fail(format!("threshold {t} is outside (0, 1]"));
+            }
+            Rule::Factor(f) if !(f > 0.0 && f.is_finite()) => {
+                return fail(format!("factor {f} must be a positive number"));
+            }
+            _ => {}
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return fail(format!("temperature {} must be a finite number ≥ 0", self.temperature));
+        }
+        if cfg.arch == Arch::Dream {
+            self.validate_dream()?;
+        }
+        Ok(())
+    }
+
+    /// Each prompt against the model and its own generation length.
+    pub(crate) fn validate_prompts(
+        &self,
+        cfg: &ModelConfig,
+        prompts: &[Vec<u32>],
+        gens: &[usize],
+    ) -> Result<()> {
+        let fail = |m: String| Err(Error::options(m));
+        for (i, (p, &g)) in prompts.iter().zip(gens).enumerate() {
+            if p.is_empty() {
+                return fail(format!("prompt {i} is empty"));
+            }
+            if p.len() + g > cfg.max_seq_len {
+                return fail(format!(
+                    "prompt {i} ({} tokens) + gen_length {g} = {} exceeds the model's max_sequence_length {}",
+                    p.len(),
+                    p.len() + g,
+                    cfg.max_seq_len
+                ));
+            }
+            if let Some(t) = p.iter().find(|&&t| t as usize >= cfg.n_logits) {
+                return fail(format!(
+                    "prompt {i} holds token id {t}, outside the vocabulary ({})",
+                    cfg.n_logits
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DecodeOptions {
+    /// Dream's own constraints, on top of the common ones (spec §3): the factor rule and sampling
+    /// are LLaDA-only in dllm.
+    fn validate_dream(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::options(m));
+        if let Rule::Factor(_) = self.rule {
+            return fail("the factor rule is not defined for Dream (spec §3): use --threshold or --quota".into());
+        }
+        if self.temperature != 0.0 {
+            return fail("temperature > 0 is not supported for Dream yet: greedy decoding only".into());
+        }
+        if self.cache == CacheMode::None {
+            if matches!(self.rule, Rule::Threshold(_)) && self.gen_length % self.steps != 0 {
+                return fail(format!(
+                    "Dream's uncached threshold mode needs gen_length {} to be a multiple of steps {} (spec §3)",
+                    self.gen_length, self.steps
+                ));
+            }
+        } else if self.rule == Rule::Quota && self.steps / (self.gen_length / self.block_length) < 2 {
+            return fail(format!(
+                "Dream's entropy schedule needs at least 2 steps per block (got {}): with 1 the reference leaves masks behind (spec §3)",
+                self.steps / (self.gen_length / self.block_length)
+            ));
+        }
+        Ok(())
+    }
+}
