@@ -1,8 +1,10 @@
 //! dllm: diffusion LLMs (LLaDA, Dream) with Fast-dLLM decoding, on a CPU reference backend and a
-//! CUDA backend. The modules read in the order the data flows:
-//! config → checkpoint → tokenizer ([`model`]) → the transformer over backend ops ([`graph`],
-//! [`backend`]) → the KV cache policy ([`cache`]) → the decoder ([`decode`]) → what runs it:
-//! [`eval`], [`bench`], [`serve`] and the CLI (main.rs).
+//! CUDA backend. Dependencies point one way, in the order the data flows:
+//! [`error`]/[`dtype`] → [`model`] (config, checkpoint, layout, tokenizer) → [`backend`] (the op
+//! set, the CPU twin, CUDA) → [`cache`] (the KV cache and its windows) and [`profile`] (per-op
+//! times, the cost model) → [`transformer`] (the forward, which writes the cache) → [`decode`]
+//! (options, policy, batch, engine, step) → [`eval`], [`bench`], [`serve`] → the CLI
+//! (`src/cli/`, in the binary).
 //!
 //! `../shared/spec/fast-dllm.md` (copied as `docs/fast-dllm-spec.md`) is the reference semantics;
 //! comments cite its sections as "spec §N".

@@ -58,20 +58,23 @@ fn t(rows: usize, cols: usize, seed: u64, scale: f32) -> CpuTensor {
     CpuTensor::new(rows, cols, rand_bf16(rows * cols, seed, scale))
 }
 
-/// Every op on bf16 inputs of awkward sizes (batch 3, padded rows, GQA): the bf16 backend's
-/// output is within 1e-2 relative error of f32 arithmetic on the same inputs (spec §8), and is
-/// made of bf16 values.
+/// A bf16 backend's output against f32 arithmetic on the same inputs: made of bf16 values, and
+/// within 1e-2 relative error of f32 (spec §8), and rounded (not identical).
+fn check_bf16(what: &str, a: &CpuTensor, b: &CpuTensor, n: usize) {
+    assert!(a.data[..n].iter().all(|&x| half::bf16::from_f32(x).to_f32() == x), "{what}: not bf16");
+    let e = rel_err(&a.data[..n], &b.data[..n]);
+    assert!(e <= 1e-2, "{what}: relative error {e}");
+    assert!(e > 0.0, "{what}: bf16 output identical to f32, rounding missing");
+}
+
+fn bf16_and_f32() -> (Cpu, Cpu) {
+    (Cpu::new(DType::Bf16, Some(2)), Cpu::new(DType::F32, Some(2)))
+}
+
+/// rmsnorm, linear, swiglu and add on bf16 inputs of awkward sizes: within 1e-2 of f32.
 #[test]
-fn every_op_in_bf16_is_within_1e_2_of_f32() {
-    use dllm::backend::{Heads, Sampling, Score, Select, SelectRule};
-    let fb = Cpu::new(DType::Bf16, Some(2));
-    let ff = Cpu::new(DType::F32, Some(2));
-    let check = |what: &str, a: &CpuTensor, b: &CpuTensor, n: usize| {
-        assert!(a.data[..n].iter().all(|&x| half::bf16::from_f32(x).to_f32() == x), "{what}: not bf16");
-        let e = rel_err(&a.data[..n], &b.data[..n]);
-        assert!(e <= 1e-2, "{what}: relative error {e}");
-        assert!(e > 0.0, "{what}: bf16 output identical to f32, rounding missing");
-    };
+fn elementwise_ops_and_linear_in_bf16_are_within_1e_2_of_f32() {
+    let (fb, ff) = bf16_and_f32();
     let (rows, d, n) = (37, 72, 53);
     let x = t(rows, d, 1, 2.0);
     let w = t(1, d, 2, 1.0);
@@ -79,44 +82,47 @@ fn every_op_in_bf16_is_within_1e_2_of_f32() {
     let (mut a, mut b) = (t(rows, d, 0, 0.0), t(rows, d, 0, 0.0));
     fb.rmsnorm(&x, &w, 1e-5, rows, &mut a).unwrap();
     ff.rmsnorm(&x, &w, 1e-5, rows, &mut b).unwrap();
-    check("rmsnorm", &a, &b, rows * d);
+    check_bf16("rmsnorm", &a, &b, rows * d);
     let (mut a, mut b) = (t(rows, n, 0, 0.0), t(rows, n, 0, 0.0));
     fb.linear(&x, &wl, rows, &mut a).unwrap();
     ff.linear(&x, &wl, rows, &mut b).unwrap();
-    check("linear", &a, &b, rows * n);
+    check_bf16("linear", &a, &b, rows * n);
     let gu = t(rows, 2 * n, 4, 3.0);
     let (mut a, mut b) = (t(rows, n, 0, 0.0), t(rows, n, 0, 0.0));
     fb.swiglu(&gu, rows, &mut a).unwrap();
     ff.swiglu(&gu, rows, &mut b).unwrap();
-    check("swiglu", &a, &b, rows * n);
+    check_bf16("swiglu", &a, &b, rows * n);
     let (mut a, mut b) = (x.clone(), x.clone());
     let y = t(rows, d, 5, 0.01);
     fb.add(&mut a, &y, rows).unwrap();
     ff.add(&mut b, &y, rows).unwrap();
-    check("add", &a, &b, rows * d);
+    check_bf16("add", &a, &b, rows * d);
+}
 
-    // RoPE + cache write + attention: batch 3, canvas 23, window [5, 18), pads 0/4/9, GQA 6/2.
+/// Batch 3 on a canvas of 23, window [5, 18): left pads, then row ends (row 1 ends before the
+/// canvas does).
+const PADS: [u32; 6] = [0, 4, 9, 23, 20, 23];
+
+/// RoPE + cache write + attention in bf16 (batch 3, padded rows, GQA 6/2): within 1e-2 of f32.
+#[test]
+fn rope_and_attention_in_bf16_are_within_1e_2_of_f32() {
+    use dllm::backend::Heads;
+    let (fb, ff) = bf16_and_f32();
     let heads = Heads { n_heads: 6, n_kv_heads: 2, head_dim: 12 };
     let (batch, canvas) = (3, 23);
     let step = Step { batch, canvas, win: Window { start: 5, len: 13 } };
-    // left pads, then row ends (row 1 ends before the canvas does)
-    let pads = vec![0u32, 4, 9, 23, 20, 23];
+    let pads = PADS.to_vec();
     let cols = heads.q_dim() + 2 * heads.kv_dim();
-    let cfg_like = |hd: usize| {
-        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / hd as f32)).collect();
-        let mut c = vec![];
-        let mut s = vec![];
-        for p in 0..64 {
-            for _ in 0..2 {
-                for f in &inv {
-                    c.push((p as f32 * f).cos());
-                    s.push((p as f32 * f).sin());
-                }
-            }
+    let hd = heads.head_dim;
+    let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / hd as f32)).collect();
+    let mut angles = vec![];
+    for p in 0..64 {
+        for _half in 0..2 {
+            angles.extend(inv.iter().map(|f| p as f32 * f));
         }
-        (CpuTensor::new(64, hd, c), CpuTensor::new(64, hd, s))
-    };
-    let (cos, sin) = cfg_like(heads.head_dim);
+    }
+    let cos = CpuTensor::new(64, hd, angles.iter().map(|a| a.cos()).collect());
+    let sin = CpuTensor::new(64, hd, angles.iter().map(|a| a.sin()).collect());
     let qkv = t(step.rows(), cols, 6, 2.0);
     let kv0 = t(batch * canvas, heads.kv_dim(), 7, 2.0);
     let vv0 = t(batch * canvas, heads.kv_dim(), 8, 2.0);
@@ -128,12 +134,19 @@ fn every_op_in_bf16_is_within_1e_2_of_f32() {
         be.attention(&q, &k, &v, &pads, step, heads, &mut o).unwrap();
         out.push((q, k, v, o));
     }
-    check("rope q", &out[0].0, &out[1].0, step.rows() * cols);
-    check("rope k into cache", &out[0].1, &out[1].1, batch * canvas * heads.kv_dim());
+    check_bf16("rope q", &out[0].0, &out[1].0, step.rows() * cols);
+    check_bf16("rope k into cache", &out[0].1, &out[1].1, batch * canvas * heads.kv_dim());
     assert_eq!(out[0].2, out[1].2, "v is copied, not computed");
-    check("attention", &out[0].3, &out[1].3, step.rows() * heads.q_dim());
+    check_bf16("attention", &out[0].3, &out[1].3, step.rows() * heads.q_dim());
+}
 
-    // argmax/confidence and select see the same (bf16) logits on both: identical decisions.
+/// argmax/confidence and select see the same (bf16) logits on both: identical decisions.
+#[test]
+fn argmax_and_select_on_bf16_logits_decide_as_f32() {
+    use dllm::backend::{Sampling, Score, Select, SelectRule};
+    let (fb, ff) = bf16_and_f32();
+    let (batch, canvas) = (3, 23);
+    let pads = PADS.to_vec();
     let block = Window { start: 20, len: 3 };
     let logits = t(batch * 3, 300, 9, 8.0);
     let mut cands = [fb.cands(9).unwrap(), ff.cands(9).unwrap()];

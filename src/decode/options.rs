@@ -218,7 +218,9 @@ impl DecodeOptions {
     fn validate_dream(&self) -> Result<()> {
         let fail = |m: String| Err(Error::options(m));
         if let Rule::Factor(_) = self.rule {
-            return fail("the factor rule is not defined for Dream (spec §3): use --threshold or --quota".into());
+            return fail(
+                "the factor rule is not defined for Dream (spec §3): use --threshold or --quota".into(),
+            );
         }
         if self.temperature != 0.0 {
             return fail("temperature > 0 is not supported for Dream yet: greedy decoding only".into());

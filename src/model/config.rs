@@ -151,6 +151,22 @@ impl Fields<'_> {
             Some(v) => Err(self.err(field, format!("expected true or false, got {v}"))),
         }
     }
+    /// The head geometry both families share (spec §2, §3), named by the family's fields
+    /// `[width, heads, kv heads]`: the heads divide the width, the KV heads the heads, and
+    /// head_dim is even (RoPE rotates halves). Returns head_dim.
+    fn check_heads(&self, [width, heads, kv]: [&str; 3], d: usize, n: usize, n_kv: usize) -> Result<usize> {
+        if d % n != 0 {
+            return Err(self.err(heads, format!("{n} does not divide {width} {d}")));
+        }
+        if n_kv > n || n % n_kv != 0 {
+            return Err(self.err(kv, format!("{n_kv} must divide {heads} {n}")));
+        }
+        let head_dim = d / n;
+        if head_dim % 2 != 0 {
+            return Err(self.err(heads, format!("head_dim {head_dim} must be even for RoPE")));
+        }
+        Ok(head_dim)
+    }
     /// A boolean that must be false (an architecture feature we do not implement).
     fn must_be_off(&self, field: &str, why: &str) -> Result<()> {
         if self.flag(field)? {
@@ -233,18 +249,8 @@ impl ModelConfig {
         let n_layers = f.usize("num_hidden_layers")?;
         let n_heads = f.usize("num_attention_heads")?;
         let n_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-        if d_model % n_heads != 0 {
-            return Err(
-                f.err("num_attention_heads", format!("{n_heads} does not divide hidden_size {d_model}"))
-            );
-        }
-        if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
-            return Err(f.err(
-                "num_key_value_heads",
-                format!("{n_kv_heads} must divide num_attention_heads {n_heads}"),
-            ));
-        }
-        let head_dim = d_model / n_heads;
+        let names = ["hidden_size", "num_attention_heads", "num_key_value_heads"];
+        let head_dim = f.check_heads(names, d_model, n_heads, n_kv_heads)?;
         if let Some(h) = f.opt_usize("head_dim")? {
             if h != head_dim {
                 return Err(f.err(
@@ -252,9 +258,6 @@ impl ModelConfig {
                     format!("{h} differs from hidden_size / num_attention_heads = {head_dim}"),
                 ));
             }
-        }
-        if head_dim % 2 != 0 {
-            return Err(f.err("num_attention_heads", format!("head_dim {head_dim} must be even for RoPE")));
         }
         let vocab_size = f.usize("vocab_size")?;
         let cfg = ModelConfig {
@@ -330,16 +333,7 @@ impl ModelConfig {
             None if f.flag("multi_query_attention")? => 1,
             None => n_heads,
         };
-        if d_model % n_heads != 0 {
-            return Err(f.err("n_heads", format!("{n_heads} does not divide d_model {d_model}")));
-        }
-        if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
-            return Err(f.err("n_kv_heads", format!("{n_kv_heads} must divide n_heads {n_heads}")));
-        }
-        let head_dim = d_model / n_heads;
-        if head_dim % 2 != 0 {
-            return Err(f.err("n_heads", format!("head_dim {head_dim} must be even for RoPE")));
-        }
+        let head_dim = f.check_heads(["d_model", "n_heads", "n_kv_heads"], d_model, n_heads, n_kv_heads)?;
         let mlp_hidden = match f.opt_usize("mlp_hidden_size")? {
             Some(n) => n,
             None => d_model * f.usize("mlp_ratio")?,
@@ -407,12 +401,9 @@ mod tests {
     }
 
     fn err_of(patch: &str) -> String {
-        let mut v: Value = serde_json::from_str(LLADA_8B).unwrap();
-        let p: Value = serde_json::from_str(patch).unwrap();
-        for (k, x) in p.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        ModelConfig::parse(Path::new("config.json"), &v.to_string()).unwrap_err().to_string()
+        let e = patched(LLADA_8B, patch);
+        assert_ne!(e, "ok", "{patch} was accepted");
+        e
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod embedded;
 pub mod layout;
 pub mod tokenizer;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use crate::dtype::DType;
 pub use checkpoint::{Checkpoint, TensorView};
@@ -19,7 +19,6 @@ use crate::error::Result;
 /// A Hugging Face checkpoint directory, opened and checked: the config parsed, every tensor's
 /// name, shape and dtype matched against it, the tokenizer and special ids loaded.
 pub struct ModelFiles {
-    pub dir: PathBuf,
     pub config: ModelConfig,
     pub checkpoint: Checkpoint,
     /// The checkpoint's dtype, which is the activation dtype (spec §8).
@@ -36,7 +35,7 @@ impl ModelFiles {
         let dtype = layout::validate(&checkpoint, &config)?;
         let tokenizer = Tokenizer::load(dir, &config)?;
         let max_new_tokens = max_new_tokens(&dir.join("generation_config.json"))?;
-        Ok(ModelFiles { dir: dir.to_path_buf(), config, checkpoint, dtype, tokenizer, max_new_tokens })
+        Ok(ModelFiles { config, checkpoint, dtype, tokenizer, max_new_tokens })
     }
 }
 

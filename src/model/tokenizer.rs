@@ -218,7 +218,89 @@ fn end_of_turn(template: &str, bos: &str, eos: &str, specials: &[(String, u32)])
         .map(|&(_, id)| id)
 }
 
+/// The checkpoint's special-token files, read once: tokenizer_config.json,
+/// generation_config.json, special_tokens_map.json (each may be absent).
+struct TokenFiles {
+    tok_cfg: JsonFile,
+    gen_cfg: JsonFile,
+    tok_map: JsonFile,
+}
+
+impl TokenFiles {
+    fn read(dir: &Path) -> Result<Self> {
+        Ok(TokenFiles {
+            tok_cfg: JsonFile::read(dir, "tokenizer_config.json")?,
+            gen_cfg: JsonFile::read(dir, "generation_config.json")?,
+            tok_map: JsonFile::read(dir, "special_tokens_map.json")?,
+        })
+    }
+
+    /// A special token's text: tokenizer_config.json, then special_tokens_map.json.
+    fn text(&self, field: &str) -> Result<Option<String>> {
+        Ok(self.tok_cfg.token_text(field)?.or(self.tok_map.token_text(field)?))
+    }
+
+    /// The first id generation_config.json gives for `field`.
+    fn gen_id(&self, field: &str) -> Result<Option<u32>> {
+        Ok(self.gen_cfg.ids(field)?.first().copied())
+    }
+}
+
+/// The special ids of a checkpoint, each from the first file that gives it (config.json, then
+/// generation_config.json, then the tokenizer's files and vocabulary); the end tokens from all.
+fn special_ids(
+    dir: &Path,
+    cfg: &ModelConfig,
+    files: &TokenFiles,
+    inner: &tokenizers::Tokenizer,
+) -> Result<SpecialIds> {
+    let named =
+        |field: &str| -> Result<Option<u32>> { Ok(files.text(field)?.and_then(|t| inner.token_to_id(&t))) };
+    let missing = |field: &str, msg: &str| Error::config(&dir.join("config.json"), field, msg);
+    let mask = match cfg.mask_token_id.or(files.gen_id("mask_token_id")?) {
+        Some(id) => Some(id),
+        None => named("mask_token")?,
+    }
+    .or_else(|| inner.token_to_id("<|mdm_mask|>"))
+    .or_else(|| inner.token_to_id("<|mask|>"))
+    .ok_or_else(|| {
+        missing(
+            "mask_token_id",
+            "missing here, in generation_config.json and tokenizer_config.json, and the vocabulary has no <|mdm_mask|> or <|mask|> token",
+        )
+    })?;
+    let gen_eos = files.gen_cfg.ids("eos_token_id")?;
+    let tok_eos = named("eos_token")?;
+    let eos = cfg.eos_token_ids.first().or(gen_eos.first()).copied().or(tok_eos).ok_or_else(|| {
+        missing("eos_token_id", "missing here, in generation_config.json and in tokenizer_config.json")
+    })?;
+    let pad = cfg.pad_token_id.or(files.gen_id("pad_token_id")?).unwrap_or(eos);
+    let bos = named("bos_token")?.or(files.gen_id("bos_token_id")?);
+    let mut stop = vec![eos];
+    stop.extend(cfg.eos_token_ids.iter().chain(&gen_eos).copied().chain(tok_eos));
+    Ok(SpecialIds { mask, eos, pad, bos, stop })
+}
+
+/// The prompt template: the checkpoint's `chat_template` (checked to render), else the built-in
+/// LLaDA one when the vocabulary has its markers; and whether it is the checkpoint's own.
+fn chat_template(files: &TokenFiles, inner: &tokenizers::Tokenizer) -> Result<(Option<String>, bool)> {
+    let path = &files.tok_cfg.path;
+    match chat_template_of(path, &files.tok_cfg.value)? {
+        Some(t) => {
+            render_chat(&t, &[("user", "hi")], "", "", true)
+                .map_err(|e| Error::tokenizer(path, format!("chat_template does not render: {e}")))?;
+            Ok((Some(t), true))
+        }
+        None => {
+            let builtin = LLADA_MARKERS.iter().all(|t| inner.token_to_id(t).is_some());
+            Ok((builtin.then(|| LLADA_CHAT_TEMPLATE.to_string()), false))
+        }
+    }
+}
+
 impl Tokenizer {
+    /// Load a checkpoint directory's tokenizer: `tokenizer.json`, the special ids from every file
+    /// that may carry them, the chat template. Errors name the file and the problem.
     pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
@@ -226,68 +308,20 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| Error::tokenizer(&path, format!("cannot load: {e}")))?;
-        let tok_cfg = JsonFile::read(dir, "tokenizer_config.json")?;
-        let gen_cfg = JsonFile::read(dir, "generation_config.json")?;
-        let tok_map = JsonFile::read(dir, "special_tokens_map.json")?;
-        let lookup = |text: Option<String>| text.and_then(|t| inner.token_to_id(&t));
-        // A special token's id from the tokenizer files: tokenizer_config.json, then
-        // special_tokens_map.json.
-        let named = |field: &str| -> Result<Option<u32>> {
-            Ok(lookup(tok_cfg.token_text(field)?).or(lookup(tok_map.token_text(field)?)))
-        };
-        let gen_eos = gen_cfg.ids("eos_token_id")?;
-        let tok_eos = named("eos_token")?;
-
-        let mask = match cfg.mask_token_id.or(gen_cfg.ids("mask_token_id")?.first().copied()) {
-            Some(id) => Some(id),
-            None => named("mask_token")?,
-        }
-        .or_else(|| inner.token_to_id("<|mdm_mask|>"))
-        .or_else(|| inner.token_to_id("<|mask|>"))
-        .ok_or_else(|| {
-            Error::config(
-                &dir.join("config.json"),
-                "mask_token_id",
-                "missing here, in generation_config.json and tokenizer_config.json, and the vocabulary has no <|mdm_mask|> or <|mask|> token",
-            )
-        })?;
-        let eos = cfg.eos_token_ids.first().or(gen_eos.first()).copied().or(tok_eos).ok_or_else(|| {
-            Error::config(
-                &dir.join("config.json"),
-                "eos_token_id",
-                "missing here, in generation_config.json and in tokenizer_config.json",
-            )
-        })?;
-        let pad = cfg.pad_token_id.or(gen_cfg.ids("pad_token_id")?.first().copied()).unwrap_or(eos);
-        let bos_text = tok_cfg.token_text("bos_token")?.or(tok_map.token_text("bos_token")?);
-        let bos = lookup(bos_text.clone()).or(gen_cfg.ids("bos_token_id")?.first().copied());
-        let vocab = inner.get_vocab_size(true);
-        for (what, id) in [("mask", mask), ("eos", eos), ("pad", pad)] {
+        let files = TokenFiles::read(dir)?;
+        let mut special = special_ids(dir, cfg, &files, &inner)?;
+        for (what, id) in [("mask", special.mask), ("eos", special.eos), ("pad", special.pad)] {
             if id as usize >= cfg.n_logits {
-                return Err(Error::tokenizer(
-                    &path,
-                    format!("{what} id {id} is outside the model's vocabulary ({})", cfg.n_logits),
-                ));
+                let msg = format!("{what} id {id} is outside the model's vocabulary ({})", cfg.n_logits);
+                return Err(Error::tokenizer(&path, msg));
             }
         }
+        let vocab = inner.get_vocab_size(true);
         if vocab > cfg.n_logits {
-            return Err(Error::tokenizer(
-                &path,
-                format!("{vocab} tokens, more than the model's {} logits", cfg.n_logits),
-            ));
+            let msg = format!("{vocab} tokens, more than the model's {} logits", cfg.n_logits);
+            return Err(Error::tokenizer(&path, msg));
         }
-        let builtin = LLADA_MARKERS.iter().all(|t| inner.token_to_id(t).is_some());
-        let own = chat_template_of(&tok_cfg.path, &tok_cfg.value)?;
-        let own_template = own.is_some();
-        let chat_template = match own {
-            Some(t) => {
-                render_chat(&t, &[("user", "hi")], "", "", true).map_err(|e| {
-                    Error::tokenizer(&tok_cfg.path, format!("chat_template does not render: {e}"))
-                })?;
-                Some(t)
-            }
-            None => builtin.then(|| LLADA_CHAT_TEMPLATE.to_string()),
-        };
+        let (chat_template, own_template) = chat_template(&files, &inner)?;
         let mut specials: Vec<(String, u32)> = inner
             .get_added_tokens_decoder()
             .into_iter()
@@ -295,20 +329,18 @@ impl Tokenizer {
             .map(|(id, t)| (t.content, id))
             .collect();
         specials.sort_by_key(|&(_, id)| id);
-        let bos_text = bos.and(bos_text);
-        let eos_text = tok_cfg.token_text("eos_token")?.or(tok_map.token_text("eos_token")?);
+        let bos_text = special.bos.and(files.text("bos_token")?);
+        let eos_text = files.text("eos_token")?;
         let (b, e) = (bos_text.as_deref().unwrap_or(""), eos_text.as_deref().unwrap_or(""));
-        let turn_end = chat_template.as_deref().and_then(|t| end_of_turn(t, b, e, &specials));
-        let mut stop = vec![eos];
-        stop.extend(cfg.eos_token_ids.iter().chain(&gen_eos).copied().chain(tok_eos).chain(turn_end));
-        stop.sort_unstable();
-        stop.dedup();
+        special.stop.extend(chat_template.as_deref().and_then(|t| end_of_turn(t, b, e, &specials)));
+        special.stop.sort_unstable();
+        special.stop.dedup();
         let mut plain = inner.clone();
         plain.set_encode_special_tokens(true);
         Ok(Tokenizer {
             inner,
             plain,
-            special: SpecialIds { mask, eos, pad, bos, stop },
+            special,
             special_added: specials.into_iter().map(|(_, id)| id).collect(),
             bos_text,
             eos_text,
@@ -365,12 +397,13 @@ impl Tokenizer {
     }
 
     /// Whether prompts are rendered with the checkpoint's own template (not the built-in one).
+    /// Test-facing (the Dream tests check that the checkpoint's template is used).
     pub fn has_chat_template(&self) -> bool {
         self.own_template
     }
 
-    /// The built-in LLaDA chat template for one user turn (spec §2), as text (tests compare it
-    /// with the reference's rendering).
+    /// The built-in LLaDA chat template for one user turn (spec §2), as text. Test-facing: the
+    /// official-output tests compare it with the reference's rendering.
     pub fn chat_prompt(&self, content: &str) -> String {
         let bos = self.bos_text.as_deref().unwrap_or("");
         render_chat(LLADA_CHAT_TEMPLATE, &[("user", content)], bos, "", true).unwrap_or_default()
