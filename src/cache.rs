@@ -53,13 +53,17 @@ impl CacheMode {
 }
 
 /// What a forward computes: the whole canvas (a block start, or every step without a cache), a
-/// PrefixCache step over `x[s:]`, or a DualCache step over the block. Displayed as the letter the
-/// reference's outputs use: F, P, D.
+/// PrefixCache step over `x[s:]`, or a DualCache step over the block; with d3LLM's delayed
+/// prefix cache (d3llm spec §6): a cached forward that appends to the cache, a cached forward, a
+/// refresh. Displayed as the letter the references' outputs use: F, P, D; U, C, R.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ForwardKind {
     Full,
     Prefix,
     Dual,
+    Update,
+    Cached,
+    Refresh,
 }
 
 impl ForwardKind {
@@ -69,6 +73,9 @@ impl ForwardKind {
             ForwardKind::Full => "forward: full canvas",
             ForwardKind::Prefix => "forward: prefix step",
             ForwardKind::Dual => "forward: dual step",
+            ForwardKind::Update => "forward: cached, appending",
+            ForwardKind::Cached => "forward: cached",
+            ForwardKind::Refresh => "forward: refresh",
         }
     }
 }
@@ -79,6 +86,9 @@ impl std::fmt::Display for ForwardKind {
             ForwardKind::Full => "F",
             ForwardKind::Prefix => "P",
             ForwardKind::Dual => "D",
+            ForwardKind::Update => "U",
+            ForwardKind::Cached => "C",
+            ForwardKind::Refresh => "R",
         })
     }
 }

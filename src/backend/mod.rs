@@ -82,14 +82,18 @@ pub struct Sampling<'a> {
     pub bf16_probs: bool,
 }
 
-/// The per-candidate score a step ranks by (spec §4.2; Dream's entropy rule, spec §3).
+/// The per-candidate score a step ranks by (spec §4.2; Dream's entropy rule, spec §3; d3LLM's
+/// entropy rule, d3llm spec §3). Every score is "higher is more certain".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Score {
     /// softmax probability of the drawn token.
     Confidence,
-    /// Negative entropy `Σ_v p_v · ln(p_v + 1e-10)` of the position's distribution (higher is
-    /// more certain).
+    /// Dream's negative entropy `Σ_v p_v · ln(p_v + 1e-10)` of the position's distribution
+    /// (in bf16 op by op with `bf16_probs`).
     NegEntropy,
+    /// d3LLM's negative entropy `−H = Σ_v p_v · ln(p_v + 1e-12)` of the float64 softmax, never
+    /// rounded (so `H ≤ t` is `score ≥ −t`).
+    NegEntropyF64,
 }
 
 /// How [`Backend::graph_step`] ran a step.

@@ -151,7 +151,7 @@ fn run_variant<B: Backend>(
         rule: Rule::Quota,
         temperature: 0.0,
         seed: args.seed,
-        early_exit: false,
+        ..DecodeOptions::default()
     };
     engine.generate_with(&prompts, &opts, run, &mut Quiet)?;
     let out = engine.generate_with(&prompts, &opts, run, &mut Quiet)?;

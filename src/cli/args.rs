@@ -286,6 +286,7 @@ impl DecodeArgs {
             // greedy decoding draws no noise: a seed only matters (and is only drawn) when sampling
             seed: self.seed.unwrap_or_else(|| if self.temperature > 0.0 { fresh_seed() } else { 0 }),
             early_exit: self.early_exit,
+            decoder: dllm::decode::Decoder::Blocks,
         }
     }
 

@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use super::batch::{BatchPlan, RowState};
-use super::options::{DecodeOptions, RunOptions};
+use super::multiblock;
+use super::options::{DecodeOptions, Decoder, RunOptions};
 use super::output::{DecodeObserver, Output, Quiet, RowStart};
 use super::policy::StepPolicy;
 use super::step::{Buffers, Call};
@@ -94,6 +95,9 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Output> {
         let t0 = Instant::now();
         let plan = self.plan(starts, opts, max_blocks)?;
+        if let Decoder::MultiBlock(mb) = opts.decoder {
+            return multiblock::generate_rows(self, starts, opts, mb, run);
+        }
         let be = &self.backend;
         let bf16_probs = self.config.arch == Arch::Dream && be.dtype() == DType::Bf16;
         let policy = StepPolicy::new(opts, self.config.arch, plan.window, plan.steps_per_block, bf16_probs);

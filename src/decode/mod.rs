@@ -4,11 +4,12 @@
 
 pub mod batch;
 pub mod engine;
+pub mod multiblock;
 pub mod options;
 pub mod output;
 pub mod policy;
 pub mod step;
 
 pub use engine::Engine;
-pub use options::{fresh_seed, DecodeOptions, Rule, RunOptions};
+pub use options::{fresh_seed, DecodeOptions, Decoder, DelayedCache, MultiBlock, Rule, RunOptions};
 pub use output::{DecodeObserver, ForwardTime, Output, Quiet, RowOutput, RowStart, TraceStep};

@@ -17,6 +17,9 @@ pub enum Rule {
     Threshold(f64),
     /// Fast-dLLM's factor rule, reference quirk included (LLaDA only).
     Factor(f64),
+    /// d3LLM's (and dParallel's) entropy rule (d3llm spec §3): the lowest-entropy candidate
+    /// always, every other one iff its entropy `H ≤ t` (nats; LLaDA only).
+    Entropy(f64),
 }
 
 impl std::fmt::Display for Rule {
@@ -25,6 +28,7 @@ impl std::fmt::Display for Rule {
             Rule::Quota => write!(f, "quota"),
             Rule::Threshold(t) => write!(f, "threshold {t}"),
             Rule::Factor(x) => write!(f, "factor {x}"),
+            Rule::Entropy(t) => write!(f, "entropy {t}"),
         }
     }
 }
@@ -35,6 +39,8 @@ impl From<Rule> for SelectRule {
             Rule::Quota => SelectRule::Quota,
             Rule::Threshold(t) => SelectRule::Threshold(t),
             Rule::Factor(f) => SelectRule::Factor(f),
+            // ranked by −H (Score::NegEntropyF64): H ≤ t is −H ≥ −t
+            Rule::Entropy(t) => SelectRule::Threshold(-t),
         }
     }
 }
@@ -55,6 +61,43 @@ pub struct DecodeOptions {
     /// Stop a row once a whole block of it is end-of-sequence tokens (spec §5 EOS). Off by
     /// default: the reference decodes every block.
     pub early_exit: bool,
+    /// Which blocks a forward decodes: one at a time (Fast-dLLM), or several (d3LLM).
+    pub decoder: Decoder,
+}
+
+/// How the generation's blocks are scheduled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decoder {
+    /// Fast-dLLM's block loop (spec §5): one block at a time, left to right.
+    Blocks,
+    /// d3LLM's multi-block decoding (d3llm spec §5–§7): blocks added and activated by their
+    /// predecessors' progress, candidates over every active block, the entropy rule.
+    MultiBlock(MultiBlock),
+}
+
+/// The knobs of d3LLM's multi-block decoder (d3llm spec §5.2, §6, §7), with its names.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MultiBlock {
+    /// `block_add_threshold`: a block is added when the last one's progress reaches this.
+    pub add: f64,
+    /// `decoded_token_threshold`: a block is fully activated (forced progress) when its
+    /// predecessor's progress reaches this.
+    pub activate: f64,
+    /// The delayed prefix cache (`generate_multi_block_kv_cache`); None: every forward sees the
+    /// whole canvas (`generate_multi_block`).
+    pub cache: Option<DelayedCache>,
+    /// Early stop on this one end-token id (d3llm spec §7); None: off.
+    pub early_stop: Option<u32>,
+}
+
+/// d3LLM's delayed prefix cache (d3llm spec §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelayedCache {
+    /// `cache_delay_iter`: a decoded block enters the cache this many iterations after it is
+    /// first seen complete.
+    pub delay: usize,
+    /// `refresh_interval`: every iteration whose number is a multiple of this is a refresh.
+    pub refresh: usize,
 }
 
 impl Default for DecodeOptions {
@@ -68,6 +111,7 @@ impl Default for DecodeOptions {
             temperature: 0.0,
             seed: 0,
             early_exit: false,
+            decoder: Decoder::Blocks,
         }
     }
 }
@@ -167,6 +211,9 @@ impl DecodeOptions {
             Rule::Threshold(t) if !(t > 0.0 && t <= 1.0) => {
                 return fail(format!("threshold {t} is outside (0, 1]"));
             }
+            Rule::Entropy(t) if !(t >= 0.0 && t.is_finite()) => {
+                return fail(format!("entropy threshold {t} must be a finite number ≥ 0 (nats)"));
+            }
             Rule::Factor(f) if !(f > 0.0 && f.is_finite()) => {
                 return fail(format!("factor {f} must be a positive number"));
             }
@@ -174,6 +221,9 @@ impl DecodeOptions {
         }
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return fail(format!("temperature {} must be a finite number ≥ 0", self.temperature));
+        }
+        if let Decoder::MultiBlock(mb) = self.decoder {
+            self.validate_multi_block(&mb)?;
         }
         if cfg.arch == Arch::Dream {
             self.validate_dream()?;
@@ -213,13 +263,45 @@ impl DecodeOptions {
 }
 
 impl DecodeOptions {
+    /// The multi-block decoder's constraints (d3llm spec §5, §6): its own rule and cache, knobs
+    /// in range, whole blocks (checked with the common options: d3LLM spins forever otherwise).
+    fn validate_multi_block(&self, mb: &MultiBlock) -> Result<()> {
+        let fail = |m: String| Err(Error::options(m));
+        if !matches!(self.rule, Rule::Entropy(_)) {
+            return fail(format!(
+                "multi-block decoding commits by the entropy rule (--entropy), not {}",
+                self.rule
+            ));
+        }
+        if self.cache != CacheMode::None {
+            return fail(
+                "multi-block decoding has its own cache (--cache-delay, --refresh): use --cache none".into(),
+            );
+        }
+        for (name, x) in [("block-add threshold", mb.add), ("activation threshold", mb.activate)] {
+            if !(0.0..=1.0).contains(&x) {
+                return fail(format!("{name} {x} is outside [0, 1]"));
+            }
+        }
+        if mb.cache.is_some_and(|c| c.refresh == 0) {
+            return fail("the refresh interval must be at least 1 forward".into());
+        }
+        Ok(())
+    }
+
     /// Dream's own constraints, on top of the common ones (spec §3): the factor rule and sampling
     /// are LLaDA-only in dllm.
     fn validate_dream(&self) -> Result<()> {
         let fail = |m: String| Err(Error::options(m));
-        if let Rule::Factor(_) = self.rule {
+        if let Rule::Factor(_) | Rule::Entropy(_) = self.rule {
+            return fail(format!(
+                "the {} rule is not defined for Dream (spec §3): use --threshold or --quota",
+                self.rule
+            ));
+        }
+        if self.decoder != Decoder::Blocks {
             return fail(
-                "the factor rule is not defined for Dream (spec §3): use --threshold or --quota".into(),
+                "multi-block decoding is defined for LLaDA checkpoints (d3LLM), not for Dream".into(),
             );
         }
         if self.temperature != 0.0 {

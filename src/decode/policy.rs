@@ -56,7 +56,9 @@ impl StepPolicy {
     /// quota rule, a threshold within the step's budget when uncached.
     pub fn rule(&self, block_start: bool) -> Result<(SelectRule, Score)> {
         if !self.dream {
-            return Ok((self.rule.into(), Score::Confidence));
+            let score =
+                if let Rule::Entropy(_) = self.rule { Score::NegEntropyF64 } else { Score::Confidence };
+            return Ok((self.rule.into(), score));
         }
         Ok(match self.rule {
             _ if block_start && self.cached => (SelectRule::First, Score::Confidence),

@@ -64,6 +64,7 @@ pub fn cases(file: &Path, nfe_field: &str) -> Vec<Case> {
                     temperature: 0.0,
                     seed: 0,
                     early_exit: false,
+                    ..DecodeOptions::default()
                 },
                 tokens: ids(&c["tokens"]),
                 nfe: c[nfe_field].as_u64().unwrap() as usize,

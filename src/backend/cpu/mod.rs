@@ -608,6 +608,7 @@ impl Backend for Cpu {
                     bf16::from_f32(e as f32).to_f64()
                 }
                 Score::NegEntropy => l.iter().map(|&x| prob(x)).map(|p| p * (p + 1e-10).ln()).sum(),
+                Score::NegEntropyF64 => l.iter().map(|&x| prob(x)).map(|p| p * (p + 1e-12).ln()).sum(),
             };
         }
         Ok(())

@@ -894,6 +894,9 @@ impl Backend for Cuda {
             score: match sampling.score {
                 Score::Confidence => DLLM_SCORE_CONFIDENCE,
                 Score::NegEntropy => DLLM_SCORE_NEG_ENTROPY,
+                Score::NegEntropyF64 => {
+                    return Err(Error::Device("d3LLM's entropy score is not in the CUDA kernel yet".into()))
+                }
             },
             bf16_probs: sampling.bf16_probs as u32,
             pad_: 0,
