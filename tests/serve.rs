@@ -656,3 +656,39 @@ fn non_finite_logits_are_a_500_with_an_error_object() {
     let (st, _) = http(srv.port, "GET", "/health", None, &[]);
     assert_eq!(st, 200);
 }
+
+/// d3LLM's decoders over HTTP: a preset and its knobs decode as the library does; knobs without
+/// multi-block decoding, out of range or of the wrong type are refused by name.
+#[test]
+fn d3llm_decoders_over_http() {
+    let srv = Server::start(&[]);
+    let p = srv.port;
+    let ask = |extra: Value| {
+        let mut b = json!({"prompt": "Hello world", "gen_length": 64});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        post(p, "/v1/completions", &b)
+    };
+    for preset in ["d3llm", "d3llm-cache", "dparallel"] {
+        let (st, c) = ask(json!({"preset": preset}));
+        assert_eq!(st, 200, "{preset}: {c}");
+        assert!(c["dllm"]["nfe"].as_u64().unwrap() >= 1);
+    }
+    let (st, c) = ask(json!({"multi_block": true, "entropy": 0.5, "cache_delay": 1, "refresh": 2, "early_stop": true}));
+    assert_eq!(st, 200, "{c}");
+    for (body, param) in [
+        (json!({"block_add": 0.5}), "block_add"),
+        (json!({"preset": "d3llm", "block_add": 1.5}), "block_add"),
+        (json!({"preset": "fast"}), "preset"),
+        (json!({"multi_block": true, "threshold": 0.9}), "entropy"),
+        (json!({"entropy": 0.5, "threshold": 0.9}), "quota"),
+        (json!({"preset": "d3llm", "refresh": 2}), "refresh"),
+        (json!({"preset": "d3llm", "cache": "dual"}), "cache"),
+        (json!({"multi_block": "yes"}), "multi_block"),
+    ] {
+        let (st, e) = ask(body.clone());
+        assert_eq!(st, 400, "{body}: {e}");
+        assert_eq!(e["error"]["param"], param, "{body}: {e}");
+    }
+}

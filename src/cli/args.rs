@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use dllm::cache::CacheMode;
-use dllm::decode::{fresh_seed, DecodeOptions, Rule, RunOptions};
+use dllm::decode::{fresh_seed, DecodeOptions, Decoder, MultiBlockKnobs, Rule, RunOptions};
 use dllm::dtype::DType;
 use dllm::model::ModelFiles;
+use dllm::{Error, Result};
 
 #[derive(Parser)]
 #[command(name = "dllm", version, about = "Diffusion LLMs with Fast-dLLM decoding (LLaDA)")]
@@ -135,21 +136,33 @@ pub(crate) struct DecodeArgs {
     /// steps of its budgeted threshold (gen-length must be a multiple).
     #[arg(long)]
     pub(crate) steps: Option<usize>,
-    /// KV cache: none (baseline), prefix or dual.
-    #[arg(long, value_enum, default_value_t = CacheArg::Dual)]
-    pub(crate) cache: CacheArg,
+    /// KV cache of the block loop: none (baseline), prefix or dual. Default: dual (none with
+    /// multi-block decoding, which has its own delayed cache: --cache-delay).
+    #[arg(long, value_enum)]
+    pub(crate) cache: Option<CacheArg>,
     /// Commit every masked token with confidence ≥ T (and always the most confident one).
     /// The default rule, with T = 0.9. Dream compares its bf16 confidences with bf16(T); with
     /// --cache none it commits at most the step's budget (spec §3).
-    #[arg(long, conflicts_with_all = ["factor", "quota"])]
+    #[arg(long, conflicts_with_all = ["factor", "quota", "entropy"])]
     pub(crate) threshold: Option<f64>,
     /// Commit by the factor rule: the n-th most confident passes if c ≥ 1 − F/(n+1). LLaDA only.
-    #[arg(long, conflicts_with = "quota")]
+    #[arg(long, conflicts_with_all = ["quota", "entropy"])]
     pub(crate) factor: Option<f64>,
     /// Commit a fixed quota per step (LLaDA's low-confidence schedule over --steps). Dream: its
     /// entropy schedule (the most certain positions by negative entropy, Dream's timestep rule).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "entropy")]
     pub(crate) quota: bool,
+    /// d3LLM's entropy rule (d3llm spec §3): the lowest-entropy candidate always, every other
+    /// one with entropy ≤ T nats. LLaDA only. With the block loop it is dParallel's setting.
+    #[arg(long, value_name = "T")]
+    pub(crate) entropy: Option<f64>,
+    /// A published setting: d3llm (multi-block, entropy 0.5, add 0.1, activate 0.95, early
+    /// stop), d3llm-cache (the same with the delayed cache: delay 2, refresh 3), dparallel (the
+    /// block loop with entropy 0.5). The other flags override its parts.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(dllm::decode::PRESETS))]
+    pub(crate) preset: Option<String>,
+    #[command(flatten)]
+    pub(crate) multi: MultiBlockArgs,
     /// Sampling temperature; 0 is greedy (the only choice for Dream so far).
     #[arg(long, default_value_t = DecodeOptions::default().temperature)]
     pub(crate) temperature: f64,
@@ -166,6 +179,50 @@ pub(crate) struct DecodeArgs {
     /// Run every step eagerly instead of replaying captured CUDA graphs.
     #[arg(long)]
     pub(crate) no_graphs: bool,
+}
+
+/// d3LLM's multi-block decoder (d3llm spec §5–§7) and its knobs, under d3LLM's names.
+#[derive(Args)]
+pub(crate) struct MultiBlockArgs {
+    /// Decode several blocks at once (d3LLM's generate_multi_block); needs --entropy.
+    #[arg(long)]
+    pub(crate) multi_block: bool,
+    /// block_add_threshold: a block is added when the last one's progress reaches X (0.1).
+    #[arg(long, value_name = "X")]
+    pub(crate) block_add: Option<f64>,
+    /// decoded_token_threshold: a block is fully activated (forced to progress) when its
+    /// predecessor's progress reaches X (0.95).
+    #[arg(long, value_name = "X")]
+    pub(crate) activate: Option<f64>,
+    /// cache_delay_iter: the delayed prefix cache; a decoded block enters it N iterations after
+    /// it is first seen complete.
+    #[arg(long, value_name = "N")]
+    pub(crate) cache_delay: Option<usize>,
+    /// refresh_interval: every N-th forward rebuilds the cache (default: never).
+    #[arg(long, value_name = "N")]
+    pub(crate) refresh: Option<usize>,
+    /// Stop early at the first end token (the checkpoint's EOS): everything after it becomes
+    /// EOS (d3llm spec §7).
+    #[arg(long)]
+    pub(crate) early_stop: bool,
+    /// Stop early on this token id instead of the EOS.
+    #[arg(long, value_name = "ID")]
+    pub(crate) early_stop_id: Option<u32>,
+}
+
+impl MultiBlockArgs {
+    fn knobs(&self) -> MultiBlockKnobs {
+        MultiBlockKnobs {
+            enable: self.multi_block,
+            add: self.block_add,
+            activate: self.activate,
+            cache_delay: self.cache_delay,
+            refresh: self.refresh,
+            early_stop: self.early_stop.then_some(true),
+            early_stop_id: self.early_stop_id,
+            max_per_forward: None,
+        }
+    }
 }
 
 /// Where to run.
@@ -266,28 +323,40 @@ pub(crate) fn default_gen_length(files: &ModelFiles, block_length: usize) -> usi
 }
 
 impl DecodeArgs {
-    /// The decoding options these flags ask for, every default the library's.
-    pub(crate) fn options(&self, files: &ModelFiles) -> DecodeOptions {
-        let base = DecodeOptions::default();
-        let rule = match (self.threshold, self.factor, self.quota) {
-            (_, _, true) => Rule::Quota,
-            (_, Some(f), _) => Rule::Factor(f),
-            (Some(t), _, _) => Rule::Threshold(t),
-            (None, None, false) => base.rule,
-        };
+    /// The decoding options these flags ask for, every default the library's (or the preset's).
+    pub(crate) fn options(&self, files: &ModelFiles) -> Result<DecodeOptions> {
         let gen_length = self.gen_length.unwrap_or_else(|| default_gen_length(files, self.block_length));
-        DecodeOptions {
+        let mut o = DecodeOptions {
             gen_length,
             block_length: self.block_length,
             steps: self.steps.unwrap_or(gen_length),
-            cache: self.cache.into(),
-            rule,
             temperature: self.temperature,
             // greedy decoding draws no noise: a seed only matters (and is only drawn) when sampling
             seed: self.seed.unwrap_or_else(|| if self.temperature > 0.0 { fresh_seed() } else { 0 }),
             early_exit: self.early_exit,
-            decoder: dllm::decode::Decoder::Blocks,
+            ..DecodeOptions::default()
+        };
+        let eos = files.tokenizer.special.eos;
+        if let Some(p) = &self.preset {
+            o = o.with_preset(p, eos)?;
         }
+        o.rule = match (self.threshold, self.factor, self.quota, self.entropy) {
+            (_, _, true, _) => Rule::Quota,
+            (_, Some(f), _, _) => Rule::Factor(f),
+            (Some(t), _, _, _) => Rule::Threshold(t),
+            (_, _, _, Some(t)) => Rule::Entropy(t),
+            (None, None, false, None) => o.rule,
+        };
+        self.multi
+            .knobs()
+            .apply(&mut o, eos)
+            .map_err(|e| Error::options(format!("--{}", e.replace('_', "-"))))?;
+        o.cache = match self.cache {
+            Some(c) => c.into(),
+            None if o.decoder != Decoder::Blocks => CacheMode::None,
+            None => o.cache,
+        };
+        Ok(o)
     }
 
     /// How to run them (`trace`: record every forward's commits).

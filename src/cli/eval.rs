@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use dllm::backend::Backend;
-use dllm::decode::DecodeOptions;
+use dllm::decode::{DecodeOptions, Decoder};
 use dllm::eval::{self, datasets, Problem};
 use dllm::model::ModelFiles;
 use dllm::{Error, Result};
@@ -26,10 +26,14 @@ impl OnBackend for Job<'_> {
         let (a, opts) = (self.args, &self.opts);
         let engine = load_engine(backend, self.files)?;
         let modes: Vec<(String, DecodeOptions)> = if a.table {
-            let mode = |m: &eval::Mode| DecodeOptions { cache: m.cache, rule: m.rule, ..opts.clone() };
-            eval::TABLE_MODES.iter().map(|m| (m.name.to_string(), mode(m))).collect()
+            let modes = eval::table_modes(engine.special.eos);
+            modes.iter().map(|m| (m.name.to_string(), m.options(opts))).collect()
         } else {
-            vec![(format!("{} cache, {}", opts.cache.name(), opts.rule), opts.clone())]
+            let name = match opts.decoder {
+                Decoder::Blocks => format!("{} cache, {}", opts.cache.name(), opts.rule),
+                d => format!("{d}, {}", opts.rule),
+            };
+            vec![(name, opts.clone())]
         };
         eval::print_header(self.problems.len(), self.shots.len(), opts, a.batch_size, &engine.backend.name());
         let tty = std::io::stderr().is_terminal();
@@ -58,7 +62,7 @@ impl OnBackend for Job<'_> {
 
 pub(crate) fn run(a: EvalArgs) -> Result<()> {
     let files = open_model(&a.model)?;
-    let opts = a.decode.options(&files);
+    let opts = a.decode.options(&files)?;
     let mut problems = match &a.data {
         Some(p) => eval::read_jsonl(p)?,
         None => datasets::test_set()?,

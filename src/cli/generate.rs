@@ -31,7 +31,7 @@ impl OnBackend for Job<'_> {
 
 pub(crate) fn run(a: GenerateArgs) -> Result<()> {
     let files = open_model(&a.model)?;
-    let opts = a.decode.options(&files);
+    let opts = a.decode.options(&files)?;
     if a.decode.steps.is_some() && !opts.uses_steps(files.config.arch) {
         return Err(Error::options(format!(
             "--steps has no effect with the {} rule: steps apply to --quota (and to Dream's --cache none --threshold)",
@@ -134,6 +134,7 @@ fn json_report(
             "gen_length": opts.gen_length, "block_length": opts.block_length,
             "steps": opts.steps, "cache": opts.cache.name(), "rule": opts.rule.to_string(),
             "temperature": opts.temperature, "seed": opts.seed, "early_exit": opts.early_exit,
+            "decoder": opts.decoder.to_string(),
         },
         "trace": trace,
         "forward_ms": out.forward_ms.iter().map(|f| json!({"kind": f.kind.to_string(), "ms": f.ms})).collect::<Vec<_>>(),

@@ -139,7 +139,7 @@ impl<B: Backend> Engine<B> {
         let window = opts.window_len(self.config.arch);
         let plan = BatchPlan::new(starts, opts, window, &self.special, max_blocks)?;
         let be = &self.backend;
-        if window > be.max_block_length() {
+        if window > be.max_block_length() && opts.decoder == Decoder::Blocks {
             let dream = self.config.arch == Arch::Dream;
             return Err(Error::options(format!(
                 "{} {window} is above the {} backend's longest block ({}){}",

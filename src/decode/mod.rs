@@ -11,5 +11,7 @@ pub mod policy;
 pub mod step;
 
 pub use engine::Engine;
-pub use options::{fresh_seed, DecodeOptions, Decoder, DelayedCache, MultiBlock, Rule, RunOptions};
+pub use options::{
+    fresh_seed, DecodeOptions, Decoder, DelayedCache, MultiBlock, MultiBlockKnobs, Rule, RunOptions, PRESETS,
+};
 pub use output::{DecodeObserver, ForwardTime, Output, Quiet, RowOutput, RowStart, TraceStep};

@@ -88,6 +88,26 @@ pub struct MultiBlock {
     pub cache: Option<DelayedCache>,
     /// Early stop on this one end-token id (d3llm spec §7); None: off.
     pub early_stop: Option<u32>,
+    /// Commit at most this many per forward, lowest entropy first (dllm's, not d3LLM's: `dllm
+    /// bench` forces a tokens-per-forward on random weights, whose entropies mean nothing).
+    pub max_per_forward: Option<usize>,
+}
+
+impl std::fmt::Display for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Decoder::MultiBlock(mb) = self else { return f.write_str("block loop") };
+        write!(f, "multi-block (add {}, activate {}", mb.add, mb.activate)?;
+        if let Some(c) = mb.cache {
+            write!(f, ", cache delay {} refresh {}", c.delay, c.refresh)?;
+        }
+        if let Some(id) = mb.early_stop {
+            write!(f, ", early stop on {id}")?;
+        }
+        if let Some(n) = mb.max_per_forward {
+            write!(f, ", at most {n} a forward")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// d3LLM's delayed prefix cache (d3llm spec §6).
@@ -148,9 +168,10 @@ pub fn fresh_seed() -> u64 {
 
 impl DecodeOptions {
     /// Positions one block window covers: `block_length`, or the whole generation for Dream's
-    /// uncached baseline, which has no blocks (spec §3).
+    /// uncached baseline, which has no blocks (spec §3), and for multi-block decoding, whose
+    /// blocks are scheduled inside one call.
     pub fn window_len(&self, arch: Arch) -> usize {
-        if self.blockless(arch) {
+        if self.blockless(arch) || self.decoder != Decoder::Blocks {
             self.gen_length
         } else {
             self.block_length
@@ -283,6 +304,9 @@ impl DecodeOptions {
                 return fail(format!("{name} {x} is outside [0, 1]"));
             }
         }
+        if mb.max_per_forward == Some(0) {
+            return fail("at most 0 commits per forward would never finish".into());
+        }
         if mb.cache.is_some_and(|c| c.refresh == 0) {
             return fail("the refresh interval must be at least 1 forward".into());
         }
@@ -321,5 +345,118 @@ impl DecodeOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// The published decoding settings dllm knows by name (d3llm spec §1.2): `d3llm` (d3LLM's
+/// GSM8K setting: multi-block, entropy 0.5, add at 0.1, activate at 0.95, early stop),
+/// `d3llm-cache` (the same with the delayed prefix cache, delay 2, refresh every 3 forwards) and
+/// `dparallel` (the block loop with the entropy rule at 0.5, no cache).
+pub const PRESETS: &[&str] = &["d3llm", "d3llm-cache", "dparallel"];
+
+impl DecodeOptions {
+    /// `self` with the named preset's rule, cache and decoder (its lengths, steps, temperature
+    /// and seed kept); `eos` is the id d3LLM stops early on (the checkpoint's EOS).
+    pub fn with_preset(&self, name: &str, eos: u32) -> Result<Self> {
+        let multi = |cache| MultiBlock {
+            add: 0.1,
+            activate: 0.95,
+            cache,
+            early_stop: Some(eos),
+            max_per_forward: None,
+        };
+        let decoder = match name {
+            "d3llm" => Decoder::MultiBlock(multi(None)),
+            "d3llm-cache" => Decoder::MultiBlock(multi(Some(DelayedCache { delay: 2, refresh: 3 }))),
+            "dparallel" => Decoder::Blocks,
+            other => {
+                return Err(Error::options(format!(
+                    "unknown preset `{other}` (presets: {})",
+                    PRESETS.join(", ")
+                )))
+            }
+        };
+        Ok(DecodeOptions { rule: Rule::Entropy(0.5), cache: CacheMode::None, decoder, ..self.clone() })
+    }
+}
+
+/// The multi-block decoder's knobs as a user gives them (CLI flags, request fields); None: not
+/// given. One place turns them into a [`Decoder`] for both.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MultiBlockKnobs {
+    /// Decode several blocks at once (else only a multi-block preset does).
+    pub enable: bool,
+    pub add: Option<f64>,
+    pub activate: Option<f64>,
+    pub cache_delay: Option<usize>,
+    pub refresh: Option<usize>,
+    /// Stop early on the checkpoint's EOS.
+    pub early_stop: Option<bool>,
+    /// Stop early on this id instead.
+    pub early_stop_id: Option<u32>,
+    pub max_per_forward: Option<usize>,
+}
+
+/// d3LLM's default refresh interval: never (d3llm spec §1.2).
+pub const NEVER_REFRESH: usize = 10_000;
+
+impl MultiBlockKnobs {
+    /// Apply the knobs to `opts` (whose decoder a preset may already have set); `eos` is the
+    /// checkpoint's end token. Err: a knob given without multi-block decoding, named.
+    pub fn apply(&self, opts: &mut DecodeOptions, eos: u32) -> std::result::Result<(), String> {
+        let base = match opts.decoder {
+            Decoder::MultiBlock(mb) => mb,
+            Decoder::Blocks if self.enable => {
+                MultiBlock { add: 0.1, activate: 0.95, cache: None, early_stop: None, max_per_forward: None }
+            }
+            Decoder::Blocks => {
+                return match self.given() {
+                    Some(knob) => Err(format!(
+                        "{knob} applies to multi-block decoding (enable it, or use a d3llm preset)"
+                    )),
+                    None => Ok(()),
+                }
+            }
+        };
+        let cache = match (self.cache_delay, base.cache) {
+            (Some(delay), c) => Some(DelayedCache {
+                delay,
+                refresh: self.refresh.or(c.map(|c| c.refresh)).unwrap_or(NEVER_REFRESH),
+            }),
+            (None, Some(c)) => Some(DelayedCache { refresh: self.refresh.unwrap_or(c.refresh), ..c }),
+            (None, None) if self.refresh.is_some() => {
+                return Err("refresh applies to the delayed cache (give cache_delay)".into())
+            }
+            (None, None) => None,
+        };
+        let early_stop = match (self.early_stop_id, self.early_stop) {
+            (Some(id), _) => Some(id),
+            (None, Some(true)) => Some(eos),
+            (None, Some(false)) => None,
+            (None, None) => base.early_stop,
+        };
+        opts.decoder = Decoder::MultiBlock(MultiBlock {
+            add: self.add.unwrap_or(base.add),
+            activate: self.activate.unwrap_or(base.activate),
+            cache,
+            early_stop,
+            max_per_forward: self.max_per_forward.or(base.max_per_forward),
+        });
+        Ok(())
+    }
+
+    /// The first knob given, by its name (for errors).
+    fn given(&self) -> Option<&'static str> {
+        [
+            (self.add.is_some(), "block_add"),
+            (self.activate.is_some(), "activate"),
+            (self.cache_delay.is_some(), "cache_delay"),
+            (self.refresh.is_some(), "refresh"),
+            (self.early_stop.is_some() || self.early_stop_id.is_some(), "early_stop"),
+            (self.max_per_forward.is_some(), "max_per_forward"),
+        ]
+        .into_iter()
+        .find(|(given, _)| *given)
+        .map(|(_, name)| name)
     }
 }

@@ -14,31 +14,53 @@ pub use gsm8k::{extract_answer, parse_jsonl, read_jsonl, user_message, Problem};
 
 use crate::backend::Backend;
 use crate::cache::CacheMode;
-use crate::decode::{DecodeOptions, Engine, Rule};
+use crate::decode::{DecodeOptions, Decoder, DelayedCache, Engine, MultiBlock, Rule};
 use crate::error::Result;
 use crate::model::Tokenizer;
 
-/// A decoding configuration of the paper's table (spec §7).
+/// A decoding configuration of the table (spec §7; d3LLM's decoders, d3llm spec §1.2).
 #[derive(Clone, Debug)]
 pub struct Mode {
     pub name: &'static str,
     pub cache: CacheMode,
     pub rule: Rule,
+    pub decoder: Decoder,
 }
 
-/// The four configurations of the Fast-dLLM table, plus DualCache and the factor rule.
-pub const TABLE_MODES: &[Mode] = &[
-    Mode { name: "baseline (no cache, 1 token/step)", cache: CacheMode::None, rule: Rule::Quota },
-    Mode { name: "+ PrefixCache", cache: CacheMode::Prefix, rule: Rule::Quota },
-    Mode { name: "+ parallel (threshold 0.9)", cache: CacheMode::None, rule: Rule::Threshold(0.9) },
-    Mode {
-        name: "Fast-dLLM (PrefixCache + threshold 0.9)",
-        cache: CacheMode::Prefix,
-        rule: Rule::Threshold(0.9),
-    },
-    Mode { name: "DualCache + threshold 0.9", cache: CacheMode::Dual, rule: Rule::Threshold(0.9) },
-    Mode { name: "DualCache + factor 1.0", cache: CacheMode::Dual, rule: Rule::Factor(1.0) },
-];
+impl Mode {
+    /// `base` (lengths, steps, temperature, seed) decoded this way.
+    pub fn options(&self, base: &DecodeOptions) -> DecodeOptions {
+        DecodeOptions { cache: self.cache, rule: self.rule, decoder: self.decoder, ..base.clone() }
+    }
+}
+
+/// The four configurations of the Fast-dLLM table, DualCache and the factor rule, then d3LLM's
+/// decoders at their published settings (early stop on `eos`, the checkpoint's EOS).
+pub fn table_modes(eos: u32) -> Vec<Mode> {
+    let fast = |name, cache, rule| Mode { name, cache, rule, decoder: Decoder::Blocks };
+    let mb = |cache| {
+        Decoder::MultiBlock(MultiBlock {
+            add: 0.1,
+            activate: 0.95,
+            cache,
+            early_stop: Some(eos),
+            max_per_forward: None,
+        })
+    };
+    let d3 =
+        |name, cache| Mode { name, cache: CacheMode::None, rule: Rule::Entropy(0.5), decoder: mb(cache) };
+    vec![
+        fast("baseline (no cache, 1 token/step)", CacheMode::None, Rule::Quota),
+        fast("+ PrefixCache", CacheMode::Prefix, Rule::Quota),
+        fast("+ parallel (threshold 0.9)", CacheMode::None, Rule::Threshold(0.9)),
+        fast("Fast-dLLM (PrefixCache + threshold 0.9)", CacheMode::Prefix, Rule::Threshold(0.9)),
+        fast("DualCache + threshold 0.9", CacheMode::Dual, Rule::Threshold(0.9)),
+        fast("DualCache + factor 1.0", CacheMode::Dual, Rule::Factor(1.0)),
+        fast("dParallel (entropy 0.5, one block at a time)", CacheMode::None, Rule::Entropy(0.5)),
+        d3("d3LLM multi-block (entropy 0.5, early stop)", None),
+        d3("d3LLM multi-block + delayed cache (2, refresh 3)", Some(DelayedCache { delay: 2, refresh: 3 })),
+    ]
+}
 
 /// One sample's outcome.
 #[derive(Clone, Debug)]

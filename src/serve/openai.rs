@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use crate::cache::CacheMode;
-use crate::decode::{fresh_seed, DecodeOptions, Rule};
+use crate::decode::{fresh_seed, DecodeOptions, Decoder, MultiBlockKnobs, Rule};
 use crate::error::Error;
 use crate::model::{ModelConfig, Tokenizer};
 
@@ -108,6 +108,15 @@ const FIELDS: &[&str] = &[
     "threshold",
     "factor",
     "quota",
+    "entropy",
+    "preset",
+    "multi_block",
+    "block_add",
+    "activate",
+    "cache_delay",
+    "refresh",
+    "early_stop",
+    "early_stop_id",
 ];
 
 /// OpenAI fields dllm accepts only at a value that asks for nothing (the value a client sends by
@@ -329,28 +338,9 @@ fn content(v: Option<&Value>, at: &str) -> Parsed<String> {
 /// the cache, the rule (`threshold`, `factor` or `quota`: one of them), `steps` where the rule
 /// uses them, temperature and seed (drawn fresh for sampling when none is given, and reported).
 fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOptions> {
-    let base = DecodeOptions::default();
     let gen_length = uint(body, "gen_length")?.unwrap_or(ctx.gen_length);
-    let rule = match (num(body, "threshold")?, num(body, "factor")?, flag(body, "quota")?) {
-        (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
-            return Err(ApiError::bad("quota", "give one rule: `threshold`, `factor` or `quota`"))
-        }
-        (_, _, true) => Rule::Quota,
-        (_, Some(f), _) => Rule::Factor(f),
-        (Some(t), _, _) => Rule::Threshold(t),
-        (None, None, false) => base.rule,
-    };
-    let cache = match body.get("cache") {
-        None | Some(Value::Null) => base.cache,
-        Some(Value::String(s)) if s == "none" => CacheMode::None,
-        Some(Value::String(s)) if s == "prefix" => CacheMode::Prefix,
-        Some(Value::String(s)) if s == "dual" => CacheMode::Dual,
-        Some(v) => {
-            return Err(ApiError::bad("cache", format!("expected \"none\", \"prefix\" or \"dual\", got {v}")))
-        }
-    };
     let steps = uint(body, "steps")?;
-    let temperature = num(body, "temperature")?.unwrap_or(base.temperature);
+    let temperature = num(body, "temperature")?.unwrap_or(DecodeOptions::default().temperature);
     let seed = match body.get("seed") {
         None | Some(Value::Null) if temperature > 0.0 => fresh_seed(),
         None | Some(Value::Null) => 0, // greedy: no noise is drawn
@@ -358,21 +348,99 @@ fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOpti
             .as_u64()
             .ok_or_else(|| ApiError::bad("seed", format!("expected a non-negative integer, got {v}")))?,
     };
-    let opts = DecodeOptions {
+    let mut opts = DecodeOptions {
         gen_length,
-        block_length: uint(body, "block_length")?.unwrap_or(base.block_length),
+        block_length: uint(body, "block_length")?.unwrap_or(DecodeOptions::default().block_length),
         steps: steps.unwrap_or(gen_length),
-        cache,
-        rule,
         temperature,
         seed,
-        ..base
+        ..DecodeOptions::default()
+    };
+    let eos = ctx.tok.special.eos;
+    if let Some(p) = string(body, "preset")? {
+        opts = opts.with_preset(&p, eos).map_err(|e| ApiError::bad("preset", e))?;
+    }
+    opts.rule = rule(body, opts.rule)?;
+    multi_block_knobs(body)?.apply(&mut opts, eos).map_err(|e| {
+        let knob = e.split_whitespace().next().unwrap_or("multi_block").to_string();
+        ApiError::bad(&knob, e)
+    })?;
+    opts.cache = match body.get("cache") {
+        None | Some(Value::Null) if opts.decoder != Decoder::Blocks => CacheMode::None,
+        None | Some(Value::Null) => opts.cache,
+        Some(Value::String(s)) if s == "none" => CacheMode::None,
+        Some(Value::String(s)) if s == "prefix" => CacheMode::Prefix,
+        Some(Value::String(s)) if s == "dual" => CacheMode::Dual,
+        Some(v) => {
+            return Err(ApiError::bad("cache", format!("expected \"none\", \"prefix\" or \"dual\", got {v}")))
+        }
     };
     if steps.is_some() && !opts.uses_steps(ctx.model.arch) {
         let why = format!("has no effect with the {} rule: steps apply to `quota: true` (and to Dream's uncached threshold)", opts.rule);
         return Err(ApiError::bad("steps", why));
     }
     Ok(opts)
+}
+
+/// The rule: one of `threshold`, `factor`, `quota: true`, `entropy` (else `default`).
+fn rule(body: &Map<String, Value>, default: Rule) -> Parsed<Rule> {
+    let given = [
+        num(body, "threshold")?.map(Rule::Threshold),
+        num(body, "factor")?.map(Rule::Factor),
+        flag(body, "quota")?.then_some(Rule::Quota),
+        num(body, "entropy")?.map(Rule::Entropy),
+    ];
+    let mut given = given.into_iter().flatten();
+    match (given.next(), given.next()) {
+        (Some(_), Some(_)) => {
+            Err(ApiError::bad("quota", "give one rule: `threshold`, `factor`, `quota` or `entropy`"))
+        }
+        (Some(r), None) => Ok(r),
+        (None, _) => Ok(default),
+    }
+}
+
+/// The multi-block decoder's fields, under d3LLM's names (d3llm spec §5–§7).
+fn multi_block_knobs(body: &Map<String, Value>) -> Parsed<MultiBlockKnobs> {
+    let id = match body.get("early_stop_id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| ApiError::bad("early_stop_id", format!("expected a token id, got {v}")))?,
+        ),
+    };
+    let count = |k: &str| -> Parsed<Option<usize>> {
+        match body.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| ApiError::bad(k, format!("expected a count, got {v}"))),
+        }
+    };
+    Ok(MultiBlockKnobs {
+        enable: flag(body, "multi_block")?,
+        add: num(body, "block_add")?,
+        activate: num(body, "activate")?,
+        cache_delay: count("cache_delay")?,
+        refresh: count("refresh")?,
+        early_stop: body
+            .get("early_stop")
+            .filter(|v| !v.is_null())
+            .map(|_| flag(body, "early_stop"))
+            .transpose()?,
+        early_stop_id: id,
+        max_per_forward: None,
+    })
+}
+
+fn string(body: &Map<String, Value>, k: &str) -> Parsed<Option<String>> {
+    match body.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ApiError::bad(k, format!("expected a string, got {v}"))),
+    }
 }
 
 /// The options against the model and the prompt; a prompt that does not fit beside the canvas
@@ -397,8 +465,17 @@ fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], main: &str) -> 
     }
     opts.validate(ctx.model, &[prompt.to_vec()]).map_err(|e| {
         let m = e.to_string();
+        let phrases = [
+            ("block-add threshold", "block_add"),
+            ("activation threshold", "activate"),
+            ("refresh interval", "refresh"),
+            ("entropy threshold", "entropy"),
+            ("entropy rule", "entropy"),
+            ("--cache none", "cache"),
+        ];
         let named = ["gen_length", "block_length", "steps", "threshold", "factor", "temperature"];
-        let param = named.iter().find(|p| m.contains(*p)).copied().unwrap_or(match e {
+        let phrase = phrases.iter().find(|(ph, _)| m.contains(ph)).map(|&(_, p)| p);
+        let param = phrase.or(named.iter().find(|p| m.contains(*p)).copied()).unwrap_or(match e {
             Error::Options(_) => "options",
             _ => main,
         });
