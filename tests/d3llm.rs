@@ -120,10 +120,13 @@ fn bad_multi_block_knobs_are_refused() {
     assert!(err(with(MultiBlock { activate: -0.1, ..mb })).contains("activation threshold -0.1"));
     let no_refresh = MultiBlock { cache: Some(DelayedCache { delay: 2, refresh: 0 }), ..mb };
     assert!(err(with(no_refresh)).contains("refresh interval"));
-    assert!(err(DecodeOptions { gen_length: 100, ..base.clone() }).contains("gen_length 100 is not a multiple of block_length 32"));
+    assert!(err(DecodeOptions { gen_length: 100, ..base.clone() })
+        .contains("gen_length 100 is not a multiple of block_length 32"));
     assert!(err(DecodeOptions { rule: Rule::Threshold(0.9), ..base.clone() }).contains("entropy rule"));
     assert!(err(DecodeOptions { cache: CacheMode::Dual, ..base.clone() }).contains("--cache none"));
-    assert!(err(DecodeOptions { rule: Rule::Entropy(f64::NAN), ..base.clone() }).contains("entropy threshold"));
+    assert!(
+        err(DecodeOptions { rule: Rule::Entropy(f64::NAN), ..base.clone() }).contains("entropy threshold")
+    );
     let (_, dream) = cpu_engine(&fixture("tiny-dream/checkpoint"));
     let e = dream.generate(&[vec![72, 105]], &base).unwrap_err().to_string();
     assert!(e.contains("not defined for Dream"), "{e}");
@@ -144,4 +147,26 @@ fn multi_block_batches_answer_as_alone() {
             assert_eq!(&alone.rows[0], row, "{preset}");
         }
     }
+}
+
+/// `max_per_forward` (how `dllm bench`'s workload S2 fixes its tokens per forward) bounds what
+/// the rule commits; forced progress may add one more.
+#[test]
+fn a_commit_cap_bounds_every_forward() {
+    let (_, engine) = cpu_engine(&fixture("official/checkpoint"));
+    let mb =
+        MultiBlock { add: 0.1, activate: 0.95, cache: None, early_stop: None, max_per_forward: Some(10) };
+    let o = DecodeOptions {
+        gen_length: 96,
+        steps: 96,
+        cache: CacheMode::None,
+        rule: Rule::Entropy(f64::MAX),
+        decoder: Decoder::MultiBlock(mb),
+        ..DecodeOptions::default()
+    };
+    let out = engine.generate(&[vec![72, 105]], &o).unwrap();
+    let commits = &out.rows[0].commits;
+    assert!(commits.iter().all(|&c| (1..=11).contains(&c)), "{commits:?}");
+    assert_eq!(commits.iter().sum::<u32>(), 96);
+    assert!(out.rows[0].nfe >= 9, "{}", out.rows[0].nfe);
 }

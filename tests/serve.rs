@@ -675,7 +675,8 @@ fn d3llm_decoders_over_http() {
         assert_eq!(st, 200, "{preset}: {c}");
         assert!(c["dllm"]["nfe"].as_u64().unwrap() >= 1);
     }
-    let (st, c) = ask(json!({"multi_block": true, "entropy": 0.5, "cache_delay": 1, "refresh": 2, "early_stop": true}));
+    let (st, c) =
+        ask(json!({"multi_block": true, "entropy": 0.5, "cache_delay": 1, "refresh": 2, "early_stop": true}));
     assert_eq!(st, 200, "{c}");
     for (body, param) in [
         (json!({"block_add": 0.5}), "block_add"),

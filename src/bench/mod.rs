@@ -14,6 +14,7 @@
 
 pub mod ceilings;
 pub mod presets;
+pub mod s2;
 
 use std::time::Instant;
 
@@ -55,7 +56,8 @@ pub fn run<B: Backend>(be: B, args: &BenchArgs, big: bool) -> Result<Value> {
     let ceil = measure_ceilings(&be, big)?;
     let dtype = be.dtype();
     let engine = Engine::from_parts(be, cfg.clone(), synthetic_special(&cfg), weights);
-    print_header(args, &cfg, dtype, &engine.backend.name(), &ceil, load_s, work);
+    let s1_runs = args.variants.iter().any(|n| VARIANTS.iter().any(|v| v.name == n));
+    print_header(args, &cfg, dtype, &engine.backend.name(), &ceil, load_s, s1_runs.then_some(work));
     let run = RunOptions { trace: false, cuda_graphs: args.cuda_graphs, profile: args.profile };
     // One quiet run first: one-time costs (module loading, GEMM heuristics) stay out of the table.
     let warm = DecodeOptions {
@@ -69,23 +71,33 @@ pub fn run<B: Backend>(be: B, args: &BenchArgs, big: bool) -> Result<Value> {
     let quiet = RunOptions { profile: false, ..run };
     engine.generate_with(&[synthetic_prompt(work.0, cfg.n_logits, args.seed)], &warm, quiet, &mut Quiet)?;
     let mut results = vec![];
+    let mut s2_names = vec![];
     for name in &args.variants {
-        let Some(v) = VARIANTS.iter().find(|v| v.name == name) else {
-            let all: Vec<&str> = VARIANTS.iter().map(|v| v.name).collect();
+        if let Some(v) = VARIANTS.iter().find(|v| v.name == name) {
+            results.push(run_variant(&engine, args, v, &ceil, work, run)?);
+        } else if let Some(v) = s2::S2_VARIANTS.iter().find(|v| v.0 == name) {
+            s2_names.push(v.0);
+        } else {
+            let all: Vec<&str> =
+                VARIANTS.iter().map(|v| v.name).chain(s2::S2_VARIANTS.iter().map(|v| v.0)).collect();
             return Err(Error::options(format!("unknown variant `{name}` (variants: {})", all.join(", "))));
-        };
-        results.push(run_variant(&engine, args, v, &ceil, work, run)?);
+        }
     }
+    let s2 = if s2_names.is_empty() { vec![] } else { s2::run(&engine, args, &ceil, &s2_names)? };
     if args.profile {
         for r in &results {
             print_profile(r, &ceil);
         }
     }
     print_tuning(&engine.backend);
-    Ok(to_json(args, &cfg, dtype, engine.backend.name(), &ceil, work, &results))
+    let mut json = to_json(args, &cfg, dtype, engine.backend.name(), &ceil, work, &results);
+    if !s2.is_empty() {
+        json["s2"] = Value::Array(s2);
+    }
+    Ok(json)
 }
 
-/// What runs, the measured ceilings, the workload, then the table's columns.
+/// What runs, the measured ceilings, then (when S1 variants run) its workload and columns.
 fn print_header(
     args: &BenchArgs,
     cfg: &ModelConfig,
@@ -93,7 +105,7 @@ fn print_header(
     device: &str,
     ceil: &Ceilings,
     load_s: f64,
-    (p, g, steps): Workload,
+    s1: Option<Workload>,
 ) {
     let (wbytes, _) = forward_cost(cfg, dtype.size(), 1, 0, 0, 0);
     println!(
@@ -119,6 +131,7 @@ fn print_header(
         ceil.gemm_mnk.2,
         load_s
     );
+    let Some((p, g, steps)) = s1 else { return };
     println!(
         "workload S1{}: prompt {p}, gen {g}, block 32, steps {steps} (quota, {:.1} tokens per step), greedy{}",
         if args.workload_scale > 1 { format!("/{}", args.workload_scale) } else { String::new() },

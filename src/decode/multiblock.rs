@@ -397,11 +397,13 @@ impl<'a, B: Backend> Row<'a, B> {
         let h = |p: usize| -scores[p - lo];
         let mut ranked = cands.to_vec();
         ranked.sort_by(|&a, &b| h(a).total_cmp(&h(b)).then(a.cmp(&b)));
+        let cap = self.mb.max_per_forward.unwrap_or(usize::MAX);
         let mut chosen: Vec<usize> = ranked
             .iter()
             .enumerate()
             .filter(|&(i, &p)| i == 0 || h(p) <= self.threshold)
             .map(|(_, &p)| p)
+            .take(cap)
             .collect();
         if let Some(f) = self.blocks.iter().skip(1).find(|b| b.active && b.mask_count > 0) {
             if !chosen.iter().any(|&p| f.holds(p)) {
