@@ -24,8 +24,6 @@
 // exps per row. CPU twin: Cpu::argmax_confidence.
 #include "common.cuh"
 
-#define AM_THREADS 512
-
 #define AM_NONE 0xffffffffu
 
 // (score, id) reduction: the higher score wins, the lower id on equal scores; NaN scores arrive
@@ -59,9 +57,9 @@ __device__ __forceinline__ void for_each_logit(const T* l, unsigned int vocab, F
 
 template <typename T>
 __device__ void argmax_conf(const ArgmaxParams p) {
-    __shared__ double best_s[AM_THREADS / 32];
-    __shared__ unsigned int arg_s[AM_THREADS / 32];
-    __shared__ float max_s[AM_THREADS / 32];
+    __shared__ double best_s[DLLM_ARGMAX_THREADS / 32];
+    __shared__ unsigned int arg_s[DLLM_ARGMAX_THREADS / 32];
+    __shared__ float max_s[DLLM_ARGMAX_THREADS / 32];
     const unsigned int r = blockIdx.x, b = r / p.block_len, i = r % p.block_len;
     const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const T* l = (const T*)p.logits + (size_t)r * p.vocab;
@@ -154,5 +152,5 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(AM_THREADS) argmax_conf_f32(const ArgmaxParams p) { argmax_conf<float>(p); }
-extern "C" __global__ void __launch_bounds__(AM_THREADS) argmax_conf_bf16(const ArgmaxParams p) { argmax_conf<__nv_bfloat16>(p); }
+extern "C" __global__ void __launch_bounds__(DLLM_ARGMAX_THREADS) argmax_conf_f32(const ArgmaxParams p) { argmax_conf<float>(p); }
+extern "C" __global__ void __launch_bounds__(DLLM_ARGMAX_THREADS) argmax_conf_bf16(const ArgmaxParams p) { argmax_conf<__nv_bfloat16>(p); }

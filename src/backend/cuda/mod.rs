@@ -59,22 +59,23 @@ static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dllm.fatbin"));
 /// ptxas's registers / shared memory / spill report of every kernel, from the build.
 pub static PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/ptxas-report.txt"));
 
+// Launch geometry from kernels/params.h (one definition with the kernels), as usize.
 /// Attention keeps the head in shared memory and registers: head_dim ≤ 128 (LLaDA, Dream: 128).
-pub const MAX_HEAD_DIM: usize = 128;
+const MAX_HEAD_DIM: usize = DLLM_ATT_MAX_HEAD_DIM as usize;
 /// Selection ranks a block in one thread block.
-pub const MAX_BLOCK_LENGTH: usize = 1024;
-const ATT_QROWS: usize = 16;
-/// AM_THREADS of kernels/argmax_conf.cu.
-const ARGMAX_THREADS: u32 = 512;
-const ATT_KTILE: usize = 32;
+const MAX_BLOCK_LENGTH: usize = DLLM_MAX_BLOCK_LENGTH as usize;
+const ATT_QROWS: usize = DLLM_ATT_QROWS as usize;
+const ATT_KTILE: usize = DLLM_ATT_KTILE as usize;
 /// Workspace of the split attention's partial records (f32 [splits][rows][heads][hd + 2]).
 const ATT_PARTIAL_BYTES: usize = 16 << 20;
 /// At most this many key splits, each of at least `ATT_MIN_SPLIT_KEYS` keys.
 const ATT_MAX_SPLITS: usize = 16;
 const ATT_MIN_SPLIT_KEYS: usize = 64;
 /// The tensor-core attention (bf16, head_dim 128): 64 query rows a block.
-const ATT_TC_ROWS: usize = 64;
-const ATT_TC_HEAD_DIM: usize = 128;
+const ATT_TC_ROWS: usize = DLLM_ATT_TC_ROWS as usize;
+const ATT_TC_HEAD_DIM: usize = DLLM_ATT_TC_HEAD_DIM as usize;
+// The limits as the error messages of attention and select state them.
+const _: () = assert!(MAX_HEAD_DIM == 128 && MAX_BLOCK_LENGTH == 1024);
 
 fn drv(what: &str) -> impl Fn(DriverError) -> Error + '_ {
     // Format the CUresult itself: Debug on a DriverError would call back into the driver.
@@ -787,8 +788,8 @@ impl Backend for Cuda {
         let smem = (ATT_QROWS * hd + ATT_KTILE * (hd + 1) + ATT_KTILE * hd) * 4;
         let grid = (tiles as u32, heads.n_heads as u32, (step.batch * splits) as u32);
         match tc {
-            Some(f) => self.launch(f, grid, 128, 0, &p)?, // static shared memory
-            None => self.launch(&self.k.attention, grid, 128, smem as u32, &p)?,
+            Some(f) => self.launch(f, grid, DLLM_ATT_THREADS, 0, &p)?, // static shared memory
+            None => self.launch(&self.k.attention, grid, DLLM_ATT_THREADS, smem as u32, &p)?,
         }
         if splits > 1 {
             let grid = (step.rows() as u32, heads.n_heads as u32, 1);
@@ -899,7 +900,7 @@ impl Backend for Cuda {
             pad_: 0,
             temperature: sampling.temperature,
         };
-        self.launch(&self.k.argmax, Self::grid1(rows), ARGMAX_THREADS, 0, &p)
+        self.launch(&self.k.argmax, Self::grid1(rows), DLLM_ARGMAX_THREADS, 0, &p)
     }
 
     fn select(
