@@ -21,7 +21,8 @@
 // Floor: FLOPs 4·B·W·L·H·hd (the softmax's exps besides); bytes: Q and out once, K/V of each row
 // once from HBM (B·L·KV·hd·2·sizeof(T)), re-read from L2 by every query tile and head of a group.
 // In-block LLaDA-8B (W 32, L 768): 0.4 GFLOP and 12.6 MB a layer; block start (W = L = 768):
-// 9.7 GFLOP a layer, compute-bound on these CUDA-core FMAs (tensor cores are the next step).
+// 9.7 GFLOP a layer, compute-bound on these CUDA-core FMAs (attention_tc.cu takes bf16 windows of
+// head_dim 128 to tensor cores).
 // CPU twin: Cpu::attention (two-pass softmax: equal up to f32 rounding and summation order).
 #include "common.cuh"
 
@@ -206,7 +207,9 @@ __device__ void attention(const AttentionParams p) {
 
 // Merge the S partial records of each (row, head): o = Σ_s e^(m_s − M) o_s / Σ_s e^(m_s − M) l_s.
 // Grid (B·W, H), hd threads: one (row, head) a block, so every load of a thread is independent
-// of the others (a first version looped over the heads in 32 blocks: latency-bound, 100+ µs).
+// of the others. One block per row looping over the heads gives an in-block step 32 blocks of
+// dependent loads, latency-bound: attention + combine ≈ 126 µs a call against ≈ 48 µs with this
+// grid (eager profile; docs/perf.md, runs 2 and 3).
 // Bytes: S·(hd + 2)·4 read and hd·sizeof(T) written per (row, head).
 template <typename T>
 __device__ void attention_combine(const AttentionParams p) {

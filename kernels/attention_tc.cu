@@ -1,9 +1,9 @@
 // attention_tc: the same op as attention.cu (spec §2, §6: bidirectional, scale 1/sqrt(hd), GQA,
 // keys outside [pads[b], pads[B + b]) masked), on tensor cores, for bf16 activations with
-// head_dim 128 (LLaDA, Dream): block starts and uncached forwards, where the CUDA-core kernel was
-// compute-bound (0.73 ms a call at W = L = 768 on an H100, 13 TFLOP/s; run 2), and in-block steps
-// (W = 32: half a block of rows, the keys split over ~12 blocks; 51 µs a call on CUDA cores under
-// Nsight Compute, run 5).
+// head_dim 128 (LLaDA, Dream): block starts and uncached forwards, where the CUDA-core kernel is
+// compute-bound (0.73 ms a call at W = L = 768 on an H100, 13 TFLOP/s; 57 µs here), and in-block
+// steps (W = 32: half a block of rows, the keys split over several blocks; under Nsight Compute
+// 51.5 µs a call on CUDA cores, 15.1 µs here) (docs/perf.md, runs 2, 3, 5 and 6).
 //
 //   S = Q·Kᵀ·scale (f32 accumulators), online softmax per row (f32), O += bf16(P)·V (f32).
 //

@@ -1,5 +1,6 @@
-/* Kernel parameter structs: the one definition shared by the CUDA kernels (nvcc) and the Rust
- * launches (bindgen turns this header into src/backend/cuda/params.rs at build time).
+/* Kernel parameter structs and launch geometry: the one definition shared by the CUDA kernels
+ * (nvcc) and the Rust launches (bindgen turns this header into $OUT_DIR/params.rs at build time,
+ * the `params` module of src/backend/cuda; every DLLM_* define becomes a Rust constant).
  * Every kernel takes one of these by value. Device pointers are plain 64-bit addresses.
  * Layout conventions are those of src/backend/mod.rs: activations [batch x window, cols]
  * row-major, KV cache [batch x canvas, kv_dim], batch row b left-padded by pads[b] tokens. */

@@ -14,7 +14,7 @@
 // for that row and reports DLLM_NONFINITE as its count.
 // Layout: tokens/conf [B·BL] (from argmax_conf), canvas [B, L] u32, active/quota/counts [B].
 // One block per batch row, one thread per block position (BL ≤ 1024); O(BL²) ranking in shared
-// memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / decode::select.
+// memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / backend::cpu::select.
 #include "common.cuh"
 
 // f64::total_cmp as a signed integer key
