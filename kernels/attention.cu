@@ -16,7 +16,7 @@
 // the current tile is computed. An in-block step has few query tiles (W = 32: 2 per head), so
 // the keys are split over S blocks (flash-decoding): each writes its unnormalised partial
 // (o, m, l) to a workspace and attention_combine merges them; S = 1 writes the output directly.
-// The host picks S (src/backend/cuda: attention_splits) to fill the GPU.
+// The host picks S (src/backend/cuda/attention.rs: attention_splits) to fill the GPU.
 //
 // Floor: FLOPs 4·B·W·L·H·hd (the softmax's exps besides); bytes: Q and out once, K/V of each row
 // once from HBM (B·L·KV·hd·2·sizeof(T)), re-read from L2 by every query tile and head of a group.
