@@ -16,15 +16,13 @@
 // entropy rounds p + 1e-10, its log and the product to bf16 too (torch's op-by-op bf16 outputs).
 // The mask token is never drawn (docs/spec-notes.md). Logits are in the activation dtype (bf16
 // logits for a bf16 model, spec §4.1).
-// Layout: logits [B·BL, vocab]; tokens u32, conf f64 [B·BL]. One block of 512 threads per row,
-// loops unrolled so that each thread has several loads in flight: an in-block step has only 32
-// rows (blocks), and 256 threads with one 2-byte load at a time took 330 µs a call on an H100
-// (run 2); 16-byte loads (for_each_logit) since run 4.
+// Layout: logits [B·BL, vocab]; tokens u32, conf f64 [B·BL]. One block of DLLM_ARGMAX_THREADS
+// (512) threads per row, 16-byte loads (for_each_logit) in unrolled loops so that each thread has
+// several loads in flight: an in-block step has only 32 rows (blocks), and 256 threads with one
+// 2-byte load at a time take 330 µs a call on an H100 (docs/perf.md, run 2).
 // Floor: 2 passes over B·BL·vocab·sizeof(T) bytes (the second mostly from L1/L2); ~vocab f64
 // exps per row. CPU twin: Cpu::argmax_confidence.
 #include "common.cuh"
-
-#define AM_THREADS 512
 
 #define AM_NONE 0xffffffffu
 
@@ -40,8 +38,9 @@ __device__ __forceinline__ void better(double& s, unsigned int& a, double s2, un
 
 // Visit every logit of a row once as f(v, x), the block's threads striding over it: 16-byte loads
 // (8 bf16 / 4 f32 values, several in flight a thread) when the row starts 16-byte aligned, the
-// rest of the row (or an unaligned row) one element at a time. 2-byte loads alone left an
-// in-block step's 32 rows latency-bound: 160 µs a call at 512 threads on an H100 (run 3).
+// rest of the row (or an unaligned row) one element at a time. 2-byte loads alone leave an
+// in-block step's 32 rows latency-bound: 160 µs a call at 512 threads on an H100, 75 µs with these
+// (eager profile; docs/perf.md, runs 3 and 4).
 template <typename T, typename F>
 __device__ __forceinline__ void for_each_logit(const T* l, unsigned int vocab, F f) {
     constexpr unsigned int N = 16 / sizeof(T);
@@ -59,9 +58,9 @@ __device__ __forceinline__ void for_each_logit(const T* l, unsigned int vocab, F
 
 template <typename T>
 __device__ void argmax_conf(const ArgmaxParams p) {
-    __shared__ double best_s[AM_THREADS / 32];
-    __shared__ unsigned int arg_s[AM_THREADS / 32];
-    __shared__ float max_s[AM_THREADS / 32];
+    __shared__ double best_s[DLLM_ARGMAX_THREADS / 32];
+    __shared__ unsigned int arg_s[DLLM_ARGMAX_THREADS / 32];
+    __shared__ float max_s[DLLM_ARGMAX_THREADS / 32];
     const unsigned int r = blockIdx.x, b = r / p.block_len, i = r % p.block_len;
     const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const T* l = (const T*)p.logits + (size_t)r * p.vocab;
@@ -154,5 +153,5 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(AM_THREADS) argmax_conf_f32(const ArgmaxParams p) { argmax_conf<float>(p); }
-extern "C" __global__ void __launch_bounds__(AM_THREADS) argmax_conf_bf16(const ArgmaxParams p) { argmax_conf<__nv_bfloat16>(p); }
+extern "C" __global__ void __launch_bounds__(DLLM_ARGMAX_THREADS) argmax_conf_f32(const ArgmaxParams p) { argmax_conf<float>(p); }
+extern "C" __global__ void __launch_bounds__(DLLM_ARGMAX_THREADS) argmax_conf_bf16(const ArgmaxParams p) { argmax_conf<__nv_bfloat16>(p); }

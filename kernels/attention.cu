@@ -16,28 +16,28 @@
 // the current tile is computed. An in-block step has few query tiles (W = 32: 2 per head), so
 // the keys are split over S blocks (flash-decoding): each writes its unnormalised partial
 // (o, m, l) to a workspace and attention_combine merges them; S = 1 writes the output directly.
-// The host picks S (src/backend/cuda: attention_splits) to fill the GPU.
+// The host picks S (src/backend/cuda/attention.rs: attention_splits) to fill the GPU.
 //
 // Floor: FLOPs 4·B·W·L·H·hd (the softmax's exps besides); bytes: Q and out once, K/V of each row
 // once from HBM (B·L·KV·hd·2·sizeof(T)), re-read from L2 by every query tile and head of a group.
 // In-block LLaDA-8B (W 32, L 768): 0.4 GFLOP and 12.6 MB a layer; block start (W = L = 768):
-// 9.7 GFLOP a layer, compute-bound on these CUDA-core FMAs (tensor cores are the next step).
+// 9.7 GFLOP a layer, compute-bound on these CUDA-core FMAs (attention_tc.cu takes bf16 windows of
+// head_dim 128 to tensor cores).
 // CPU twin: Cpu::attention (two-pass softmax: equal up to f32 rounding and summation order).
 #include "common.cuh"
 
+// Block shape: DLLM_ATT_THREADS, DLLM_ATT_QROWS, DLLM_ATT_KTILE, DLLM_ATT_MAX_HEAD_DIM (params.h).
 #define ATT_ROWS_PER_WARP 4
-#define ATT_WARPS 4
-#define ATT_THREADS (ATT_WARPS * 32)
-#define ATT_QROWS (ATT_ROWS_PER_WARP * ATT_WARPS)
-#define ATT_KTILE 32
-#define ATT_MAX_HD 128
-#define ATT_DPL (ATT_MAX_HD / 32)
+#define ATT_WARPS (DLLM_ATT_THREADS / 32)
+#define ATT_DPL (DLLM_ATT_MAX_HEAD_DIM / 32)
+static_assert(ATT_ROWS_PER_WARP * ATT_WARPS == DLLM_ATT_QROWS, "a warp owns 4 of a block's query rows");
 
 // 16 bytes of K or V: 8 bf16 or 4 f32 values of one key row.
 template <typename T> struct Chunk { static constexpr int N = 16 / sizeof(T); };
 // At most this many 16-byte chunks of K (and as many of V) per thread per tile.
 template <typename T> struct TileLoad {
-    static constexpr int PER_THREAD = ATT_KTILE * (ATT_MAX_HD / Chunk<T>::N) / ATT_THREADS;
+    static constexpr int PER_THREAD =
+        DLLM_ATT_KTILE * (DLLM_ATT_MAX_HEAD_DIM / Chunk<T>::N) / DLLM_ATT_THREADS;
 };
 
 template <typename T>
@@ -45,12 +45,12 @@ __device__ void attention(const AttentionParams p) {
     extern __shared__ __align__(16) float smem[];
     constexpr int N = Chunk<T>::N, PER = TileLoad<T>::PER_THREAD;
     const unsigned int hd = p.head_dim, kstride = hd + 1;
-    float* q_s = smem;                       // [hd][QROWS]: the 4 rows of a warp are one float4
-    float* k_s = q_s + ATT_QROWS * hd;       // [KTILE][hd + 1]
-    float* v_s = k_s + ATT_KTILE * kstride;  // [KTILE][hd]
+    float* q_s = smem;                            // [hd][QROWS]: the 4 rows of a warp are one float4
+    float* k_s = q_s + DLLM_ATT_QROWS * hd;       // [KTILE][hd + 1]
+    float* v_s = k_s + DLLM_ATT_KTILE * kstride;  // [KTILE][hd]
     const unsigned int B = p.step.batch, S = p.splits;
     const unsigned int b = blockIdx.z % B, split = blockIdx.z / B;
-    const unsigned int h = blockIdx.y, t0 = blockIdx.x * ATT_QROWS;
+    const unsigned int h = blockIdx.y, t0 = blockIdx.x * DLLM_ATT_QROWS;
     const unsigned int W = p.step.win_len, L = p.step.canvas_len;
     const unsigned int qd = p.n_heads * hd, kvd = p.n_kv_heads * hd, cols = qd + 2 * kvd;
     const unsigned int kvh = h / (p.n_heads / p.n_kv_heads);
@@ -60,13 +60,13 @@ __device__ void attention(const AttentionParams p) {
     // this block's keys: split `split` of the row's [first, end), in whole tiles
     const unsigned int n_keys = end > first ? end - first : 0;
     const unsigned int per = (n_keys + S - 1) / S;
-    const unsigned int span = (per + ATT_KTILE - 1) / ATT_KTILE * ATT_KTILE;
+    const unsigned int span = (per + DLLM_ATT_KTILE - 1) / DLLM_ATT_KTILE * DLLM_ATT_KTILE;
     const unsigned int kbeg = min(end, first + split * span), kend = min(end, kbeg + span);
 
     const T* qkv = (const T*)p.qkv;
-    for (unsigned int e = threadIdx.x; e < ATT_QROWS * hd; e += blockDim.x) {
+    for (unsigned int e = threadIdx.x; e < DLLM_ATT_QROWS * hd; e += blockDim.x) {
         const unsigned int i = e / hd, d = e % hd, t = t0 + i;
-        q_s[d * ATT_QROWS + i] = t < W ? to_f(qkv[((size_t)b * W + t) * cols + h * hd + d]) : 0.0f;
+        q_s[d * DLLM_ATT_QROWS + i] = t < W ? to_f(qkv[((size_t)b * W + t) * cols + h * hd + d]) : 0.0f;
     }
     float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], o[ATT_ROWS_PER_WARP][ATT_DPL];
 #pragma unroll
@@ -82,12 +82,12 @@ __device__ void attention(const AttentionParams p) {
     // 16-byte chunks when every key row starts 16-byte aligned (hd a multiple of N; the caches
     // come from cudaMalloc), else scalar loads straight into shared memory.
     const bool vec = hd % N == 0 && ((size_t)p.k_cache | (size_t)p.v_cache) % 16 == 0;
-    const unsigned int cpr = hd / N, chunks = ATT_KTILE * cpr;
+    const unsigned int cpr = hd / N, chunks = DLLM_ATT_KTILE * cpr;
     uint4 kr[PER], vr[PER];
     auto prefetch = [&](unsigned int k0) {
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
-            const unsigned int c = threadIdx.x + i * ATT_THREADS, j = c / cpr, key = k0 + j;
+            const unsigned int c = threadIdx.x + i * DLLM_ATT_THREADS, j = c / cpr, key = k0 + j;
             kr[i] = vr[i] = make_uint4(0u, 0u, 0u, 0u);
             if (c < chunks && key < kend) {
                 const size_t off = (size_t)key * kvd + (c % cpr) * N;
@@ -99,7 +99,7 @@ __device__ void attention(const AttentionParams p) {
     auto commit = [&]() {
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
-            const unsigned int c = threadIdx.x + i * ATT_THREADS;
+            const unsigned int c = threadIdx.x + i * DLLM_ATT_THREADS;
             if (c < chunks) {
                 const unsigned int j = c / cpr, d0 = (c % cpr) * N;
                 float kf[N], vf[N];
@@ -114,7 +114,7 @@ __device__ void attention(const AttentionParams p) {
         }
     };
     auto direct = [&](unsigned int k0) {
-        for (unsigned int e = threadIdx.x; e < ATT_KTILE * hd; e += blockDim.x) {
+        for (unsigned int e = threadIdx.x; e < DLLM_ATT_KTILE * hd; e += blockDim.x) {
             const unsigned int j = e / hd, d = e % hd, key = k0 + j;
             const bool in = key < kend;
             k_s[j * kstride + d] = in ? to_f(K[(size_t)key * kvd + d]) : 0.0f;
@@ -123,11 +123,11 @@ __device__ void attention(const AttentionParams p) {
     };
 
     if (vec && kbeg < kend) prefetch(kbeg);
-    for (unsigned int k0 = kbeg; k0 < kend; k0 += ATT_KTILE) {
+    for (unsigned int k0 = kbeg; k0 < kend; k0 += DLLM_ATT_KTILE) {
         __syncthreads();  // the previous tile is consumed (and q_s is complete on the first pass)
         if (vec) {
             commit();
-            if (k0 + ATT_KTILE < kend) prefetch(k0 + ATT_KTILE);  // in flight during the math
+            if (k0 + DLLM_ATT_KTILE < kend) prefetch(k0 + DLLM_ATT_KTILE);  // in flight during the math
         } else {
             direct(k0);
         }
@@ -139,7 +139,7 @@ __device__ void attention(const AttentionParams p) {
         const float* qw = q_s + warp * ATT_ROWS_PER_WARP;
 #pragma unroll 4
         for (unsigned int d = 0; d < hd; ++d) {
-            const float4 q4 = *(const float4*)(qw + d * ATT_QROWS);
+            const float4 q4 = *(const float4*)(qw + d * DLLM_ATT_QROWS);
             const float kk = kl[d];
             s[0] = fmaf(q4.x, kk, s[0]);
             s[1] = fmaf(q4.y, kk, s[1]);
@@ -159,7 +159,7 @@ __device__ void attention(const AttentionParams p) {
             m[rr] = mn;
         }
         // o += p · V: lane = output dimension (d = lane + 32c)
-        const unsigned int jn = min((unsigned int)ATT_KTILE, kend - k0);
+        const unsigned int jn = min((unsigned int)DLLM_ATT_KTILE, kend - k0);
         for (unsigned int j = 0; j < jn; ++j) {
             float w[ATT_ROWS_PER_WARP];
 #pragma unroll
@@ -207,7 +207,9 @@ __device__ void attention(const AttentionParams p) {
 
 // Merge the S partial records of each (row, head): o = Σ_s e^(m_s − M) o_s / Σ_s e^(m_s − M) l_s.
 // Grid (B·W, H), hd threads: one (row, head) a block, so every load of a thread is independent
-// of the others (a first version looped over the heads in 32 blocks: latency-bound, 100+ µs).
+// of the others. One block per row looping over the heads gives an in-block step 32 blocks of
+// dependent loads, latency-bound: attention + combine ≈ 126 µs a call against ≈ 48 µs with this
+// grid (eager profile; docs/perf.md, runs 2 and 3).
 // Bytes: S·(hd + 2)·4 read and hd·sizeof(T) written per (row, head).
 template <typename T>
 __device__ void attention_combine(const AttentionParams p) {
@@ -231,6 +233,6 @@ __device__ void attention_combine(const AttentionParams p) {
     ((T*)p.out)[r * H * hd + h * hd + d] = from_f<T>(l > 0.0f ? o / l : 0.0f);
 }
 
-extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_f32(const AttentionParams p) { attention<float>(p); }
-extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_bf16(const AttentionParams p) { attention<__nv_bfloat16>(p); }
+extern "C" __global__ void __launch_bounds__(DLLM_ATT_THREADS) attention_f32(const AttentionParams p) { attention<float>(p); }
+extern "C" __global__ void __launch_bounds__(DLLM_ATT_THREADS) attention_bf16(const AttentionParams p) { attention<__nv_bfloat16>(p); }
 DLLM_KERNEL_PAIR(attention_combine, AttentionParams, attention_combine)

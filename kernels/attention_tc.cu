@@ -1,9 +1,9 @@
 // attention_tc: the same op as attention.cu (spec §2, §6: bidirectional, scale 1/sqrt(hd), GQA,
 // keys outside [pads[b], pads[B + b]) masked), on tensor cores, for bf16 activations with
-// head_dim 128 (LLaDA, Dream): block starts and uncached forwards, where the CUDA-core kernel was
-// compute-bound (0.73 ms a call at W = L = 768 on an H100, 13 TFLOP/s; run 2), and in-block steps
-// (W = 32: half a block of rows, the keys split over ~12 blocks; 51 µs a call on CUDA cores under
-// Nsight Compute, run 5).
+// head_dim 128 (LLaDA, Dream): block starts and uncached forwards, where the CUDA-core kernel is
+// compute-bound (0.73 ms a call at W = L = 768 on an H100, 13 TFLOP/s; 57 µs here), and in-block
+// steps (W = 32: half a block of rows, the keys split over several blocks; under Nsight Compute
+// 51.5 µs a call on CUDA cores, 15.1 µs here) (docs/perf.md, runs 2, 3, 5 and 6).
 //
 //   S = Q·Kᵀ·scale (f32 accumulators), online softmax per row (f32), O += bf16(P)·V (f32).
 //
@@ -19,10 +19,12 @@
 // CPU twin: Cpu::attention. Test: tests/gpu.rs attention_splits_and_head_dims_match_the_cpu.
 #include "common.cuh"
 
-#define TC_HD 128
-#define TC_KT 32
-#define TC_ROWS 64
-#define TC_STRIDE (TC_HD + 8)
+// Block shape: DLLM_ATT_THREADS, DLLM_ATT_KTILE, DLLM_ATT_TC_ROWS, DLLM_ATT_TC_HEAD_DIM (params.h).
+#define TC_STRIDE (DLLM_ATT_TC_HEAD_DIM + 8)
+static_assert(DLLM_ATT_THREADS == 128 && DLLM_ATT_KTILE == 32 && DLLM_ATT_TC_ROWS == 64 &&
+                  DLLM_ATT_TC_HEAD_DIM == 128,
+              "the fragment and cp.async loops below are written for 4 warps of 16 rows, 32-key "
+              "tiles and head_dim 128");
 
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -46,29 +48,31 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *(const uint32_t*)&v;
 }
 
-extern "C" __global__ void __launch_bounds__(128) attention_tc_bf16(const AttentionParams p) {
-    __shared__ __align__(16) __nv_bfloat16 ks[2][TC_KT][TC_STRIDE];
-    __shared__ __align__(16) __nv_bfloat16 vs[2][TC_KT][TC_STRIDE];
+extern "C" __global__ void __launch_bounds__(DLLM_ATT_THREADS) attention_tc_bf16(const AttentionParams p) {
+    __shared__ __align__(16) __nv_bfloat16 ks[2][DLLM_ATT_KTILE][TC_STRIDE];
+    __shared__ __align__(16) __nv_bfloat16 vs[2][DLLM_ATT_KTILE][TC_STRIDE];
     const unsigned int B = p.step.batch, S = p.splits;
     const unsigned int b = blockIdx.z % B, split = blockIdx.z / B, h = blockIdx.y;
     const unsigned int W = p.step.win_len, L = p.step.canvas_len, H = p.n_heads;
-    const unsigned int qd = H * TC_HD, kvd = p.n_kv_heads * TC_HD, cols = qd + 2 * kvd;
+    const unsigned int qd = H * DLLM_ATT_TC_HEAD_DIM, kvd = p.n_kv_heads * DLLM_ATT_TC_HEAD_DIM;
+    const unsigned int cols = qd + 2 * kvd;
     const unsigned int kvh = h / (H / p.n_kv_heads);
     const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     const unsigned int first = ((const unsigned int*)p.pads)[b];
     const unsigned int end = ((const unsigned int*)p.pads)[B + b];
     const unsigned int n_keys = end > first ? end - first : 0;
     const unsigned int per = (n_keys + S - 1) / S;
-    const unsigned int span = (per + TC_KT - 1) / TC_KT * TC_KT;
+    const unsigned int span = (per + DLLM_ATT_KTILE - 1) / DLLM_ATT_KTILE * DLLM_ATT_KTILE;
     const unsigned int kbeg = min(end, first + split * span), kend = min(end, kbeg + span);
 
     // this warp's query rows g and g + 8 (of 16) as A fragments over the 8 k-steps of hd
-    const unsigned int r0 = blockIdx.x * TC_ROWS + warp * 16 + g, r1 = r0 + 8;
+    const unsigned int r0 = blockIdx.x * DLLM_ATT_TC_ROWS + warp * 16 + g, r1 = r0 + 8;
     // a warp whose 16 rows all lie past the window only helps load the tiles
-    const bool rows_here = blockIdx.x * TC_ROWS + warp * 16 < W;
+    const bool rows_here = blockIdx.x * DLLM_ATT_TC_ROWS + warp * 16 < W;
     const __nv_bfloat16* qkv = (const __nv_bfloat16*)p.qkv;
     auto qword = [&](unsigned int row, unsigned int col) -> uint32_t {
-        return row < W ? *(const uint32_t*)(qkv + ((size_t)b * W + row) * cols + h * TC_HD + col) : 0u;
+        return row < W ? *(const uint32_t*)(qkv + ((size_t)b * W + row) * cols + h * DLLM_ATT_TC_HEAD_DIM + col)
+                       : 0u;
     };
     uint32_t qa[8][4];
 #pragma unroll
@@ -83,8 +87,10 @@ extern "C" __global__ void __launch_bounds__(128) attention_tc_bf16(const Attent
     for (int n = 0; n < 16; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // l: this thread's share
 
-    const __nv_bfloat16* K = (const __nv_bfloat16*)p.k_cache + (size_t)b * L * kvd + kvh * TC_HD;
-    const __nv_bfloat16* V = (const __nv_bfloat16*)p.v_cache + (size_t)b * L * kvd + kvh * TC_HD;
+    const __nv_bfloat16* K =
+        (const __nv_bfloat16*)p.k_cache + (size_t)b * L * kvd + kvh * DLLM_ATT_TC_HEAD_DIM;
+    const __nv_bfloat16* V =
+        (const __nv_bfloat16*)p.v_cache + (size_t)b * L * kvd + kvh * DLLM_ATT_TC_HEAD_DIM;
     auto issue = [&](unsigned int k0, int st) {
         // 32 keys × 16 chunks of 16 bytes, for K and for V: 4 + 4 per thread
 #pragma unroll
@@ -97,16 +103,16 @@ extern "C" __global__ void __launch_bounds__(128) attention_tc_bf16(const Attent
         }
     };
 
-    const unsigned int ntiles = kbeg < kend ? (kend - kbeg + TC_KT - 1) / TC_KT : 0;
+    const unsigned int ntiles = kbeg < kend ? (kend - kbeg + DLLM_ATT_KTILE - 1) / DLLM_ATT_KTILE : 0;
     if (ntiles > 0) {
         issue(kbeg, 0);
         cp_async_commit();
     }
     for (unsigned int it = 0; it < ntiles; ++it) {
-        const unsigned int k0 = kbeg + it * TC_KT;
+        const unsigned int k0 = kbeg + it * DLLM_ATT_KTILE;
         const int st = it & 1;
         if (it + 1 < ntiles) {
-            issue(k0 + TC_KT, st ^ 1);
+            issue(k0 + DLLM_ATT_KTILE, st ^ 1);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -199,20 +205,21 @@ extern "C" __global__ void __launch_bounds__(128) attention_tc_bf16(const Attent
         const size_t r = (size_t)b * W + t;
         if (S == 1) {
             const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            __nv_bfloat16* out = (__nv_bfloat16*)p.out + r * qd + h * TC_HD;
+            __nv_bfloat16* out = (__nv_bfloat16*)p.out + r * qd + h * DLLM_ATT_TC_HEAD_DIM;
 #pragma unroll
             for (int n = 0; n < 16; ++n)
                 *(uint32_t*)(out + n * 8 + 2 * tq) = pack_bf16(o[n][2 * hi] * inv, o[n][2 * hi + 1] * inv);
         } else {
-            float* rec = (float*)p.partial + (((size_t)split * B * W + r) * H + h) * (TC_HD + 2);
+            float* rec =
+                (float*)p.partial + (((size_t)split * B * W + r) * H + h) * (DLLM_ATT_TC_HEAD_DIM + 2);
 #pragma unroll
             for (int n = 0; n < 16; ++n) {
                 rec[n * 8 + 2 * tq] = o[n][2 * hi];
                 rec[n * 8 + 2 * tq + 1] = o[n][2 * hi + 1];
             }
             if (tq == 0) {
-                rec[TC_HD] = m;
-                rec[TC_HD + 1] = l;
+                rec[DLLM_ATT_TC_HEAD_DIM] = m;
+                rec[DLLM_ATT_TC_HEAD_DIM + 1] = l;
             }
         }
     }

@@ -1,5 +1,5 @@
 // Shared device helpers: activation-dtype conversion, warp/block reductions, the counter-based
-// RNG of temperature sampling (bit-identical to src/decode/select.rs::uniform).
+// RNG of temperature sampling (bit-identical to src/backend/rng.rs: uniform).
 #pragma once
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -70,7 +70,7 @@ __device__ __forceinline__ double block_sum_d(double v) {
     return warp_sum_d(v);
 }
 
-// ---- counter-based RNG (SplitMix64 finalisers), the twin of decode::select::uniform
+// ---- counter-based RNG (SplitMix64 finalisers), the twin of backend::rng::uniform
 __device__ __forceinline__ uint64_t splitmix_mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;

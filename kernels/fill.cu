@@ -1,6 +1,6 @@
 // fill_random: out[i] = round(offset + scale · (2u − 1)), u = 24-bit hash(seed, i) / 2^24.
 // Synthetic weights generated in device memory (`dllm bench --synthetic`: LLaDA-8B's 16 GB of
-// bf16 weights without a file). Bit-identical to decode::select::synthetic_value on the CPU.
+// bf16 weights without a file). Bit-identical to backend::rng::synthetic_value on the CPU.
 // Layout: out [n] contiguous. Floor: n · sizeof(T) bytes written; a few integer ops per element.
 #include "common.cuh"
 

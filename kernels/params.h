@@ -1,5 +1,6 @@
-/* Kernel parameter structs: the one definition shared by the CUDA kernels (nvcc) and the Rust
- * launches (bindgen turns this header into src/backend/cuda/params.rs at build time).
+/* Kernel parameter structs and launch geometry: the one definition shared by the CUDA kernels
+ * (nvcc) and the Rust launches (bindgen turns this header into $OUT_DIR/params.rs at build time,
+ * the `params` module of src/backend/cuda; every DLLM_* define becomes a Rust constant).
  * Every kernel takes one of these by value. Device pointers are plain 64-bit addresses.
  * Layout conventions are those of src/backend/mod.rs: activations [batch x window, cols]
  * row-major, KV cache [batch x canvas, kv_dim], batch row b left-padded by pads[b] tokens. */
@@ -69,6 +70,18 @@ typedef struct {
     unsigned int splits; /* key splits per (query tile, head, row); 1: no partials, no combine */
     float scale;
 } AttentionParams;
+/* Block shapes of attention.cu (CUDA cores) and attention_tc.cu (tensor cores, bf16): the
+ * kernels are written for them and the host sizes its grids, shared memory and key splits by them.
+ * Both kernels run DLLM_ATT_THREADS threads (4 warps) a block and split keys in whole tiles of
+ * DLLM_ATT_KTILE. attention.cu: DLLM_ATT_QROWS query rows a block (4 a warp), a head of at most
+ * DLLM_ATT_MAX_HEAD_DIM values in registers. attention_tc.cu: DLLM_ATT_TC_ROWS query rows a block
+ * (16 a warp), head_dim exactly DLLM_ATT_TC_HEAD_DIM. */
+#define DLLM_ATT_THREADS 128
+#define DLLM_ATT_QROWS 16
+#define DLLM_ATT_KTILE 32
+#define DLLM_ATT_MAX_HEAD_DIM 128
+#define DLLM_ATT_TC_ROWS 64
+#define DLLM_ATT_TC_HEAD_DIM 128
 
 typedef struct {
     dptr_t gate_up;  /* [rows, 2 mlp]: gate | up */
@@ -122,6 +135,8 @@ typedef struct {
     unsigned int pad_;
     double temperature;
 } ArgmaxParams;
+/* Threads of an argmax_conf block (one block per logits row). */
+#define DLLM_ARGMAX_THREADS 512
 
 typedef struct {
     dptr_t out;          /* [n] activation dtype */
@@ -153,6 +168,8 @@ typedef struct {
     unsigned int rule;
     double param;    /* threshold tau or factor f */
 } SelectParams;
+/* select_commit ranks a block in one thread block, one thread per position: the longest block. */
+#define DLLM_MAX_BLOCK_LENGTH 1024
 
 /* select_commit's count for a row whose candidates had non-finite logits (argmax_conf writes a
    NaN score for any row holding a NaN or infinite logit): nothing of that row is committed. */

@@ -20,8 +20,8 @@ __device__ void rmsnorm(const RmsNormParams p) {
     const T* w = (const T*)p.w;
     T* out = (T*)p.out + (size_t)r * p.d;
     // RN_U loads of a thread in flight together (in the same element order as one at a time):
-    // one load at a time left an in-block step's 32 rows latency-bound, 15 µs a call under ncu
-    // (run 5)
+    // one load at a time leaves an in-block step's 32 rows latency-bound, 14.75 µs a call under
+    // ncu against 6.81 this way (docs/perf.md, runs 5 and 6)
     float ss = 0.0f;
     for (unsigned int i0 = threadIdx.x; i0 < p.d; i0 += RN_U * blockDim.x) {
         float v[RN_U], s[RN_U];
@@ -32,7 +32,9 @@ __device__ void rmsnorm(const RmsNormParams p) {
             if (ADD) s[u] = i < p.d ? to_f(res[i]) : 0.0f;
         }
         // every load above is issued before the first store below (x and res may alias as far
-        // as the compiler knows: interleaved, the stores serialised the loads, run 10)
+        // as the compiler knows: interleaved, each store holds back the next loads, and
+        // add_rmsnorm takes 12.3 µs a call under ncu against 5.43 this way with 512 threads;
+        // docs/perf.md, runs 10 and 11)
         if (ADD) {
 #pragma unroll
             for (int u = 0; u < RN_U; ++u) {

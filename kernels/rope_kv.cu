@@ -4,8 +4,9 @@
 // Position of canvas index p in batch row b: p − pads[b] (0 on pad rows, which nobody attends).
 // Layout: qkv [B·W, (H + 2·KV)·hd] = q | k | v; cos/sin [max_pos, hd] f32 (built on the host);
 // caches [B·L, KV·hd]. Grid (rows, H + 2·KV): one block per (row, head), 64 threads over the
-// head's hd/2 pairs (or its hd values for a v head). One block per row (the first version) left
-// an in-block step's 32 rows latency-bound: 34 µs a call under Nsight Compute on an H100 (run 5).
+// head's hd/2 pairs (or its hd values for a v head). One block per row leaves an in-block step's
+// 32 rows latency-bound: 34.2 µs a call under Nsight Compute on an H100, 5.35 µs with a block per
+// (row, head) (docs/perf.md, runs 5 and 6).
 // Floor: reads (H + 2KV)·hd + 2·hd table values per row, writes as much: memory-bound, tiny.
 // Multiplies and adds are explicitly rounded (__fmul_rn/__fadd_rn) so no FMA contraction: the
 // same operations as the CPU twin Cpu::rope_store_kv.

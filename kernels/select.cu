@@ -14,10 +14,8 @@
 // for that row and reports DLLM_NONFINITE as its count.
 // Layout: tokens/conf [B·BL] (from argmax_conf), canvas [B, L] u32, active/quota/counts [B].
 // One block per batch row, one thread per block position (BL ≤ 1024); O(BL²) ranking in shared
-// memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / decode::select.
+// memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / backend::cpu::select.
 #include "common.cuh"
-
-#define SEL_MAX 1024
 
 // f64::total_cmp as a signed integer key
 __device__ __forceinline__ long long total_key(double c) {
@@ -25,10 +23,10 @@ __device__ __forceinline__ long long total_key(double c) {
     return k ^ (long long)(((unsigned long long)(k >> 63)) >> 1);
 }
 
-extern "C" __global__ void __launch_bounds__(SEL_MAX) select_commit(const SelectParams p) {
-    __shared__ long long key_s[SEL_MAX];
-    __shared__ double sorted[SEL_MAX];
-    __shared__ unsigned char masked_s[SEL_MAX];
+extern "C" __global__ void __launch_bounds__(DLLM_MAX_BLOCK_LENGTH) select_commit(const SelectParams p) {
+    __shared__ long long key_s[DLLM_MAX_BLOCK_LENGTH];
+    __shared__ double sorted[DLLM_MAX_BLOCK_LENGTH];
+    __shared__ unsigned char masked_s[DLLM_MAX_BLOCK_LENGTH];
     __shared__ unsigned int k_s;
     const unsigned int b = blockIdx.x, i = threadIdx.x, bl = p.block_len;
     const bool act = ((const unsigned int*)p.active)[b] != 0;

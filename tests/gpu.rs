@@ -3,6 +3,11 @@
 //! compared by relative error (f32 ≤ 1e-5, bf16 ≤ 1e-2; tokens and selections exactly). End to
 //! end: the f32 fixtures decode token for token as on the CPU (= the goldens), in every mode.
 //!
+//! Each op has one case function, run by `kernel_tests!` as one test per variant, so a failure
+//! names the op and the variant: `<op>::kernels_match_cpu_twins_f32` and `..._bf16` for every op,
+//! `<op>::dream_kernels_match_cpu_twins_in_f32` and `..._in_bf16` for the ops Dream changes.
+//! (tools/gpu_check.sh runs the `kernels_match_cpu_twins_f32` tests under compute-sanitizer.)
+//!
 //! Without a GPU every test prints why and passes; with `DLLM_REQUIRE_GPU=1` it fails instead.
 #![cfg(feature = "cuda")]
 
@@ -13,7 +18,8 @@ use dllm::backend::cpu::Cpu;
 use dllm::backend::cuda::Cuda;
 use dllm::backend::{Backend, DType, Heads, Sampling, Score, Select, SelectRule, Step, Window, NON_FINITE};
 use dllm::decode::Engine;
-use dllm::model::ModelFiles;
+use dllm::model::{ModelConfig, ModelFiles};
+use dllm::transformer::rope_tables;
 
 fn gpu(dtype: DType) -> Option<Cuda> {
     match Cuda::new(0, dtype) {
@@ -32,234 +38,438 @@ const POISON: f32 = f32::NAN;
 /// The mask id of the op tests: the clear winner of logits row 4, so never drawn.
 const MASK_ID: u32 = 31;
 
-/// Everything one pass of the ops produces, in host memory.
-#[derive(Default)]
-struct Outs {
-    named: Vec<(&'static str, Vec<f32>)>,
-    tokens: Vec<u32>,
-    conf: Vec<f64>,
-    canvas: Vec<u32>,
-    counts: Vec<u32>,
+// ---- the op tests: one case function per op, one test per variant (kernel_tests!)
+
+/// One variant of the op tests.
+#[derive(Clone, Copy)]
+struct Variant {
+    dtype: DType,
+    /// Dream's variants of the same ops (q/k/v bias, shifted gather, bf16 probabilities on a
+    /// bf16 backend, the entropy score under the quota rule).
+    dream: bool,
+    /// The (temperature, rule) passes of argmax and select.
+    passes: &'static [(f64, SelectRule)],
 }
 
-/// Run every op once on `be` with the same host inputs; return the host copies of the outputs.
-/// `dream`: Dream's variants of the same ops (q/k/v bias, shifted gather, bf16 probabilities on a
-/// bf16 backend, the entropy score under the quota rule).
-fn run_ops<B: Backend>(be: &B, temperature: f64, rule: SelectRule, dream: bool) -> Outs {
-    let mut o = Outs::default();
-    let t = |data: Vec<f32>, rows: usize, cols: usize| be.tensor_from_host(&data, rows, cols).unwrap();
-    let poison =
-        |rows: usize, cols: usize| be.tensor_from_host(&vec![POISON; rows * cols], rows, cols).unwrap();
+const F32: Variant = Variant {
+    dtype: DType::F32,
+    dream: false,
+    passes: &[
+        (0.0, SelectRule::Quota),
+        (0.0, SelectRule::Threshold(0.5)),
+        (0.0, SelectRule::Factor(1.0)),
+        (1.0, SelectRule::Threshold(0.9)),
+    ],
+};
+const BF16: Variant = Variant {
+    dtype: DType::Bf16,
+    dream: false,
+    passes: &[
+        (0.0, SelectRule::Quota),
+        (0.0, SelectRule::Threshold(0.5)),
+        (0.0, SelectRule::Factor(1.0)),
+        (0.7, SelectRule::Threshold(0.9)),
+    ],
+};
+/// Dream's op variants (spec §3): bias add, shifted gather, entropy scores, bf16 probabilities,
+/// the block-start "first" rule and the budgeted threshold.
+const DREAM_PASSES: &[(f64, SelectRule)] = &[
+    (0.0, SelectRule::Quota),
+    (0.0, SelectRule::Threshold(0.5)),
+    (0.0, SelectRule::First),
+    (0.0, SelectRule::CappedThreshold(0.5)),
+];
+const DREAM_F32: Variant = Variant { dtype: DType::F32, dream: true, passes: DREAM_PASSES };
+const DREAM_BF16: Variant = Variant { dtype: DType::Bf16, dream: true, passes: DREAM_PASSES };
 
-    // rmsnorm, linear, swiglu, add on 37 rows
-    let (rows, d, n) = (37usize, 72usize, 53usize);
-    let x = t(rand_uniform(rows * d, 1, 2.0), rows, d);
-    let w = t(rand_uniform(d, 2, 1.0).iter().map(|v| 1.0 + v * 0.2).collect(), 1, d);
-    let mut y = poison(rows, d);
-    be.rmsnorm(&x, &w, 1e-5, rows, &mut y).unwrap();
-    o.named.push(("rmsnorm", be.to_host(&y, rows).unwrap()));
-    let wl = t(rand_uniform(n * d, 3, 0.3), n, d);
-    let mut z = poison(rows, n);
-    be.linear(&x, &wl, rows, &mut z).unwrap();
-    o.named.push(("linear", be.to_host(&z, rows).unwrap()));
-    let gu = t(rand_uniform(rows * 2 * n, 4, 3.0), rows, 2 * n);
-    let mut s = poison(rows, n);
-    be.swiglu(&gu, rows, &mut s).unwrap();
-    o.named.push(("swiglu", be.to_host(&s, rows).unwrap()));
-    let mut h = t(rand_uniform(rows * d, 5, 1.0), rows, d);
-    be.add(&mut h, &x, rows).unwrap();
-    o.named.push(("add", be.to_host(&h, rows).unwrap()));
-    // the fused residual add + norm: both its outputs
-    let mut y2 = poison(rows, d);
-    be.add_rmsnorm(&mut h, &x, &w, 1e-5, rows, &mut y2).unwrap();
-    o.named.push(("add_rmsnorm h", be.to_host(&h, rows).unwrap()));
-    o.named.push(("add_rmsnorm out", be.to_host(&y2, rows).unwrap()));
-
-    // embed, rope + cache write, attention, gather: batch 3, canvas 45, window [7, 45), pads 0/5/11
-    // (row 1 ending at 40),
-    // GQA 6 query heads over 2 KV heads, head_dim 24
-    let heads = Heads { n_heads: 6, n_kv_heads: 2, head_dim: 24 };
-    let (batch, canvas) = (3usize, 45usize);
-    let step = Step { batch, canvas, win: Window { start: 7, len: 38 } };
-    // left pads, then row ends: row 1 ends 5 columns before the canvas (a continuous batch)
-    let pads_host = vec![0u32, 5, 11, 45, 40, 45];
-    let mut pads = be.ids(2 * batch).unwrap();
-    be.write_ids(&mut pads, &pads_host).unwrap();
-    let vocab = 300usize;
-    let canvas_host: Vec<u32> = (0..batch * canvas).map(|i| ((i * 37 + 11) % vocab) as u32).collect();
-    let mut ids = be.ids(batch * canvas).unwrap();
-    be.write_ids(&mut ids, &canvas_host).unwrap();
-    let table = t(rand_uniform(vocab * 40, 6, 1.0), vocab, 40);
-    let mut e = poison(step.rows(), 40);
-    be.embed(&table, &ids, step, &mut e).unwrap();
-    o.named.push(("embed", be.to_host(&e, step.rows()).unwrap()));
-
-    let hd = heads.head_dim;
-    let (mut cos, mut sin) = (vec![], vec![]);
-    for p in 0..64 {
-        for _ in 0..2 {
-            for i in 0..hd / 2 {
-                let a = p as f32 / 10000f32.powf((2 * i) as f32 / hd as f32);
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
+/// The tests of one op's case function: `base` its variants in f32 and bf16, `dream` Dream's
+/// variants in both dtypes (for the ops Dream changes).
+macro_rules! kernel_tests {
+    ($op:ident: $($family:ident),+) => {
+        mod $op {
+            $(kernel_tests!(@$family $op);)+
         }
-    }
-    let cos = be.upload_f32(&cos, 64, hd).unwrap();
-    let sin = be.upload_f32(&sin, 64, hd).unwrap();
-    let cols = heads.q_dim() + 2 * heads.kv_dim();
-    let mut qkv = t(rand_uniform(step.rows() * cols, 7, 2.0), step.rows(), cols);
-    if dream {
-        let bias = t(rand_uniform(cols, 12, 1.0), 1, cols);
-        be.add_bias(&mut qkv, &bias, step.rows()).unwrap();
-        o.named.push(("q|k|v bias", be.to_host(&qkv, step.rows()).unwrap()));
-    }
-    // the cache rows outside the window hold earlier (stale) keys: PrefixCache / DualCache
-    let mut kc = t(rand_uniform(batch * canvas * heads.kv_dim(), 8, 2.0), batch * canvas, heads.kv_dim());
-    let mut vc = t(rand_uniform(batch * canvas * heads.kv_dim(), 9, 2.0), batch * canvas, heads.kv_dim());
-    be.rope_store_kv(&mut qkv, &cos, &sin, &pads, step, heads, &mut kc, &mut vc).unwrap();
-    o.named.push(("rope q|k|v", be.to_host(&qkv, step.rows()).unwrap()));
-    o.named.push(("k cache", be.to_host(&kc, batch * canvas).unwrap()));
-    o.named.push(("v cache", be.to_host(&vc, batch * canvas).unwrap()));
-    let mut att = poison(step.rows(), heads.q_dim());
-    be.attention(&qkv, &kc, &vc, &pads, step, heads, &mut att).unwrap();
-    o.named.push(("attention", be.to_host(&att, step.rows()).unwrap()));
-    let block = Window { start: 13, len: 27 };
-    let mut g = poison(batch * block.len, heads.q_dim());
-    be.gather_block(&att, step, block, dream, &mut g).unwrap();
-    o.named.push(("gather", be.to_host(&g, batch * block.len).unwrap()));
-    // a block at the window's start: with Dream's shift its first row reads itself
-    let first = Window { start: step.win.start, len: 9 };
-    let mut g0 = poison(batch * first.len, heads.q_dim());
-    be.gather_block(&att, step, first, dream, &mut g0).unwrap();
-    o.named.push(("gather at window start", be.to_host(&g0, batch * first.len).unwrap()));
+    };
+    (@base $op:ident) => {
+        #[test]
+        fn kernels_match_cpu_twins_f32() {
+            super::$op(super::F32)
+        }
+        #[test]
+        fn kernels_match_cpu_twins_bf16() {
+            super::$op(super::BF16)
+        }
+    };
+    (@dream $op:ident) => {
+        #[test]
+        fn dream_kernels_match_cpu_twins_in_f32() {
+            super::$op(super::DREAM_F32)
+        }
+        #[test]
+        fn dream_kernels_match_cpu_twins_in_bf16() {
+            super::$op(super::DREAM_BF16)
+        }
+    };
+}
 
-    // argmax + confidence over logits with clear winners, then selection into the canvas
-    let lrows = batch * block.len;
-    let mut logits = rand_uniform(lrows * vocab, 10, 4.0);
+kernel_tests!(rmsnorm: base);
+kernel_tests!(linear: base);
+kernel_tests!(swiglu: base);
+kernel_tests!(add: base);
+kernel_tests!(add_rmsnorm: base);
+kernel_tests!(embed: base);
+kernel_tests!(add_bias: dream);
+kernel_tests!(rope_store_kv: base, dream);
+kernel_tests!(attention: base, dream);
+kernel_tests!(gather_block: base, dream);
+kernel_tests!(argmax_confidence: base, dream);
+kernel_tests!(select: base, dream);
+
+/// `$body` run twice, `$be` bound first to the GPU, then to its CPU twin (two backend types):
+/// (the GPU's result, the CPU's).
+macro_rules! on_both {
+    ($twins:expr, |$be:ident| $body:expr) => {{
+        let (gpu, cpu) = &$twins;
+        let on_gpu = {
+            let $be = gpu;
+            $body
+        };
+        let on_cpu = {
+            let $be = cpu;
+            $body
+        };
+        (on_gpu, on_cpu)
+    }};
+}
+
+/// The GPU and the CPU twin in `dtype`; None (the reason printed) without a GPU.
+fn twins(dtype: DType) -> Option<(Cuda, Cpu)> {
+    Some((gpu(dtype)?, Cpu::new(dtype, None)))
+}
+
+/// The GPU's output `got` of op `name` against the CPU's `want`: every element written (the
+/// poison gone), relative error within the dtype's tolerance.
+fn assert_close(dtype: DType, name: &str, got: &[f32], want: &[f32]) {
+    let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+    assert!(got.iter().all(|v| !v.is_nan()), "{name} ({dtype:?}): poisoned output left unwritten");
+    let e = rel_err(got, want);
+    eprintln!("{name:12} {dtype:?}: relative error {e:.2e}");
+    assert!(e <= tol, "{name} ({dtype:?}): relative error {e:.3e} > {tol:e}");
+}
+
+fn upload<B: Backend>(be: &B, data: &[f32], rows: usize, cols: usize) -> B::Tensor {
+    be.tensor_from_host(data, rows, cols).unwrap()
+}
+
+fn poison<B: Backend>(be: &B, rows: usize, cols: usize) -> B::Tensor {
+    upload(be, &vec![POISON; rows * cols], rows, cols)
+}
+
+// rmsnorm, linear, swiglu, add on 37 rows
+const ROWS: usize = 37;
+const D: usize = 72;
+const N: usize = 53;
+
+fn x_in<B: Backend>(be: &B) -> B::Tensor {
+    upload(be, &rand_uniform(ROWS * D, 1, 2.0), ROWS, D)
+}
+
+fn norm_weight<B: Backend>(be: &B) -> B::Tensor {
+    upload(be, &rand_uniform(D, 2, 1.0).iter().map(|v| 1.0 + v * 0.2).collect::<Vec<_>>(), 1, D)
+}
+
+/// The residual stream of the add tests.
+fn h_in<B: Backend>(be: &B) -> B::Tensor {
+    upload(be, &rand_uniform(ROWS * D, 5, 1.0), ROWS, D)
+}
+
+fn rmsnorm(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| {
+        let mut y = poison(be, ROWS, D);
+        be.rmsnorm(&x_in(be), &norm_weight(be), 1e-5, ROWS, &mut y).unwrap();
+        be.to_host(&y, ROWS).unwrap()
+    });
+    assert_close(v.dtype, "rmsnorm", &got, &want);
+}
+
+fn linear(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| {
+        let w = upload(be, &rand_uniform(N * D, 3, 0.3), N, D);
+        let mut z = poison(be, ROWS, N);
+        be.linear(&x_in(be), &w, ROWS, &mut z).unwrap();
+        be.to_host(&z, ROWS).unwrap()
+    });
+    assert_close(v.dtype, "linear", &got, &want);
+}
+
+fn swiglu(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| {
+        let gate_up = upload(be, &rand_uniform(ROWS * 2 * N, 4, 3.0), ROWS, 2 * N);
+        let mut s = poison(be, ROWS, N);
+        be.swiglu(&gate_up, ROWS, &mut s).unwrap();
+        be.to_host(&s, ROWS).unwrap()
+    });
+    assert_close(v.dtype, "swiglu", &got, &want);
+}
+
+fn add(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| {
+        let mut h = h_in(be);
+        be.add(&mut h, &x_in(be), ROWS).unwrap();
+        be.to_host(&h, ROWS).unwrap()
+    });
+    assert_close(v.dtype, "add", &got, &want);
+}
+
+/// The fused residual add + norm, on the stream after an add: both its outputs.
+fn add_rmsnorm(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| {
+        let (x, mut h) = (x_in(be), h_in(be));
+        be.add(&mut h, &x, ROWS).unwrap();
+        let mut y = poison(be, ROWS, D);
+        be.add_rmsnorm(&mut h, &x, &norm_weight(be), 1e-5, ROWS, &mut y).unwrap();
+        (be.to_host(&h, ROWS).unwrap(), be.to_host(&y, ROWS).unwrap())
+    });
+    assert_close(v.dtype, "add_rmsnorm h", &got.0, &want.0);
+    assert_close(v.dtype, "add_rmsnorm out", &got.1, &want.1);
+}
+
+// embed, rope + cache write, attention, gather: batch 3, canvas 45, window [7, 45), pads 0/5/11
+// (row 1 ending at 40), GQA 6 query heads over 2 KV heads, head_dim 24
+const HEADS: Heads = Heads { n_heads: 6, n_kv_heads: 2, head_dim: 24 };
+const BATCH: usize = 3;
+const CANVAS: usize = 45;
+const STEP: Step = Step { batch: BATCH, canvas: CANVAS, win: Window { start: 7, len: 38 } };
+const VOCAB: usize = 300;
+/// The block gathered, argmaxed and selected.
+const BLOCK: Window = Window { start: 13, len: 27 };
+
+/// Left pads, then row ends: row 1 ends 5 columns before the canvas (a continuous batch).
+fn pads<B: Backend>(be: &B) -> B::Ids {
+    let mut pads = be.ids(2 * BATCH).unwrap();
+    be.write_ids(&mut pads, &[0, 5, 11, 45, 40, 45]).unwrap();
+    pads
+}
+
+fn embed(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| {
+        let canvas: Vec<u32> = (0..BATCH * CANVAS).map(|i| ((i * 37 + 11) % VOCAB) as u32).collect();
+        let mut ids = be.ids(BATCH * CANVAS).unwrap();
+        be.write_ids(&mut ids, &canvas).unwrap();
+        let table = upload(be, &rand_uniform(VOCAB * 40, 6, 1.0), VOCAB, 40);
+        let mut e = poison(be, STEP.rows(), 40);
+        be.embed(&table, &ids, STEP, &mut e).unwrap();
+        be.to_host(&e, STEP.rows()).unwrap()
+    });
+    assert_close(v.dtype, "embed", &got, &want);
+}
+
+fn qkv_cols() -> usize {
+    HEADS.q_dim() + 2 * HEADS.kv_dim()
+}
+
+/// The window's q|k|v rows; Dream's q/k/v bias added.
+fn qkv_in<B: Backend>(be: &B, dream: bool) -> B::Tensor {
+    let cols = qkv_cols();
+    let mut qkv = upload(be, &rand_uniform(STEP.rows() * cols, 7, 2.0), STEP.rows(), cols);
+    if dream {
+        let bias = upload(be, &rand_uniform(cols, 12, 1.0), 1, cols);
+        be.add_bias(&mut qkv, &bias, STEP.rows()).unwrap();
+    }
+    qkv
+}
+
+/// The model's RoPE tables (transformer::rope_tables) for head_dim 24, θ = 10000, 64 positions.
+fn rope<B: Backend>(be: &B) -> (B::Tensor, B::Tensor) {
+    let mut cfg = ModelConfig::load(&fixture("tiny-mha/checkpoint")).unwrap();
+    (cfg.head_dim, cfg.rope_theta, cfg.max_seq_len) = (HEADS.head_dim, 10000.0, 64);
+    let (cos, sin) = rope_tables(&cfg);
+    (be.upload_f32(&cos, 64, HEADS.head_dim).unwrap(), be.upload_f32(&sin, 64, HEADS.head_dim).unwrap())
+}
+
+/// The window after rope_store_kv, with the pads and the caches it wrote into.
+struct Rotated<B: Backend> {
+    qkv: B::Tensor,
+    k_cache: B::Tensor,
+    v_cache: B::Tensor,
+    pads: B::Ids,
+}
+
+fn rotated<B: Backend>(be: &B, dream: bool) -> Rotated<B> {
+    let mut qkv = qkv_in(be, dream);
+    let (cos, sin) = rope(be);
+    let pads = pads(be);
+    // the cache rows outside the window hold earlier (stale) keys: PrefixCache / DualCache
+    let (rows, kv) = (BATCH * CANVAS, HEADS.kv_dim());
+    let mut k_cache = upload(be, &rand_uniform(rows * kv, 8, 2.0), rows, kv);
+    let mut v_cache = upload(be, &rand_uniform(rows * kv, 9, 2.0), rows, kv);
+    be.rope_store_kv(&mut qkv, &cos, &sin, &pads, STEP, HEADS, &mut k_cache, &mut v_cache).unwrap();
+    Rotated { qkv, k_cache, v_cache, pads }
+}
+
+/// Attention over the rotated window: [B·W, q_dim].
+fn attended<B: Backend>(be: &B, dream: bool) -> B::Tensor {
+    let r = rotated(be, dream);
+    let mut att = poison(be, STEP.rows(), HEADS.q_dim());
+    be.attention(&r.qkv, &r.k_cache, &r.v_cache, &r.pads, STEP, HEADS, &mut att).unwrap();
+    att
+}
+
+fn add_bias(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| be.to_host(&qkv_in(be, v.dream), STEP.rows()).unwrap());
+    assert_close(v.dtype, "q|k|v bias", &got, &want);
+}
+
+fn rope_store_kv(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| {
+        let r = rotated(be, v.dream);
+        let cache_rows = BATCH * CANVAS;
+        let host = |t| be.to_host(t, cache_rows).unwrap();
+        (be.to_host(&r.qkv, STEP.rows()).unwrap(), host(&r.k_cache), host(&r.v_cache))
+    });
+    assert_close(v.dtype, "rope q|k|v", &got.0, &want.0);
+    assert_close(v.dtype, "k cache", &got.1, &want.1);
+    assert_close(v.dtype, "v cache", &got.2, &want.2);
+}
+
+fn attention(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let (got, want) = on_both!(twins, |be| be.to_host(&attended(be, v.dream), STEP.rows()).unwrap());
+    assert_close(v.dtype, "attention", &got, &want);
+}
+
+/// The block's rows of the attention output (Dream: shifted by one), and a block at the window's
+/// start (with Dream's shift its first row reads itself).
+fn gather_block(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let first = Window { start: STEP.win.start, len: 9 };
+    let (got, want) = on_both!(twins, |be| {
+        let att = attended(be, v.dream);
+        [BLOCK, first].map(|block| {
+            let mut g = poison(be, BATCH * block.len, HEADS.q_dim());
+            be.gather_block(&att, STEP, block, v.dream, &mut g).unwrap();
+            be.to_host(&g, BATCH * block.len).unwrap()
+        })
+    });
+    assert_close(v.dtype, "gather", &got[0], &want[0]);
+    assert_close(v.dtype, "gather at window start", &got[1], &want[1]);
+}
+
+// argmax + confidence over logits with clear winners, then selection into the canvas
+
+/// The block's logits rows (batch 3 × 27): a distinct winner per row, clear of the runner-up;
+/// row 4's winner is the mask id. Row 5: all NaN (a broken model): both backends draw the lowest
+/// non-mask id with a NaN score; row 6: one -inf logit among finite ones, also a NaN score.
+/// Selection commits nothing of batch row 0 (rows 0..27) and reports it as non-finite.
+fn logits_in<B: Backend>(be: &B) -> B::Tensor {
+    let lrows = BATCH * BLOCK.len;
+    let mut logits = rand_uniform(lrows * VOCAB, 10, 4.0);
     for r in 0..lrows {
-        // a distinct winner per row, clear of the runner-up; row 4's winner is the mask id
-        let win = (r * 7 + 3) % vocab;
-        logits[r * vocab + win] = 9.0 + (r as f32) * 0.37;
+        let win = (r * 7 + 3) % VOCAB;
+        logits[r * VOCAB + win] = 9.0 + (r as f32) * 0.37;
     }
-    // row 5: all NaN (a broken model): both backends draw the lowest non-mask id with a NaN
-    // score; row 6: one -inf logit among finite ones, also a NaN score. Selection commits nothing
-    // of batch row 0 (rows 0..27) and reports it as non-finite.
-    for v in 0..vocab {
-        logits[5 * vocab + v] = f32::NAN;
+    for v in 0..VOCAB {
+        logits[5 * VOCAB + v] = f32::NAN;
     }
-    logits[6 * vocab + 1] = f32::NEG_INFINITY;
-    let mask_id = MASK_ID;
-    assert_eq!((4 * 7 + 3) % vocab, MASK_ID as usize, "row 4's winner is the mask id");
-    let logits = t(logits, lrows, vocab);
-    let mut cands = be.cands(lrows).unwrap();
-    let seeds = vec![11u64, 12, 13];
-    let counters = vec![3u64, 0, 7];
+    logits[6 * VOCAB + 1] = f32::NEG_INFINITY;
+    assert_eq!((4 * 7 + 3) % VOCAB, MASK_ID as usize, "row 4's winner is the mask id");
+    upload(be, &logits, lrows, VOCAB)
+}
+
+/// argmax_confidence over the block's logits: the candidates.
+fn drawn<B: Backend>(be: &B, v: Variant, temperature: f64, rule: SelectRule) -> B::Cands {
+    let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
     let sampling = Sampling {
         temperature,
-        seeds: &seeds,
-        counters: &counters,
-        mask_id,
-        score: if dream && rule == SelectRule::Quota { Score::NegEntropy } else { Score::Confidence },
-        bf16_probs: dream && be.dtype() == DType::Bf16,
+        seeds: &[11, 12, 13],
+        counters: &[3, 0, 7],
+        mask_id: MASK_ID,
+        score: if v.dream && rule == SelectRule::Quota { Score::NegEntropy } else { Score::Confidence },
+        bf16_probs: v.dream && be.dtype() == DType::Bf16,
     };
-    be.argmax_confidence(&logits, &pads, block, batch, sampling, &mut cands).unwrap();
-    let (tokens, conf) = be.read_cands(&cands, lrows).unwrap();
-    o.tokens = tokens;
-    o.conf = conf;
-    let mut canvas_ids = be.ids(batch * canvas).unwrap();
-    let mut c0: Vec<u32> = vec![7; batch * canvas];
-    for b in 0..batch {
-        for i in 0..block.len {
+    be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();
+    cands
+}
+
+fn argmax_confidence(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let dtype = v.dtype;
+    for &(temperature, rule) in v.passes {
+        let ((a_tokens, a_conf), (b_tokens, b_conf)) =
+            on_both!(twins, |be| be.read_cands(&drawn(be, v, temperature, rule), BATCH * BLOCK.len).unwrap());
+        // With clear winners the drawn tokens are exact; with Gumbel noise they may differ only
+        // where the device's f64 log differs from the host's in the last bit.
+        let same = a_tokens.iter().zip(&b_tokens).filter(|(x, y)| x == y).count();
+        if temperature == 0.0 {
+            assert_eq!(a_tokens, b_tokens, "argmax ({dtype:?})");
+            assert!(!a_tokens.contains(&MASK_ID), "the mask id is never drawn");
+        } else {
+            assert!(
+                same * 100 >= a_tokens.len() * 95,
+                "sampled tokens: only {same} of {} agree",
+                a_tokens.len()
+            );
+        }
+        // bf16-rounded scores (Dream) may land one bf16 step apart where the sums differ in the
+        // last bit; an f64 entropy near 0 is a sum of cancelling terms whose order differs (device
+        // vs host), so it gets an absolute slack far below any gap that could reorder a selection
+        let rtol = if v.dream && dtype == DType::Bf16 { 8e-3 } else { 1e-9 };
+        let atol = if v.dream { 1e-12 } else { 1e-15 };
+        for (x, y) in a_conf.iter().zip(&b_conf) {
+            let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= rtol * y.abs().max(1e-300) + atol;
+            assert!(same, "confidence {x} vs {y}");
+        }
+        assert!(a_conf[5].is_nan() && a_tokens[5] == 0, "an all-NaN row draws id 0 with a NaN confidence");
+        assert!(a_conf[6].is_nan(), "a row with an infinite logit gets a NaN score");
+        assert!(a_conf[7].is_finite(), "a finite row keeps its score");
+    }
+}
+
+/// Each backend's own candidates committed into a canvas whose block is masked but for every
+/// fifth position, rows 0 and 2 active: (counts, canvas).
+fn selected<B: Backend>(be: &B, v: Variant, temperature: f64, rule: SelectRule) -> (Vec<u32>, Vec<u32>) {
+    let mut cands = drawn(be, v, temperature, rule);
+    let mut canvas_ids = be.ids(BATCH * CANVAS).unwrap();
+    let mut c0: Vec<u32> = vec![7; BATCH * CANVAS];
+    for b in 0..BATCH {
+        for i in 0..BLOCK.len {
             if i % 5 != 2 {
-                c0[b * canvas + block.start + i] = mask_id;
+                c0[b * CANVAS + BLOCK.start + i] = MASK_ID;
             }
         }
     }
     be.write_ids(&mut canvas_ids, &c0).unwrap();
-    let sel = Select { rule, active: &[true, false, true], quota: &[4, 4, 30], mask_id, block };
-    o.counts = be.select(&mut cands, &mut canvas_ids, canvas, sel).unwrap();
-    o.canvas = vec![0; batch * canvas];
-    be.read_ids(&canvas_ids, &mut o.canvas).unwrap();
-    o
+    let sel =
+        Select { rule, active: &[true, false, true], quota: &[4, 4, 30], mask_id: MASK_ID, block: BLOCK };
+    let counts = be.select(&mut cands, &mut canvas_ids, CANVAS, sel).unwrap();
+    let mut canvas = vec![0; BATCH * CANVAS];
+    be.read_ids(&canvas_ids, &mut canvas).unwrap();
+    (counts, canvas)
 }
 
-fn compare(dtype: DType, temperature: f64, rule: SelectRule) {
-    compare_ops(dtype, temperature, rule, false)
-}
-
-fn compare_ops(dtype: DType, temperature: f64, rule: SelectRule, dream: bool) {
-    let Some(g) = gpu(dtype) else { return };
-    let cpu = Cpu::new(dtype, None);
-    let a = run_ops(&g, temperature, rule, dream);
-    let b = run_ops(&cpu, temperature, rule, dream);
-    let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
-    for ((name, x), (_, y)) in a.named.iter().zip(&b.named) {
-        assert!(x.iter().all(|v| !v.is_nan()), "{name} ({dtype:?}): poisoned output left unwritten");
-        let e = rel_err(x, y);
-        eprintln!("{name:12} {dtype:?}: relative error {e:.2e}");
-        assert!(e <= tol, "{name} ({dtype:?}): relative error {e:.3e} > {tol:e}");
-    }
-    // With clear winners the drawn tokens are exact; with Gumbel noise they may differ only where
-    // the device's f64 log differs from the host's in the last bit.
-    let same = a.tokens.iter().zip(&b.tokens).filter(|(x, y)| x == y).count();
-    if temperature == 0.0 {
-        assert_eq!(a.tokens, b.tokens, "argmax ({dtype:?})");
-        assert!(!a.tokens.contains(&MASK_ID), "the mask id is never drawn");
-    } else {
-        assert!(same * 100 >= a.tokens.len() * 95, "sampled tokens: only {same} of {} agree", a.tokens.len());
-    }
-    // bf16-rounded scores (Dream) may land one bf16 step apart where the sums differ in the last bit;
-    // an f64 entropy near 0 is a sum of cancelling terms whose order differs (device vs host),
-    // so it gets an absolute slack far below any gap that could reorder a selection
-    let rtol = if dream && dtype == DType::Bf16 { 8e-3 } else { 1e-9 };
-    let atol = if dream { 1e-12 } else { 1e-15 };
-    for (x, y) in a.conf.iter().zip(&b.conf) {
-        let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= rtol * y.abs().max(1e-300) + atol;
-        assert!(same, "confidence {x} vs {y}");
-    }
-    assert!(a.conf[5].is_nan() && a.tokens[5] == 0, "an all-NaN row draws id 0 with a NaN confidence");
-    assert!(a.conf[6].is_nan(), "a row with an infinite logit gets a NaN score");
-    assert!(a.conf[7].is_finite(), "a finite row keeps its score");
-    assert_eq!(a.counts[0], NON_FINITE, "a row with non-finite candidates is reported, not committed");
-    if temperature == 0.0 {
-        assert_eq!(a.counts, b.counts, "select counts ({dtype:?}, {rule:?})");
-        assert_eq!(a.canvas, b.canvas, "select canvas ({dtype:?}, {rule:?})");
-        assert_eq!(a.counts[1], 0, "an inactive row is not touched");
-    }
-}
-
-#[test]
-fn kernels_match_cpu_twins_f32() {
-    for rule in [SelectRule::Quota, SelectRule::Threshold(0.5), SelectRule::Factor(1.0)] {
-        compare(DType::F32, 0.0, rule);
-    }
-    compare(DType::F32, 1.0, SelectRule::Threshold(0.9));
-}
-
-/// Dream's op variants (spec §3): bias add, shifted gather, entropy scores, bf16 probabilities,
-/// the block-start "first" rule and the budgeted threshold.
-#[test]
-fn dream_kernels_match_cpu_twins() {
-    for dtype in [DType::F32, DType::Bf16] {
-        for rule in [
-            SelectRule::Quota,
-            SelectRule::Threshold(0.5),
-            SelectRule::First,
-            SelectRule::CappedThreshold(0.5),
-        ] {
-            compare_ops(dtype, 0.0, rule, true);
+fn select(v: Variant) {
+    let Some(twins) = twins(v.dtype) else { return };
+    let dtype = v.dtype;
+    for &(temperature, rule) in v.passes {
+        let (a, b) = on_both!(twins, |be| selected(be, v, temperature, rule));
+        assert_eq!(a.0[0], NON_FINITE, "a row with non-finite candidates is reported, not committed");
+        if temperature == 0.0 {
+            assert_eq!(a.0, b.0, "select counts ({dtype:?}, {rule:?})");
+            assert_eq!(a.1, b.1, "select canvas ({dtype:?}, {rule:?})");
+            assert_eq!(a.0[1], 0, "an inactive row is not touched");
         }
     }
 }
 
-#[test]
-fn kernels_match_cpu_twins_bf16() {
-    for rule in [SelectRule::Quota, SelectRule::Threshold(0.5), SelectRule::Factor(1.0)] {
-        compare(DType::Bf16, 0.0, rule);
-    }
-    compare(DType::Bf16, 0.7, SelectRule::Threshold(0.9));
-}
+// ---- ops beyond the shared inputs, and end to end
 
 /// One attention op on `be` from host q|k|v rows, K/V caches and pads; the output is poisoned
 /// before the launch.
