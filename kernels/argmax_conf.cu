@@ -7,6 +7,7 @@
 //   conf = exp(l_x0 − max) / Σ_v exp(l_v − max)          (the sum in f64, tree-reduced)
 // The score written is conf, or (Dream's entropy rule, spec §3) the negative entropy
 //   Σ_v p_v · ln(p_v + 1e-10)                            (a third pass over the row)
+// or (d3LLM's entropy rule, d3llm spec §3) −H = Σ_v p_v · ln(p_v + 1e-12), in f64, never rounded.
 // A row holding any non-finite logit (NaN, ±inf: a broken checkpoint or an overflow) gets a NaN
 // softmax sum, found in the pass that already reads every logit (x · 0 is NaN exactly for those),
 // hence a NaN score; select_commit turns it into an error for that batch row (DLLM_NONFINITE)
@@ -129,7 +130,9 @@ __device__ void argmax_conf(const ArgmaxParams p) {
         tok = low_s;
     }
     double score;
-    if (p.score == DLLM_SCORE_NEG_ENTROPY) {
+    if (p.score == DLLM_SCORE_NEG_ENTROPY || p.score == DLLM_SCORE_NEG_ENTROPY_F64) {
+        // Dream's ε is 1e-10, d3LLM's 1e-12 (d3llm spec §3); only Dream rounds to bf16
+        const double eps = p.score == DLLM_SCORE_NEG_ENTROPY_F64 ? 1e-12 : 1e-10;
         double e = 0.0;
         for_each_logit(l, p.vocab, [&](unsigned int, float x) {
             const double q = prob(x);
@@ -139,7 +142,7 @@ __device__ void argmax_conf(const ArgmaxParams p) {
                 const float lg = __bfloat162float(__float2bfloat16_rn(__double2float_rn(log((double)t))));
                 e += (double)__bfloat162float(__float2bfloat16_rn((float)q * lg));
             } else {
-                e += q * log(q + 1e-10);
+                e += q * log(q + eps);
             }
         });
         e = block_sum_d(e);

@@ -117,6 +117,7 @@ typedef struct {
 /* What argmax_conf writes as a candidate's score (values match the Rust side). */
 #define DLLM_SCORE_CONFIDENCE 0
 #define DLLM_SCORE_NEG_ENTROPY 1
+#define DLLM_SCORE_NEG_ENTROPY_F64 2  /* d3LLM: sum p ln(p + 1e-12) in f64, never rounded */
 
 typedef struct {
     dptr_t logits;    /* [batch x block_len, vocab] activation dtype */

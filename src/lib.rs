@@ -9,6 +9,8 @@
 //! `../shared/spec/fast-dllm.md` (copied as `docs/fast-dllm-spec.md`) is the reference semantics;
 //! comments cite its sections as "spec §N".
 
+#![warn(clippy::too_many_lines)]
+
 pub mod backend;
 pub mod bench;
 pub mod cache;

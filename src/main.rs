@@ -2,6 +2,8 @@
 //! module under `cli/`; errors are printed without a backtrace and exit non-zero (2 for a
 //! malformed command line, from clap; 1 for everything else).
 
+#![warn(clippy::too_many_lines)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -652,6 +652,41 @@ fn official_and_golden_cases_token_for_token_on_gpu() {
     }
 }
 
+/// d3LLM's decoders on the GPU in f32 (the entropy score in argmax_conf, the multi-block loop,
+/// the delayed cache as windows over the canvas cache): all 76 cases of d3LLM's own code, as on
+/// the CPU.
+#[test]
+fn d3llm_reference_cases_on_gpu() {
+    let Some((_, engine)) = gpu_engine(&fixture("official/checkpoint")) else { return };
+    let bad = d3llm_mismatches(&engine, &d3llm_cases());
+    assert!(bad.is_empty(), "{} of 76 d3LLM cases differ on the GPU:\n{}", bad.len(), bad.join("\n"));
+}
+
+/// d3LLM's entropy score (−H with ε 1e-12 in f64) against its CPU twin on the awkward logits.
+#[test]
+fn d3llm_entropy_score_matches_the_cpu() {
+    let Some(twins) = twins(DType::F32) else { return };
+    let ((a_tokens, a_score), (b_tokens, b_score)) = on_both!(twins, |be| {
+        let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
+        let sampling = Sampling {
+            temperature: 0.0,
+            seeds: &[11, 12, 13],
+            counters: &[3, 0, 7],
+            mask_id: MASK_ID,
+            score: Score::NegEntropyF64,
+            bf16_probs: false,
+        };
+        be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();
+        be.read_cands(&cands, BATCH * BLOCK.len).unwrap()
+    });
+    assert_eq!(a_tokens, b_tokens);
+    for (x, y) in a_score.iter().zip(&b_score) {
+        let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-9 * y.abs() + 1e-12;
+        assert!(same, "score {x} vs {y}");
+    }
+    assert!(a_score[7] < 0.0 && a_score[7].is_finite(), "−H of a finite row is negative");
+}
+
 #[test]
 fn batches_on_gpu_equal_each_row_alone() {
     let Some((_, engine)) = gpu_engine(&fixture("tiny-gqa/checkpoint")) else { return };

@@ -5,8 +5,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use dllm::backend::cpu::Cpu;
+use dllm::backend::Backend;
 use dllm::cache::CacheMode;
-use dllm::decode::{DecodeOptions, Engine, Rule};
+use dllm::decode::{DecodeOptions, Decoder, DelayedCache, Engine, MultiBlock, Quiet, Rule, RunOptions};
 
 use super::fixtures::read_json;
 
@@ -132,4 +133,105 @@ pub fn assert_prompts_tokenize(doc: &Value, tok: &dllm::model::Tokenizer, label:
             if p["chat"].as_bool().unwrap() { tok.encode_chat(text) } else { tok.encode(text) }.unwrap();
         assert_eq!(got, want, "{label} prompt {}", p["id"]);
     }
+}
+
+/// One case of d3LLM's own decoders on the official checkpoint (tests/fixtures/official/
+/// d3llm_reference.json; d3llm spec §10).
+pub struct D3Case {
+    pub name: String,
+    pub prompt: Vec<u32>,
+    pub opts: DecodeOptions,
+    pub tokens: Vec<u32>,
+    pub nfe: usize,
+    pub model_calls: usize,
+    pub kinds: String,
+    pub commits: Vec<u32>,
+    /// Per forward: the fed canvas range `[start, end)`.
+    pub fed: Vec<[usize; 2]>,
+}
+
+/// The decoding options of a d3LLM reference case (its function and knobs).
+fn d3llm_options(c: &Value) -> DecodeOptions {
+    let f = |k: &str| c[k].as_f64();
+    let u = |k: &str| c[k].as_u64().map(|x| x as usize);
+    let early_stop =
+        if c["early_stop"].as_bool().unwrap_or(false) { c["eos_token_id"].as_u64().map(|x| x as u32) } else { None };
+    let multi = |cache| MultiBlock {
+        add: f("block_add_threshold").unwrap(),
+        activate: f("decoded_token_threshold").unwrap(),
+        cache,
+        early_stop,
+        max_per_forward: None,
+    };
+    let decoder = match c["function"].as_str().unwrap() {
+        "generate" => Decoder::Blocks,
+        "generate_multi_block" => Decoder::MultiBlock(multi(None)),
+        "generate_multi_block_kv_cache" => Decoder::MultiBlock(multi(Some(DelayedCache {
+            delay: u("cache_delay_iter").unwrap(),
+            refresh: u("refresh_interval").unwrap(),
+        }))),
+        other => panic!("unknown function {other}"),
+    };
+    DecodeOptions {
+        gen_length: u("gen_length").unwrap(),
+        block_length: u("block_length").unwrap(),
+        steps: u("steps").unwrap(),
+        cache: CacheMode::None,
+        rule: Rule::Entropy(f("threshold").unwrap_or(999.0)),
+        decoder,
+        ..DecodeOptions::default()
+    }
+}
+
+/// Every d3LLM reference case.
+pub fn d3llm_cases() -> Vec<D3Case> {
+    let doc = read_json(&super::fixtures::fixture("official/d3llm_reference.json"));
+    let prompts = doc["prompts"].as_array().unwrap();
+    let prompt = |id: &Value| ids(&prompts.iter().find(|p| &p["id"] == id).unwrap()["ids"]);
+    let pair = |f: &Value| [f[0].as_u64().unwrap() as usize, f[1].as_u64().unwrap() as usize];
+    doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| D3Case {
+            name: c["name"].as_str().unwrap().to_string(),
+            prompt: prompt(&c["prompt"]),
+            opts: d3llm_options(c),
+            tokens: ids(&c["tokens"]),
+            nfe: c["nfe"].as_u64().unwrap() as usize,
+            model_calls: c["model_calls"].as_u64().unwrap() as usize,
+            kinds: c["forward_kinds"].as_str().unwrap().to_string(),
+            commits: ids(&c["commits_per_forward"]),
+            fed: c["fed"].as_array().unwrap().iter().map(pair).collect(),
+        })
+        .collect()
+}
+
+/// Run every d3LLM case (tracing, to see what each forward fed) on `engine`; the names of those
+/// that differ in tokens, NFE, model calls, forward kinds, commits or fed ranges, with how.
+pub fn d3llm_mismatches<B: Backend>(engine: &Engine<B>, cases: &[D3Case]) -> Vec<String> {
+    let run = RunOptions { trace: true, ..RunOptions::default() };
+    let mut bad = vec![];
+    for c in cases {
+        let out = engine.generate_with(std::slice::from_ref(&c.prompt), &c.opts, run, &mut Quiet).unwrap();
+        let r = &out.rows[0];
+        let fed: Vec<[usize; 2]> =
+            out.trace.iter().map(|t| [t.window.start, t.window.start + t.window.len]).collect();
+        let same = r.tokens == c.tokens && r.nfe == c.nfe && out.forwards == c.model_calls;
+        if !(same && r.kinds == c.kinds && r.commits == c.commits && fed == c.fed) {
+            bad.push(format!(
+                "{}: nfe {} (want {}), kinds {} (want {}), commits {:?} (want {:?}), tokens {}, fed {}",
+                c.name,
+                r.nfe,
+                c.nfe,
+                r.kinds,
+                c.kinds,
+                r.commits,
+                c.commits,
+                if r.tokens == c.tokens { "equal" } else { "differ" },
+                if fed == c.fed { "equal" } else { "differs" }
+            ));
+        }
+    }
+    bad
 }
