@@ -126,6 +126,17 @@ fn open_request(port: u16, body: &Value) -> TcpStream {
     s
 }
 
+/// Read a streamed response until its first text chunk: the request has finished a block.
+fn await_first_chunk(s: &mut TcpStream) {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("data: {") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 /// Poll `/health` until `done(health)` holds, failing after `limit`.
 fn wait_for_health(port: u16, limit: Duration, done: impl Fn(&Value) -> bool) {
     let t0 = Instant::now();
@@ -263,13 +274,7 @@ fn a_request_joins_a_running_batch_at_a_block_boundary() {
     let long = json!({"prompt": "Once", "gen_length": 448, "stream": true, "threshold": 1.0});
     let mut s = open_request(p, &long);
     // wait until the long request has finished its first block (its first text chunk)
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("data: {") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    await_first_chunk(&mut s);
     let (st, joined) = post(p, "/v1/completions", &short);
     assert_eq!(st, 200, "{joined}");
     assert_eq!(joined["dllm"]["batch"], 2, "it shared the running batch: {joined}");
@@ -620,13 +625,7 @@ fn a_queued_request_whose_client_leaves_is_counted() {
         json!({"prompt": "Once", "max_tokens": 448, "gen_length": 448, "stream": true, "threshold": 1.0});
     let mut s = open_request(p, &long);
     // the long request is running once its first block's text arrives
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("data: {") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    await_first_chunk(&mut s);
     let queued = open_request(p, &json!({"prompt": "Hi", "cache": "none"}));
     wait_for_health(p, Duration::from_secs(20), |h| h["queued"] == 1 && h["running"] == 1);
     drop(queued);

@@ -53,6 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_tiny import bytes_to_unicode  # noqa: E402  (the GPT-2 byte alphabet, shared)
+
 # ----------------------------------------------------------------------------- shapes (spec §2)
 
 D_MODEL = 4096
@@ -308,20 +311,6 @@ def added_tokens():
 
 ADDITIONAL = ["<role>", "</role>", "<|arithmetic_start|>", "<|arithmetic_end|>",
               "<|number_start|>", "<|number_end|>"]
-
-
-def bytes_to_unicode():
-    """GPT-2 byte-level alphabet: byte b -> a printable unicode character."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def tokenizer_json():

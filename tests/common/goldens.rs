@@ -154,8 +154,11 @@ pub struct D3Case {
 fn d3llm_options(c: &Value) -> DecodeOptions {
     let f = |k: &str| c[k].as_f64();
     let u = |k: &str| c[k].as_u64().map(|x| x as usize);
-    let early_stop =
-        if c["early_stop"].as_bool().unwrap_or(false) { c["eos_token_id"].as_u64().map(|x| x as u32) } else { None };
+    let early_stop = if c["early_stop"].as_bool().unwrap_or(false) {
+        c["eos_token_id"].as_u64().map(|x| x as u32)
+    } else {
+        None
+    };
     let multi = |cache| MultiBlock {
         add: f("block_add_threshold").unwrap(),
         activate: f("decoded_token_threshold").unwrap(),

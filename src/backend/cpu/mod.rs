@@ -91,21 +91,49 @@ impl CpuTensor {
             Some(m) => widen(m.dtype, m.row(r, self.cols), out),
         }
     }
-    /// `dot(x, row r)`: for a mapped matrix the stored values are widened inside the product,
-    /// in the same order, so the result is the owned copy's bit for bit.
+    /// Row `r` as the dot product reads it, resolved once per row: owned f32, or the mapped
+    /// bytes as their element type when aligned on a little-endian host (the common case:
+    /// safetensors data is packed in the dtype's own alignment), else as bytes.
     #[inline]
-    fn dot_row(&self, x: &[f32], r: usize) -> f32 {
-        match &self.mapped {
-            None => dot(x, self.row(r)),
-            Some(m) => {
-                let b = m.row(r, self.cols);
-                match m.dtype {
-                    DType::F32 => dot_by::<4>(x, b, f32::from_le_bytes),
-                    DType::Bf16 => {
-                        dot_by::<2>(x, b, |c| f32::from_bits(u32::from(u16::from_le_bytes(c)) << 16))
-                    }
-                    DType::F16 => dot_by::<2>(x, b, |c| f16::from_bits(u16::from_le_bytes(c)).to_f32()),
-                }
+    fn weight_row(&self, r: usize) -> WeightRow<'_> {
+        let Some(m) = &self.mapped else { return WeightRow::F32(self.row(r)) };
+        let b = m.row(r, self.cols);
+        let le = cfg!(target_endian = "little");
+        match m.dtype {
+            DType::F32 if le => {
+                bytemuck::try_cast_slice(b).map_or(WeightRow::Bytes(m.dtype, b), WeightRow::F32)
+            }
+            DType::Bf16 if le => {
+                bytemuck::try_cast_slice(b).map_or(WeightRow::Bytes(m.dtype, b), WeightRow::Bf16)
+            }
+            dtype => WeightRow::Bytes(dtype, b),
+        }
+    }
+}
+
+/// One weight row for [`WeightRow::dot`].
+enum WeightRow<'a> {
+    F32(&'a [f32]),
+    /// bf16 values as bits.
+    Bf16(&'a [u16]),
+    /// Little-endian stored values of a dtype.
+    Bytes(DType, &'a [u8]),
+}
+
+impl WeightRow<'_> {
+    /// `dot(x, row)` with the stored values widened inside the product, in the same order: the
+    /// owned copy's result bit for bit.
+    #[inline]
+    fn dot(&self, x: &[f32]) -> f32 {
+        match *self {
+            WeightRow::F32(w) => dot(x, w),
+            WeightRow::Bf16(w) => dot_with(x, w, bf16_bits_to_f32),
+            WeightRow::Bytes(DType::F32, b) => dot_by::<4>(x, b, f32::from_le_bytes),
+            WeightRow::Bytes(DType::Bf16, b) => {
+                dot_by::<2>(x, b, |c| bf16_bits_to_f32(u16::from_le_bytes(c)))
+            }
+            WeightRow::Bytes(DType::F16, b) => {
+                dot_by::<2>(x, b, |c| f16::from_bits(u16::from_le_bytes(c)).to_f32())
             }
         }
     }
@@ -170,19 +198,33 @@ impl Cpu {
 /// same inputs give the same bits whatever the batch, window or thread count.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(a, b, |x| x)
+}
+
+/// [`dot`] of `a` with stored values `b`, each widened to f32 by `w` inside the product: the
+/// same lanes and order, so the same bits as widening first.
+#[inline]
+fn dot_with<T: Copy>(a: &[f32], b: &[T], w: impl Fn(T) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * w(y[l]);
         }
     }
     for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        acc[l] += x * y;
+        acc[l] += x * w(*y);
     }
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// A bf16 value's f32 (exact); a NaN keeps its payload (its products are NaN either way), which
+/// keeps the loop branch-free where `half`'s conversion quiets NaNs with a branch per element.
+#[inline]
+fn bf16_bits_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
 }
 
 /// [`dot`] of f32 `a` with `S`-byte stored values `b`, each widened by `w`: the same lanes and the
@@ -344,9 +386,10 @@ impl Backend for Cpu {
             for rb in (0..m).step_by(LINEAR_ROWS) {
                 let re = (rb + LINEAR_ROWS).min(m);
                 for o in 0..n {
+                    let wr = w.weight_row(o);
                     for r in rb..re {
                         let xr = &xd[(r0 + r) * k..(r0 + r + 1) * k];
-                        chunk[r * n + o] = round_to(dtype, w.dot_row(xr, o));
+                        chunk[r * n + o] = round_to(dtype, wr.dot(xr));
                     }
                 }
             }
