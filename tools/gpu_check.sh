@@ -182,14 +182,6 @@ run() {
   [ $rc -ne 0 ] && say "(rc $rc)"
   say ""
 
-  say "## S2: d3LLM's multi-block decoder on synthetic LLaDA-8B weights (dllm bench)"
-  say ""
-  within 90 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s2-mb,s2-kv \
-    --json "$OUT/s2.json" > "$OUT/s2.txt" 2>&1
-  rc=$?
-  sed -n '/^workload S2/,$p' "$OUT/s2.txt" | tee -a "$report"
-  [ $rc -ne 0 ] && say "(rc $rc)"
-  say ""
   say "### CUDA graphs off (s1-dual), for comparison"
   within 60 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual --no-graphs \
     2>&1 | grep -E '^\| s1-' | tee -a "$report"
@@ -209,6 +201,14 @@ run() {
     DLLM_ATTENTION_SPLITS=$n within 30 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s1-dual \
       2>&1 | grep -E '^\| s1-' | sed "s/^| s1-/| splits $n s1-/" | tee -a "$report"
   done
+  say ""
+  say "## S2: d3LLM's multi-block decoder on synthetic LLaDA-8B weights (dllm bench)"
+  say ""
+  within 90 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --variants s2-mb,s2-kv \
+    --json "$OUT/s2.json" > "$OUT/s2.txt" 2>&1
+  rc=$?
+  sed -n '/^workload S2/,$p' "$OUT/s2.txt" | tee -a "$report"
+  [ $rc -ne 0 ] && say "(rc $rc)"
   say ""
   # Kernel times without launch gaps: Nsight Compute on our kernels (cuBLAS's excluded) of one S1
   # DualCache in-block step. Our kernels a forward: block start 166 (tensor-core attention, no
