@@ -9,6 +9,8 @@ pub enum DType {
     F32,
     Bf16,
     F16,
+    /// FP8 e4m3 (`crate::fp8`): quantized weights only, never an activation dtype.
+    E4m3,
 }
 
 impl DType {
@@ -16,6 +18,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::Bf16 | DType::F16 => 2,
+            DType::E4m3 => 1,
         }
     }
     pub fn name(self) -> &'static str {
@@ -23,16 +26,18 @@ impl DType {
             DType::F32 => "F32",
             DType::Bf16 => "BF16",
             DType::F16 => "F16",
+            DType::E4m3 => "F8_E4M3",
         }
     }
 }
 
-/// Round one f32 value to `dtype` (round to nearest even; identity for f32).
+/// Round one f32 value to `dtype` (round to nearest even, e4m3 saturating; identity for f32).
 #[inline]
 pub fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
         DType::F32 => x,
         DType::Bf16 => bf16::from_f32(x).to_f32(),
         DType::F16 => f16::from_f32(x).to_f32(),
+        DType::E4m3 => crate::fp8::e4m3_to_f32(crate::fp8::e4m3_from_f32(x)),
     }
 }

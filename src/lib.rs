@@ -18,6 +18,7 @@ pub mod decode;
 pub mod dtype;
 pub mod error;
 pub mod eval;
+pub mod fp8;
 pub mod model;
 pub mod profile;
 pub mod serve;

@@ -176,6 +176,16 @@ pub trait Backend {
     /// A weight matrix from checkpoint tensors stacked along rows (e.g. q|k|v), in the
     /// activation dtype.
     fn upload(&self, parts: &[TensorView<'_>], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// An FP8 weight matrix (issue 17, `crate::fp8`): e4m3 codes `[rows, cols]` row-major and
+    /// one f32 scale per row (output channel). Errors where the device has no FP8 (CUDA: compute
+    /// capability below 8.9, named in the error).
+    fn upload_fp8(&self, codes: &[u8], scales: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// An FP8 activation buffer `[rows, cols]` (codes and one scale per row) for
+    /// [`Backend::quantize_fp8`] to fill.
+    fn tensor_fp8(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// The element type a tensor is stored in: [`DType::E4m3`] for FP8 weights and activation
+    /// buffers, else the activation dtype (or, for [`Backend::upload_f32`] tables, f32).
+    fn stored_dtype(&self, t: &Self::Tensor) -> DType;
     /// A matrix kept in f32 whatever the activation dtype (the RoPE tables, spec §2).
     fn upload_f32(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
     fn ids(&self, len: usize) -> Result<Self::Ids>;
@@ -203,7 +213,9 @@ pub trait Backend {
         rows: usize,
         out: &mut Self::Tensor,
     ) -> Result<()>;
-    /// `out = x · wᵀ` (`w` is `[out, in]`), fp32 accumulation, one rounding.
+    /// `out = x · wᵀ` (`w` is `[out, in]`), fp32 accumulation, one rounding. With an FP8 `w`
+    /// ([`Backend::upload_fp8`]), `x` is an FP8 buffer filled by [`Backend::quantize_fp8`] and
+    /// `out[m, n] = round(Σ_k e(x[m, k]) · e(w[n, k]) · sx[m] · sw[n])` (`crate::fp8`).
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
     /// Rotate the q and k parts of `qkv` (`[q | k | v]` per row) in fp32 by each row's position
     /// (rotate-half layout), q in place; write rotated k and v into the caches at the window's
@@ -233,6 +245,10 @@ pub trait Backend {
         heads: Heads,
         out: &mut Self::Tensor,
     ) -> Result<()>;
+    /// Per row `r < rows` of `x` (activation dtype, `[rows, k]`): `sx[r] = absmax / 448` and the
+    /// e4m3 codes of `x[r] / sx[r]` into the FP8 buffer `out` (`crate::fp8::quantize_row`,
+    /// bit-exact on every backend).
+    fn quantize_fp8(&self, x: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
     /// `out = silu(gate) · up` with `gate_up = [gate | up]` per row.
     fn swiglu(&self, gate_up: &Self::Tensor, rows: usize, out: &mut Self::Tensor) -> Result<()>;
     /// `h += x` (the residual).

@@ -45,6 +45,7 @@ impl TensorView<'_> {
                 .chunks_exact(2)
                 .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
                 .collect(),
+            DType::E4m3 => b.iter().map(|&c| crate::fp8::e4m3_to_f32(c)).collect(),
         }
     }
 }
@@ -191,6 +192,7 @@ fn dtype_of(d: Dtype) -> Option<DType> {
         Dtype::F32 => Some(DType::F32),
         Dtype::BF16 => Some(DType::Bf16),
         Dtype::F16 => Some(DType::F16),
+        Dtype::F8_E4M3 => Some(DType::E4m3),
         _ => None,
     }
 }
@@ -211,7 +213,7 @@ impl Shard {
                 return Err(Error::tensor(
                     path,
                     &name,
-                    format!("dtype {:?} is not supported (F32, BF16, F16 are)", info.dtype),
+                    format!("dtype {:?} is not supported (F32, BF16, F16, F8_E4M3 are)", info.dtype),
                 ));
             }
             tensors.insert(name, info.clone());

@@ -24,6 +24,7 @@ pub mod select;
 use super::rng;
 pub use crate::dtype::round_to;
 use crate::error::{Error, Result};
+use crate::fp8;
 use crate::model::checkpoint::TensorView;
 use select::Candidate;
 
@@ -33,13 +34,22 @@ pub struct Cpu {
 }
 
 /// A row-major matrix: f32 values in `data` (rounded to the activation dtype where the dtype says
-/// so), or, for a weight matrix read in place from the checkpoint, `mapped` (then `data` is empty).
+/// so), or, for a weight matrix read in place from the checkpoint, `mapped`, or e4m3 codes and
+/// per-row scales in `fp8` (FP8 weights and activation buffers); `data` is empty in both.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuTensor {
     pub rows: usize,
     pub cols: usize,
     pub data: Vec<f32>,
     mapped: Option<Mapped>,
+    fp8: Option<Fp8>,
+}
+
+/// e4m3 codes `[rows, cols]` and one f32 scale per row (`crate::fp8`).
+#[derive(Clone, Debug, PartialEq)]
+struct Fp8 {
+    codes: Vec<u8>,
+    scales: Vec<f32>,
 }
 
 /// A weight matrix in the checkpoint's mapped files: the stacked tensors' (map, byte offset, rows)
@@ -79,7 +89,7 @@ impl Mapped {
 impl CpuTensor {
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "CpuTensor data does not match its shape");
-        CpuTensor { rows, cols, data, mapped: None }
+        CpuTensor { rows, cols, data, mapped: None, fp8: None }
     }
     fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
@@ -135,6 +145,7 @@ impl WeightRow<'_> {
             WeightRow::Bytes(DType::F16, b) => {
                 dot_by::<2>(x, b, |c| f16::from_bits(u16::from_le_bytes(c)).to_f32())
             }
+            WeightRow::Bytes(DType::E4m3, b) => dot_with(x, b, fp8::e4m3_to_f32),
         }
     }
 }
@@ -147,6 +158,7 @@ fn widen(dtype: DType, bytes: &[u8], out: &mut [f32]) {
             DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
             DType::Bf16 => bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
             DType::F16 => f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
+            DType::E4m3 => fp8::e4m3_to_f32(c[0]),
         };
     }
 }
@@ -266,6 +278,36 @@ fn row_position(p: usize, pad: u32) -> usize {
     p.saturating_sub(pad as usize)
 }
 
+impl Cpu {
+    /// The FP8 linear (`crate::fp8`): codes widened to their exact values, the same fixed-order
+    /// f32 dot product as every linear, then `· sx[m] · sw[n]` and one rounding.
+    fn linear_fp8(&self, x: &CpuTensor, w: &Fp8, n: usize, rows: usize, out: &mut CpuTensor) -> Result<()> {
+        let Some(xq) = &x.fp8 else {
+            return Err(Error::Device(
+                "cpu backend: linear: an FP8 weight needs an FP8 input (quantize_fp8)".into(),
+            ));
+        };
+        let k = x.cols;
+        let xs: Vec<f32> = xq.codes[..rows * k].iter().map(|&c| fp8::e4m3_to_f32(c)).collect();
+        let dtype = self.dtype;
+        self.par_rows(&mut out.data[..rows * n], n, rows * n * k, |r0, chunk| {
+            let m = chunk.len() / n;
+            for rb in (0..m).step_by(LINEAR_ROWS) {
+                let re = (rb + LINEAR_ROWS).min(m);
+                for o in 0..n {
+                    let wr = &w.codes[o * k..(o + 1) * k];
+                    for r in rb..re {
+                        let xr = &xs[(r0 + r) * k..(r0 + r + 1) * k];
+                        let acc = dot_with(xr, wr, fp8::e4m3_to_f32);
+                        chunk[r * n + o] = round_to(dtype, acc * xq.scales[r0 + r] * w.scales[o]);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
 impl Backend for Cpu {
     type Tensor = CpuTensor;
     type Ids = Vec<u32>;
@@ -300,7 +342,7 @@ impl Backend for Cpu {
                 .map(|p| (p.map.clone(), p.offset, p.bytes.len() / (cols * p.dtype.size())))
                 .collect();
             let mapped = Some(Mapped { dtype: self.dtype, parts });
-            return Ok(CpuTensor { rows, cols, data: vec![], mapped });
+            return Ok(CpuTensor { rows, cols, data: vec![], mapped, fp8: None });
         }
         let mut data = Vec::with_capacity(rows * cols);
         for p in parts {
@@ -310,6 +352,27 @@ impl Backend for Cpu {
         }
         check(data.len() == rows * cols, "upload: parts do not fill the matrix")?;
         Ok(CpuTensor::new(rows, cols, data))
+    }
+
+    fn upload_fp8(&self, codes: &[u8], scales: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
+        check(
+            codes.len() == rows * cols && scales.len() == rows,
+            "upload_fp8: codes or scales do not match the shape",
+        )?;
+        let fp8 = Some(Fp8 { codes: codes.to_vec(), scales: scales.to_vec() });
+        Ok(CpuTensor { rows, cols, data: vec![], mapped: None, fp8 })
+    }
+
+    fn tensor_fp8(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
+        self.upload_fp8(&vec![0; rows * cols], &vec![0.0; rows], rows, cols)
+    }
+
+    fn stored_dtype(&self, t: &CpuTensor) -> DType {
+        match (&t.fp8, &t.mapped) {
+            (Some(_), _) => DType::E4m3,
+            (None, Some(m)) => m.dtype,
+            (None, None) => self.dtype,
+        }
     }
 
     fn upload_f32(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
@@ -377,6 +440,10 @@ impl Backend for Cpu {
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, rows: usize, out: &mut CpuTensor) -> Result<()> {
         let (k, n) = (w.cols, w.rows);
         check(x.cols == k && out.cols == n && x.rows >= rows && out.rows >= rows, "linear: shapes")?;
+        if let Some(wq) = &w.fp8 {
+            return self.linear_fp8(x, wq, n, rows, out);
+        }
+        check(x.fp8.is_none(), "linear: an FP8 input needs an FP8 weight")?;
         let xd = &x.data[..rows * k];
         let dtype = self.dtype;
         self.par_rows(&mut out.data[..rows * n], n, rows * n * k, |r0, chunk| {
@@ -509,6 +576,20 @@ impl Backend for Cpu {
                 }
             }
         });
+        Ok(())
+    }
+
+    fn quantize_fp8(&self, x: &CpuTensor, rows: usize, out: &mut CpuTensor) -> Result<()> {
+        let k = x.cols;
+        check(
+            out.cols == k && x.rows >= rows && out.rows >= rows && x.fp8.is_none(),
+            "quantize_fp8: shapes",
+        )?;
+        check(out.fp8.is_some(), "quantize_fp8: the output is not an FP8 buffer")?;
+        let Some(q) = &mut out.fp8 else { return Ok(()) };
+        for r in 0..rows {
+            q.scales[r] = fp8::quantize_row(x.row(r), &mut q.codes[r * k..(r + 1) * k]);
+        }
         Ok(())
     }
 

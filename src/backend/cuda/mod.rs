@@ -243,6 +243,22 @@ impl Backend for Cuda {
         self.tensor_of(rows, cols, self.dtype, &bytes, what)
     }
 
+    fn upload_fp8(&self, _codes: &[u8], _scales: &[f32], _rows: usize, _cols: usize) -> Result<CudaTensor> {
+        Err(crate::error::Error::Device("FP8 weights are not implemented on the CUDA backend yet".into()))
+    }
+
+    fn tensor_fp8(&self, _rows: usize, _cols: usize) -> Result<CudaTensor> {
+        Err(crate::error::Error::Device("FP8 weights are not implemented on the CUDA backend yet".into()))
+    }
+
+    fn stored_dtype(&self, t: &CudaTensor) -> DType {
+        t.dtype
+    }
+
+    fn quantize_fp8(&self, _x: &CudaTensor, _rows: usize, _out: &mut CudaTensor) -> Result<()> {
+        Err(crate::error::Error::Device("FP8 weights are not implemented on the CUDA backend yet".into()))
+    }
+
     fn upload_f32(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
         self.tensor_of(rows, cols, DType::F32, &self.bytes_of(data, DType::F32), "tables")
     }
