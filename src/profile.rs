@@ -90,15 +90,17 @@ pub fn attention_cost(cfg: &ModelConfig, rows: usize, batch: usize, keys: usize,
     (bytes, 4.0 * r * keys as f64 * (cfg.n_heads * cfg.head_dim) as f64)
 }
 
-/// Bytes and FLOPs of `out[rows, n] = x[rows, k] · w[n, k]ᵀ` with `s`-byte elements.
-pub fn gemm_cost(rows: usize, n: usize, k: usize, s: f64) -> (f64, f64) {
+/// Bytes and FLOPs of `out[rows, n] = x[rows, k] · w[n, k]ᵀ` with `w`-byte weights and
+/// `s`-byte activations.
+pub fn gemm_cost(rows: usize, n: usize, k: usize, w: f64, s: f64) -> (f64, f64) {
     let (r, n, k) = (rows as f64, n as f64, k as f64);
-    ((n * k + r * (n + k)) * s, 2.0 * r * n * k)
+    (n * k * w + r * (n + k) * s, 2.0 * r * n * k)
 }
 
 /// Bytes a forward must move — every weight once (all layers and the LM head; the embedding is
 /// only gathered) and the KV cache it reads and writes — and its FLOPs, for `rows_per_batch`
-/// query rows against `keys` keys per batch row, with `elem`-byte elements.
+/// query rows against `keys` keys per batch row, with `elem`-byte elements (weights of an FP8
+/// model, `cfg.quantization`, 1 byte: the LM head counted as FP8 too).
 pub fn forward_cost(
     cfg: &ModelConfig,
     elem: usize,
@@ -110,7 +112,9 @@ pub fn forward_cost(
     let layer_params: f64 = layer_gemms(cfg).iter().map(|&(n, k)| (n * k) as f64).sum();
     let head_params = (cfg.n_logits * cfg.d_model) as f64;
     let kv = 2.0 * cfg.kv_dim() as f64 * (batch * (keys + rows_per_batch)) as f64;
-    let bytes = (cfg.n_layers as f64 * (layer_params + kv) + head_params) * elem as f64;
+    let welem = if cfg.quantization.is_some() { 1.0 } else { elem as f64 };
+    let bytes =
+        (cfg.n_layers as f64 * layer_params + head_params) * welem + cfg.n_layers as f64 * kv * elem as f64;
     let rows = (batch * rows_per_batch) as f64;
     let attn = 4.0 * rows * keys as f64 * (cfg.n_heads * cfg.head_dim) as f64;
     let flops =

@@ -51,6 +51,7 @@ pub fn preset(name: &str, scale: usize) -> Result<ModelConfig> {
         mask_token_id: None,
         eos_token_ids: vec![],
         pad_token_id: None,
+        quantization: None,
     })
 }
 

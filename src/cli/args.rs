@@ -233,6 +233,27 @@ pub(crate) struct DeviceArgs {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Linear weights: as the checkpoint stores them, or FP8 e4m3 with per-channel scales,
+    /// quantized at load (W8A8: activations quantized per token at run time; CUDA needs
+    /// compute capability 8.9+).
+    #[arg(long, value_enum, default_value_t = WeightsArg::Checkpoint)]
+    pub(crate) weights: WeightsArg,
+}
+
+/// `--weights`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WeightsArg {
+    Checkpoint,
+    Fp8,
+}
+
+impl From<WeightsArg> for dllm::transformer::WeightFormat {
+    fn from(w: WeightsArg) -> Self {
+        match w {
+            WeightsArg::Checkpoint => Self::AsStored,
+            WeightsArg::Fp8 => Self::Fp8,
+        }
+    }
 }
 
 #[derive(Args)]

@@ -11,6 +11,7 @@ use dllm::backend::Backend;
 use dllm::decode::Engine;
 use dllm::dtype::DType;
 use dllm::model::{embedded, ModelFiles};
+use dllm::transformer::WeightFormat;
 use dllm::{Error, Result};
 
 use super::args::{DeviceArg, DeviceArgs};
@@ -55,19 +56,24 @@ pub(crate) fn open_model(model: &Option<PathBuf>) -> Result<ModelFiles> {
     }
 }
 
-/// Upload the weights, with a progress line on a terminal.
-pub(crate) fn load_engine<B: Backend>(backend: B, files: &ModelFiles) -> Result<Engine<B>> {
+/// Upload the weights (linears in `format`), with a progress line on a terminal.
+pub(crate) fn load_engine<B: Backend>(
+    backend: B,
+    files: &ModelFiles,
+    format: WeightFormat,
+) -> Result<Engine<B>> {
     eprintln!("device: {}", backend.name());
     let tty = std::io::stderr().is_terminal();
     let t0 = std::time::Instant::now();
-    let engine = Engine::load_with_progress(backend, files, &mut |done, all| {
+    let engine = Engine::load_with_progress(backend, files, format, &mut |done, all| {
         if tty {
             eprint!("\rloading weights: layer {done}/{all}");
         }
     })?;
     let what = if tty { "\r" } else { "" };
+    let fp8 = if engine.config.quantization.is_some() { " (FP8 e4m3 linears)" } else { "" };
     eprintln!(
-        "{what}loaded weights: {} layers in {:.2} s",
+        "{what}loaded weights: {} layers in {:.2} s{fp8}",
         files.config.n_layers,
         t0.elapsed().as_secs_f64()
     );

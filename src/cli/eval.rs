@@ -24,7 +24,7 @@ struct Job<'a> {
 impl OnBackend for Job<'_> {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let (a, opts) = (self.args, &self.opts);
-        let engine = load_engine(backend, self.files)?;
+        let engine = load_engine(backend, self.files, self.args.dev.weights.into())?;
         let modes: Vec<(String, DecodeOptions)> = if a.table {
             let modes = eval::table_modes(engine.special.eos);
             modes.iter().map(|m| (m.name.to_string(), m.options(opts))).collect()

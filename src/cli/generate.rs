@@ -22,7 +22,7 @@ struct Job<'a> {
 
 impl OnBackend for Job<'_> {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
-        let engine = load_engine(backend, self.files)?;
+        let engine = load_engine(backend, self.files, self.args.dev.weights.into())?;
         let out = engine.generate_with(&self.prompts, &self.opts, self.run, &mut Quiet)?;
         report(self.args, self.files, &self.opts, &out);
         Ok(())

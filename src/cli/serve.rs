@@ -14,11 +14,12 @@ struct Job {
     files: ModelFiles,
     http_tok: Tokenizer,
     cfg: ServeConfig,
+    weights: dllm::transformer::WeightFormat,
 }
 
 impl OnBackend for Job {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
-        let engine = load_engine(backend, &self.files)?;
+        let engine = load_engine(backend, &self.files, self.weights)?;
         dllm::serve::serve(engine, self.http_tok, self.files.tokenizer, self.cfg)
     }
 }
@@ -44,5 +45,5 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| default_gen_length(&files, DecodeOptions::default().block_length)),
     };
     let dtype = files.dtype;
-    dispatch(&a.dev, dtype, Job { files, http_tok, cfg })
+    dispatch(&a.dev, dtype, Job { files, http_tok, cfg, weights: a.dev.weights.into() })
 }

@@ -14,9 +14,10 @@ use super::policy::StepPolicy;
 use super::step::{Buffers, Call};
 use crate::backend::{Backend, DType};
 use crate::error::{Error, Result};
+use crate::model::quant::Fp8Scheme;
 use crate::model::{Arch, ModelConfig, ModelFiles, SpecialIds};
 use crate::profile::Profiler;
-use crate::transformer::Weights;
+use crate::transformer::{WeightFormat, Weights};
 
 /// A model on a backend, ready to decode.
 pub struct Engine<B: Backend> {
@@ -29,7 +30,7 @@ pub struct Engine<B: Backend> {
 impl<B: Backend> Engine<B> {
     /// Upload the (already validated) checkpoint's weights to `backend`.
     pub fn new(backend: B, files: &ModelFiles) -> Result<Self> {
-        Self::load_with_progress(backend, files, &mut |_, _| {})
+        Self::load_with_progress(backend, files, WeightFormat::AsStored, &mut |_, _| {})
     }
 
     /// An engine over weights made elsewhere (synthetic weights of `dllm bench`).
@@ -42,19 +43,21 @@ impl<B: Backend> Engine<B> {
         Engine { backend, config, special, weights }
     }
 
-    /// As [`Engine::new`], reporting `(layers uploaded, layers)` as the weights go to the device.
+    /// As [`Engine::new`], with the linears in `format` (FP8 quantized at load, issue 17),
+    /// reporting `(layers uploaded, layers)` as the weights go to the device.
     pub fn load_with_progress(
         backend: B,
         files: &ModelFiles,
+        format: WeightFormat,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let weights = Weights::load(&backend, &files.checkpoint, &files.config, progress)?;
-        Ok(Engine {
-            backend,
-            config: files.config.clone(),
-            special: files.tokenizer.special.clone(),
-            weights,
-        })
+        let weights = Weights::load(&backend, &files.checkpoint, &files.config, format, progress)?;
+        let mut config = files.config.clone();
+        if format == WeightFormat::Fp8 && config.quantization.is_none() {
+            // the model now runs the FP8 scheme: the forward quantizes its activations
+            config.quantization = Some(Fp8Scheme { ignore: vec![] });
+        }
+        Ok(Engine { backend, config, special: files.tokenizer.special.clone(), weights })
     }
 
     /// Decode a batch of prompts (token ids, already templated) with Fast-dLLM.

@@ -145,9 +145,12 @@ impl Checkpoint {
     }
 
     /// Check that the checkpoint holds exactly `layout` (names and shapes) in one dtype, and
-    /// return that dtype: it becomes the activation dtype (spec §8).
-    pub fn validate(&self, layout: &[(String, Vec<usize>)]) -> Result<DType> {
+    /// return that dtype: it becomes the activation dtype (spec §8). A tensor `fp8_ok` accepts
+    /// (the linears of a quantized checkpoint) may instead be F8_E4M3 with its per-row scales
+    /// beside it, `<name>_scale` of shape `[rows, 1]` (compressed-tensors, `model::quant`).
+    pub fn validate(&self, layout: &[(String, Vec<usize>)], fp8_ok: &dyn Fn(&str) -> bool) -> Result<DType> {
         let mut dtype: Option<(DType, &str)> = None;
+        let mut expected: std::collections::HashSet<String> = layout.iter().map(|(n, _)| n.clone()).collect();
         for (name, shape) in layout {
             let t = self.get(name)?;
             if t.shape != shape.as_slice() {
@@ -156,6 +159,18 @@ impl Checkpoint {
                     name,
                     format!("shape {:?}, but the config implies {:?}", t.shape, shape),
                 ));
+            }
+            if t.dtype == DType::E4m3 {
+                if !fp8_ok(name) {
+                    return Err(Error::tensor(
+                        t.file,
+                        name,
+                        "F8_E4M3, but only the linear weights of a checkpoint with a quantization_config may be",
+                    ));
+                }
+                self.fp8_scales(name, shape[0])?;
+                expected.insert(format!("{name}_scale"));
+                continue;
             }
             match dtype {
                 None => dtype = Some((t.dtype, t.name)),
@@ -173,8 +188,7 @@ impl Checkpoint {
                 _ => {}
             }
         }
-        let expected: std::collections::HashSet<&str> = layout.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<&str> = self.names().filter(|n| !expected.contains(n)).collect();
+        let mut extra: Vec<&str> = self.names().filter(|n| !expected.contains(*n)).collect();
         extra.sort();
         if let Some(first) = extra.first() {
             return Err(Error::tensor(
@@ -184,6 +198,32 @@ impl Checkpoint {
             ));
         }
         dtype.map(|(d, _)| d).ok_or_else(|| Error::file(&self.dir, "empty layout"))
+    }
+
+    /// The per-row scales of the FP8 weight `name` (`rows` rows): `<name>_scale`, shape `[rows, 1]`
+    /// or `[rows]`, a float dtype, every value finite and positive.
+    pub fn fp8_scales(&self, name: &str, rows: usize) -> Result<Vec<f32>> {
+        let sname = format!("{name}_scale");
+        let s = self.get(&sname)?;
+        if s.shape != [rows, 1] && s.shape != [rows] {
+            return Err(Error::tensor(
+                s.file,
+                &sname,
+                format!("shape {:?}, expected [{rows}, 1] (one scale per row)", s.shape),
+            ));
+        }
+        if s.dtype == DType::E4m3 {
+            return Err(Error::tensor(s.file, &sname, "F8_E4M3 scales: expected F32, BF16 or F16"));
+        }
+        let v = s.to_f32();
+        if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !(x.is_finite() && **x > 0.0)) {
+            return Err(Error::tensor(
+                s.file,
+                &sname,
+                format!("row {i} has scale {x}: scales must be finite and positive"),
+            ));
+        }
+        Ok(v)
     }
 }
 

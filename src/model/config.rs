@@ -68,6 +68,8 @@ pub struct ModelConfig {
     /// first is the EOS that fills a canvas after early exit). Empty when absent.
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// `quantization_config`: FP8 linears stored in the checkpoint (compressed-tensors, issue 17).
+    pub quantization: Option<crate::model::quant::Fp8Scheme>,
 }
 
 /// A JSON token id: a non-negative integer that fits u32.
@@ -223,10 +225,12 @@ impl ModelConfig {
                 ),
             ));
         }
-        match own {
-            Arch::Llada => Self::llada(&f),
-            Arch::Dream => Self::dream(&f),
-        }
+        let mut cfg = match own {
+            Arch::Llada => Self::llada(&f)?,
+            Arch::Dream => Self::dream(&f)?,
+        };
+        cfg.quantization = crate::model::quant::parse(path, map)?;
+        Ok(cfg)
     }
 
     /// Dream's Qwen2-style config (spec §3).
@@ -276,6 +280,7 @@ impl ModelConfig {
             mask_token_id: f.opt_id("mask_token_id")?,
             eos_token_ids: f.ids("eos_token_id")?,
             pad_token_id: f.opt_id("pad_token_id")?,
+            quantization: None,
         };
         cfg.check_ids(f)?;
         Ok(cfg)
@@ -364,6 +369,7 @@ impl ModelConfig {
             mask_token_id: f.opt_id("mask_token_id")?,
             eos_token_ids: f.ids("eos_token_id")?,
             pad_token_id: f.opt_id("pad_token_id")?,
+            quantization: None,
         };
         cfg.check_ids(f)?;
         Ok(cfg)

@@ -103,7 +103,16 @@ pub fn layout(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Check a checkpoint against the layout of `cfg`'s family; returns its dtype.
+/// The parts that are linear weights: what FP8 quantizes (issue 17).
+pub const LINEARS: [Part; 8] =
+    [Part::Q, Part::K, Part::V, Part::O, Part::Gate, Part::Up, Part::Down, Part::LmHead];
+
+/// Check a checkpoint against the layout of `cfg`'s family; returns its dtype (the activation
+/// dtype). With a `quantization_config`, linear weights may be F8_E4M3 with their scales.
 pub fn validate(ck: &Checkpoint, cfg: &ModelConfig) -> Result<DType> {
-    ck.validate(&layout(cfg))
+    let linears: std::collections::HashSet<String> =
+        (0..cfg.n_layers).flat_map(|i| LINEARS.iter().map(move |&p| tensor_name(cfg.arch, p, i))).collect();
+    let quantized = cfg.quantization.is_some();
+    // The embedding is never a linear, so the returned (activation) dtype is never e4m3.
+    ck.validate(&layout(cfg), &|name| quantized && linears.contains(name))
 }

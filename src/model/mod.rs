@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod embedded;
 pub mod layout;
+pub mod quant;
 pub mod tokenizer;
 
 use std::path::Path;

@@ -18,6 +18,18 @@ pub struct Workspace<T> {
     pub block_norm: T,
     /// `[batch × block_length, n_logits]`.
     pub logits: T,
+    /// An FP8 model's (`cfg.quantization`) linear inputs, quantized per row (issue 17).
+    pub fp8: Option<Fp8Inputs<T>>,
+}
+
+/// FP8 buffers (codes and per-row scales) of the linears' inputs, one per input width.
+pub struct Fp8Inputs<T> {
+    /// The normed hidden state, `[rows, d]`: input of q|k|v, gate|up and the LM head.
+    pub a: T,
+    /// The attention output, `[rows, n_heads · head_dim]`: input of o.
+    pub attn: T,
+    /// The SwiGLU output, `[rows, mlp]`: input of down.
+    pub act: T,
 }
 
 impl<T> Workspace<T> {
@@ -41,6 +53,14 @@ impl<T> Workspace<T> {
             block_h: be.tensor(brows, cfg.d_model)?,
             block_norm: be.tensor(brows, cfg.d_model)?,
             logits: be.tensor(brows, cfg.n_logits)?,
+            fp8: match cfg.quantization {
+                None => None,
+                Some(_) => Some(Fp8Inputs {
+                    a: be.tensor_fp8(rows, cfg.d_model)?,
+                    attn: be.tensor_fp8(rows, cfg.n_heads * cfg.head_dim)?,
+                    act: be.tensor_fp8(rows, cfg.mlp_hidden)?,
+                }),
+            },
         })
     }
 }
