@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Quantize(args) => cli::quantize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

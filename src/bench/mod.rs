@@ -28,9 +28,10 @@ use crate::cache::CacheMode;
 use crate::decode::{DecodeOptions, Engine, Output, Quiet, Rule, RunOptions};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::model::quant::Fp8Scheme;
 use crate::model::{ModelConfig, SpecialIds};
 use crate::profile::{floor_ms, forward_cost, OpStat};
-use crate::transformer::Weights;
+use crate::transformer::{WeightFormat, Weights};
 
 pub struct BenchArgs {
     pub preset: String,
@@ -40,6 +41,8 @@ pub struct BenchArgs {
     pub profile: bool,
     pub cuda_graphs: bool,
     pub seed: u64,
+    /// The linears' format: FP8 quantizes the synthetic weights on the device (issue 17).
+    pub weights: WeightFormat,
 }
 
 /// S1's sizes of a run: prompt, gen, steps.
@@ -47,13 +50,16 @@ type Workload = (usize, usize, usize);
 
 /// Run the bench on `be`; print the table; return everything as JSON.
 pub fn run<B: Backend>(be: B, args: &BenchArgs, big: bool) -> Result<Value> {
-    let cfg = preset(&args.preset, args.scale)?;
+    let mut cfg = preset(&args.preset, args.scale)?;
+    if args.weights == WeightFormat::Fp8 {
+        cfg.quantization = Some(Fp8Scheme { ignore: vec![] });
+    }
     let work = s1(args.workload_scale);
     let t0 = Instant::now();
     let weights = Weights::synthetic(&be, &cfg, args.seed)?;
     be.synchronize()?;
     let load_s = t0.elapsed().as_secs_f64();
-    let ceil = measure_ceilings(&be, big)?;
+    let ceil = measure_ceilings(&be, big, cfg.quantization.is_some())?;
     let dtype = be.dtype();
     let engine = Engine::from_parts(be, cfg.clone(), synthetic_special(&cfg), weights);
     let s1_runs = args.variants.iter().any(|n| VARIANTS.iter().any(|v| v.name == n));
@@ -119,10 +125,11 @@ fn print_header(
         cfg.mlp_hidden,
         cfg.n_logits,
         wbytes / 1e6,
-        dtype.name(),
+        if cfg.quantization.is_some() { format!("FP8 e4m3 (activations {})", dtype.name()) } else { dtype.name().to_string() },
     );
+    let fp8 = ceil.gemm_fp8.map_or(String::new(), |r| format!(", FP8 GEMM {:.2} TFLOP/s", r / 1e12));
     println!(
-        "ceilings (measured now): copy {:.1} GB/s ({} MiB), GEMM {:.2} TFLOP/s ({}×{}×{}); weights generated in {:.2} s",
+        "ceilings (measured now): copy {:.1} GB/s ({} MiB), GEMM {:.2} TFLOP/s ({}×{}×{}){fp8}; weights generated in {:.2} s",
         ceil.bandwidth / 1e9,
         ceil.copy_bytes >> 20,
         ceil.gemm / 1e12,
@@ -260,8 +267,8 @@ fn summarize(
         in_block_ms: mean(
             out.forward_ms.iter().filter(|f| !f.block_start && f.graph != GraphUse::Captured).map(|f| f.ms),
         ),
-        block_start_floor_ms: floor_ms(ceil.bandwidth, ceil.gemm, fb, ff),
-        in_block_floor_ms: floor_ms(ceil.bandwidth, ceil.gemm, ib, iff),
+        block_start_floor_ms: floor_ms(ceil.bandwidth, ceil.gemm_rate(), fb, ff),
+        in_block_floor_ms: floor_ms(ceil.bandwidth, ceil.gemm_rate(), ib, iff),
         profile: out.profile.clone(),
     }
 }
@@ -273,7 +280,7 @@ fn print_profile(r: &VariantResult, ceil: &Ceilings) {
     println!("| op | calls | total ms | % | GB/s | TFLOP/s | floor ms | × floor |");
     println!("|---|---|---|---|---|---|---|---|");
     for (name, s) in &r.profile {
-        let floor = floor_ms(ceil.bandwidth, ceil.gemm, s.bytes, s.flops);
+        let floor = floor_ms(ceil.bandwidth, ceil.gemm_rate(), s.bytes, s.flops);
         let (gbs, tfs) = (s.bytes / (s.ms * 1e-3) / 1e9, s.flops / (s.ms * 1e-3) / 1e12);
         let vs_floor =
             if floor > 0.0 { format!("{:.2} | {:.1}", floor, s.ms / floor) } else { "— | —".into() };
@@ -299,7 +306,8 @@ fn to_json(
         "preset": args.preset, "scale": args.scale, "device": device, "dtype": dtype.name(),
         "model": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
                   "head_dim": cfg.head_dim, "mlp": cfg.mlp_hidden, "vocab": cfg.n_logits},
-        "ceilings": {"copy_bytes_per_s": ceil.bandwidth, "gemm_flop_per_s": ceil.gemm,
+        "weights": if cfg.quantization.is_some() { "fp8" } else { "checkpoint" },
+        "ceilings": {"copy_bytes_per_s": ceil.bandwidth, "gemm_flop_per_s": ceil.gemm, "gemm_fp8_flop_per_s": ceil.gemm_fp8,
                      "copy_bytes": ceil.copy_bytes, "gemm_mnk": [ceil.gemm_mnk.0, ceil.gemm_mnk.1, ceil.gemm_mnk.2]},
         "workload": {"prompt": p, "gen": g, "block": 32, "steps": steps, "rule": "quota",
                      "cuda_graphs": args.cuda_graphs},

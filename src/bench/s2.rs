@@ -76,7 +76,7 @@ pub fn run<B: Backend>(
             .iter()
             .map(|t| {
                 let (b, f) = forward_cost(&engine.config, elem, 1, t.window.len, canvas, g);
-                floor_ms(ceil.bandwidth, ceil.gemm, b, f)
+                floor_ms(ceil.bandwidth, ceil.gemm_rate(), b, f)
             })
             .sum();
         let ms: f64 = r.forward_ms.iter().map(|f| f.ms).sum();

@@ -28,6 +28,20 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// An OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models, /health).
     Serve(ServeArgs),
+    /// Write a checkpoint with FP8 e4m3 linears (compressed-tensors layout) for `--model`.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct QuantizeArgs {
+    /// The format: FP8 e4m3 weights with one scale per output channel, activations quantized per
+    /// token at run time (the only format; required so the command says what it writes).
+    #[arg(long, required = true)]
+    pub(crate) fp8: bool,
+    /// Checkpoint directory to read (bf16, f16 or f32).
+    pub(crate) input: std::path::PathBuf,
+    /// New (or empty) directory to write.
+    pub(crate) output: std::path::PathBuf,
 }
 
 #[derive(Args)]

@@ -30,6 +30,7 @@ impl OnBackend for Job<'_> {
             profile: a.profile,
             cuda_graphs: !a.no_graphs,
             seed: a.seed,
+            weights: a.dev.weights.into(),
         };
         let json = bench::run(backend, &args, gpu)?;
         if let Some(path) = &a.json {

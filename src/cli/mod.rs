@@ -6,4 +6,5 @@ pub mod bench;
 pub mod device;
 pub mod eval;
 pub mod generate;
+pub mod quantize;
 pub mod serve;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod embedded;
 pub mod layout;
 pub mod quant;
+pub mod quantize;
 pub mod tokenizer;
 
 use std::path::Path;
