@@ -1,7 +1,12 @@
 //! dllm's e4m3 conversion against the standard (ml_dtypes' float8_e4m3fn tables written by
 //! tools/make_e4m3_table.py), and the per-row quantization's contract.
 
-use dllm::fp8::{e4m3_from_f32, e4m3_to_f32, quantize_row, E4M3_NAN};
+mod common;
+
+use common::{rand_uniform, rel_err};
+use dllm::backend::cpu::Cpu;
+use dllm::backend::{Backend, DType};
+use dllm::fp8::{e4m3_from_f32, e4m3_to_f32, quantize_row, quantize_rows, E4M3_NAN};
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = format!("{}/tests/fixtures/fp8/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -84,4 +89,58 @@ fn non_finite_entries_poison_their_row() {
     let s = quantize_row(&[1.0, f32::INFINITY, -2.0], &mut q);
     assert!(s.is_infinite());
     assert!(e4m3_to_f32(q[1]).is_nan(), "inf / inf");
+}
+
+/// The CPU twin's FP8 linear against its definition evaluated in f64, and against the dense
+/// linear it approximates, on awkward sizes (rows 1, 31, 33; k = 200, not a multiple of 64).
+#[test]
+fn the_cpu_fp8_linear_is_its_definition() {
+    for (m, n, k, dtype, tol) in
+        [(1, 47, 80, DType::F32, 1e-6), (31, 40, 200, DType::F32, 1e-6), (33, 64, 96, DType::Bf16, 1e-2)]
+    {
+        let cpu = Cpu::new(dtype, Some(2));
+        let (x, w) = (rand_uniform(m * k, 7, 2.0), rand_uniform(n * k, 8, 0.05));
+        let xt = cpu.tensor_from_host(&x, m, k).unwrap();
+        let mut x8 = cpu.tensor_fp8(m, k).unwrap();
+        cpu.quantize_fp8(&xt, m, &mut x8).unwrap();
+        let (wq, ws) = quantize_rows(&w, n, k);
+        let w8 = cpu.upload_fp8(&wq, &ws, n, k).unwrap();
+        let mut out = cpu.tensor(m, n).unwrap();
+        cpu.linear(&x8, &w8, m, &mut out).unwrap();
+        let got = cpu.to_host(&out, m).unwrap();
+        let xr = cpu.to_host(&xt, m).unwrap(); // x as the backend holds it (rounded to dtype)
+        let (xq, xs) = quantize_rows(&xr, m, k);
+        let def: Vec<f32> = (0..m * n)
+            .map(|i| {
+                let (r, o) = (i / n, i % n);
+                let acc: f64 = (0..k)
+                    .map(|j| e4m3_to_f32(xq[r * k + j]) as f64 * e4m3_to_f32(wq[o * k + j]) as f64)
+                    .sum();
+                (acc * xs[r] as f64 * ws[o] as f64) as f32
+            })
+            .collect();
+        let e = rel_err(&got, &def);
+        assert!(e <= tol, "{m}×{n}×{k} {dtype:?}: {e:e} against the definition");
+        let dense: Vec<f32> =
+            (0..m * n).map(|i| (0..k).map(|j| xr[i / n * k + j] * w[i % n * k + j]).sum()).collect();
+        let q = rel_err(&got, &dense);
+        assert!(
+            q > 1e-4 && q < 0.1,
+            "{m}×{n}×{k}: FP8 is {q:e} from the dense product (e4m3 keeps ~2 digits)"
+        );
+    }
+}
+
+#[test]
+fn an_fp8_weight_needs_an_fp8_input_and_a_quantize_needs_an_fp8_output() {
+    let cpu = Cpu::new(DType::F32, Some(1));
+    let x = cpu.tensor_from_host(&[1.0; 8], 2, 4).unwrap();
+    let w8 = cpu.upload_fp8(&[0x38; 12], &[1.0; 3], 3, 4).unwrap();
+    let mut out = cpu.tensor(2, 3).unwrap();
+    let e = cpu.linear(&x, &w8, 2, &mut out).unwrap_err().to_string();
+    assert!(e.contains("FP8 input"), "{e}");
+    let mut dense = cpu.tensor(2, 4).unwrap();
+    let e = cpu.quantize_fp8(&x, 2, &mut dense).unwrap_err().to_string();
+    assert!(e.contains("FP8 buffer"), "{e}");
+    assert!(cpu.upload_fp8(&[0; 12], &[1.0; 2], 3, 4).is_err(), "scales must match the rows");
 }

@@ -10,7 +10,7 @@ use common::*;
 use dllm::backend::cpu::Cpu;
 use dllm::backend::Backend;
 use dllm::decode::{DecodeOptions, Engine};
-use dllm::model::quantize::quantize_fp8;
+use dllm::model::quantize::{quantize_fp8, quantize_fp8_sharded};
 use dllm::model::ModelFiles;
 use dllm::transformer::{WeightFormat, Weights};
 
@@ -67,6 +67,25 @@ fn dllm_quantize_round_trips_to_the_weights_quantized_at_load() {
         e.generate(&p, &opts).unwrap().rows.into_iter().map(|r| r.tokens).collect::<Vec<_>>()
     };
     assert_eq!(tokens(&stored), tokens(&at_load));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_sharded_quantized_checkpoint_loads_through_its_index() {
+    let out = std::env::temp_dir().join(format!("dllm-test-{}-sharded", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut written = vec![];
+    let sum =
+        quantize_fp8_sharded(&dense_dir(), &out, 64 << 10, &mut |s| written.push(s.to_string())).unwrap();
+    assert!(sum.shards > 2, "{sum:?}");
+    let index = read_json(&out.join("model.safetensors.index.json"));
+    let map = index["weight_map"].as_object().unwrap();
+    assert_eq!(map[&format!("{Q0}_scale")], map[Q0], "a scale lies beside its weight");
+    let last = format!("model-{n:05}-of-{n:05}.safetensors", n = sum.shards);
+    assert!(out.join(last).is_file());
+    let (_, sharded) = cpu_engine(&out);
+    let p = prompts();
+    assert!(same_bits(&block_logits(&sharded, &p), &block_logits(&fp8_at_load(), &p)));
     std::fs::remove_dir_all(&out).unwrap();
 }
 

@@ -47,6 +47,17 @@ struct Out {
 /// checkpoint (as `ModelFiles::open`), one quantized already, an output directory with files in
 /// it, I/O.
 pub fn quantize_fp8(input: &Path, output: &Path, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
+    quantize_fp8_sharded(input, output, SHARD_BYTES, progress)
+}
+
+/// [`quantize_fp8`] with shards of at most `shard_bytes` (a tensor larger than that gets a
+/// shard of its own).
+pub fn quantize_fp8_sharded(
+    input: &Path,
+    output: &Path,
+    shard_bytes: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Summary> {
     let files = ModelFiles::open(input)?;
     if files.config.quantization.is_some() {
         let cpath = input.join("config.json");
@@ -88,7 +99,7 @@ pub fn quantize_fp8(input: &Path, output: &Path, progress: &mut dyn FnMut(&str))
             sum.copied += 1;
         }
         let size: usize = outs.iter().map(|o| o.data.len()).sum();
-        if !shard.is_empty() && shard.iter().map(|o| o.data.len()).sum::<usize>() + size > SHARD_BYTES {
+        if !shard.is_empty() && shard.iter().map(|o| o.data.len()).sum::<usize>() + size > shard_bytes {
             names.push(flush(output, &mut shard, &mut sum, &mut weight_map)?);
             progress(names.last().map_or("", String::as_str));
         }
@@ -135,6 +146,13 @@ fn flush(
         .map_err(|e| Error::file(&path, format!("cannot lay out the shard: {e}")))?;
     safetensors::serialize_to_file(views, None, &path)
         .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+    // readable like the other files of a checkpoint (the writer creates it owner-only)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(&path, e))?;
+    }
     for o in shard.iter() {
         weight_map.insert(o.name.clone(), sum.shards);
         sum.bytes += o.data.len();
