@@ -175,3 +175,30 @@ typedef struct {
 /* select_commit's count for a row whose candidates had non-finite logits (argmax_conf writes a
    NaN score for any row holding a NaN or infinite logit): nothing of that row is committed. */
 #define DLLM_NONFINITE 0xffffffffu
+
+/* FP8 e4m3 W8A8 linears (issue 17, src/fp8.rs): per-row dynamic activation scales, per-output-
+   channel weight scales. */
+typedef struct {
+    dptr_t x;       /* [rows, cols] activation dtype */
+    dptr_t codes;   /* out: [rows, cols] e4m3 codes */
+    dptr_t scales;  /* out: [rows] f32, absmax / 448 */
+    unsigned int rows;
+    unsigned int cols;
+} QuantizeFp8Params;
+/* Threads of a quantize_fp8 block (one block per row). */
+#define DLLM_QUANT_FP8_THREADS 256
+
+typedef struct {
+    dptr_t x;    /* [rows, k] e4m3 codes (quantize_fp8) */
+    dptr_t sx;   /* [rows] f32 */
+    dptr_t w;    /* [n, k] e4m3 codes */
+    dptr_t sw;   /* [n] f32 */
+    dptr_t out;  /* [rows, n] activation dtype */
+    unsigned int rows;
+    unsigned int n;
+    unsigned int k;
+} LinearFp8Params;
+/* linear_fp8 (the SIMT path): DLLM_LINEAR_FP8_THREADS threads a block, one warp per output
+   column, each warp the DLLM_LINEAR_FP8_ROWS rows of its block's row tile. */
+#define DLLM_LINEAR_FP8_THREADS 128
+#define DLLM_LINEAR_FP8_ROWS 8

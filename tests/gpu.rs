@@ -124,6 +124,8 @@ kernel_tests!(attention: base, dream);
 kernel_tests!(gather_block: base, dream);
 kernel_tests!(argmax_confidence: base, dream);
 kernel_tests!(select: base, dream);
+kernel_tests!(quantize_fp8: base);
+kernel_tests!(linear_fp8: base);
 
 /// `$body` run twice, `$be` bound first to the GPU, then to its CPU twin (two backend types):
 /// (the GPU's result, the CPU's).
@@ -747,5 +749,129 @@ fn fill_random_is_bit_identical_to_the_cpu() {
         let (a, b) = (g.to_host(&a, rows).unwrap(), cpu.to_host(&b, rows).unwrap());
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?}: fill_random differs");
         assert!(b.iter().all(|&x| (-1.5..=2.5).contains(&x)));
+    }
+}
+
+// ---- FP8 e4m3 W8A8 linears (issue 17): quantize_fp8 bit for bit, linear on both GEMM paths
+
+/// The GPU in `dtype` if it has FP8 (compute capability 8.9 or newer), else None with the reason
+/// printed (also under DLLM_REQUIRE_GPU=1: an A100 has no FP8).
+fn fp8_gpu(dtype: DType) -> Option<Cuda> {
+    let g = gpu(dtype)?;
+    match g.tensor_fp8(1, 1) {
+        Ok(_) => Some(g),
+        Err(e) => {
+            eprintln!("skipping the FP8 test: {e}");
+            None
+        }
+    }
+}
+
+/// Rows of a quantize case of width `cols`: random, all zero, NaNs among random values, all zero
+/// but one NaN (s = 0, the NaN still 0x7F), and values spread over 20 binades (e4m3 subnormals).
+fn quantize_input(cols: usize) -> Vec<f32> {
+    let mut x = rand_uniform(5 * cols, 40 + cols as u64, 3.0);
+    x[cols..2 * cols].fill(0.0);
+    x[2 * cols] = f32::NAN;
+    if cols > 2 {
+        x[2 * cols + 2] = -f32::NAN;
+    }
+    x[3 * cols..4 * cols].fill(0.0);
+    x[3 * cols + cols / 2] = f32::NAN;
+    for (i, v) in x[4 * cols..].iter_mut().enumerate() {
+        *v *= 2f32.powi(-((i % 20) as i32));
+    }
+    x
+}
+
+/// quantize_fp8 against `fp8::quantize_rows` (what the CPU twin runs) on the same values in the
+/// activation dtype: every code and every scale bit for bit, outputs poisoned first.
+fn quantize_fp8(v: Variant) {
+    let Some(g) = fp8_gpu(v.dtype) else { return };
+    const ROWS: usize = 5;
+    for cols in [1, 33, 4096 + 8] {
+        let x = upload(&g, &quantize_input(cols), ROWS, cols);
+        let (want_codes, want_scales) = dllm::fp8::quantize_rows(&g.to_host(&x, ROWS).unwrap(), ROWS, cols);
+        let mut q = g.upload_fp8(&vec![0xAA; ROWS * cols], &[f32::NAN; ROWS], ROWS, cols).unwrap();
+        g.quantize_fp8(&x, ROWS, &mut q).unwrap();
+        let (codes, scales) = g.fp8_to_host(&q, ROWS).unwrap();
+        let bad: Vec<String> = (0..ROWS * cols)
+            .filter(|&i| codes[i] != want_codes[i])
+            .map(|i| format!("[{}, {}]: {:#04x} vs {:#04x}", i / cols, i % cols, codes[i], want_codes[i]))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{:?} cols {cols}: {} codes differ, first: {:?}",
+            v.dtype,
+            bad.len(),
+            &bad[..bad.len().min(8)]
+        );
+        for r in 0..ROWS {
+            assert_eq!(
+                scales[r].to_bits(),
+                want_scales[r].to_bits(),
+                "{:?} cols {cols} row {r}: scale",
+                v.dtype
+            );
+        }
+        assert_eq!(want_scales[1], 0.0);
+        assert_eq!(codes[3 * cols + cols / 2], dllm::fp8::E4M3_NAN, "the NaN of a zero-scale row");
+    }
+}
+
+/// (rows, n, k) of the FP8 linear tests: LLaDA-8B's FFN shapes at an in-block step's 32 rows,
+/// then awkward ones: 1, 31 and 33 rows, k = 80 (a multiple of 16, not of 64), k = 200 (not a
+/// multiple of 16: the SIMT kernel, also on the automatic path), n = 53 (likewise).
+const FP8_SHAPES: &[(usize, usize, usize)] =
+    &[(32, 12288, 4096), (32, 4096, 12288), (1, 128, 80), (31, 96, 200), (33, 48, 80), (33, 53, 80)];
+
+/// One FP8 linear: x random in the activation dtype, quantized by the backend; the weight
+/// quantized on the host (fp8::quantize_rows) and uploaded; the output poisoned first.
+fn fp8_linear_on<B: Backend>(be: &B, (rows, n, k): (usize, usize, usize)) -> Vec<f32> {
+    let x = upload(be, &rand_uniform(rows * k, 60 + k as u64, 2.0), rows, k);
+    let (codes, scales) = dllm::fp8::quantize_rows(&rand_uniform(n * k, 61 + n as u64, 0.3), n, k);
+    let w = be.upload_fp8(&codes, &scales, n, k).unwrap();
+    let mut xq = be.tensor_fp8(rows, k).unwrap();
+    be.quantize_fp8(&x, rows, &mut xq).unwrap();
+    let mut y = poison(be, rows, n);
+    be.linear(&xq, &w, rows, &mut y).unwrap();
+    be.to_host(&y, rows).unwrap()
+}
+
+/// The FP8 linear against the CPU twin on the automatic path (cuBLASLt where the shape and GPU
+/// allow) and on the SIMT kernel (DLLM_FP8_GEMM=simt's path); the report names each shape's path.
+fn linear_fp8(v: Variant) {
+    let Some(g) = fp8_gpu(v.dtype) else { return };
+    let cpu = Cpu::new(v.dtype, None);
+    // f32: the SIMT kernel sums the same exact products as the CPU in another order; cuBLASLt's
+    // FP8 tensor cores may accumulate in steps of reduced precision, hence its looser bound
+    let (tol_auto, tol_simt) = if v.dtype == DType::F32 { (1e-4, 1e-5) } else { (1e-2, 1e-2) };
+    for &shape in FP8_SHAPES {
+        let want = fp8_linear_on(&cpu, shape);
+        for (simt, tol) in [(false, tol_auto), (true, tol_simt)] {
+            g.force_simt_fp8_gemm(simt);
+            let got = fp8_linear_on(&g, shape);
+            assert!(
+                got.iter().all(|x| !x.is_nan()),
+                "FP8 linear {shape:?} (simt {simt}): poisoned output left"
+            );
+            let e = rel_err(&got, &want);
+            eprintln!("FP8 linear {shape:?} {:?} simt {simt}: relative error {e:.2e}", v.dtype);
+            assert!(
+                e <= tol,
+                "FP8 linear {shape:?} {:?} (simt {simt}): relative error {e:.3e} > {tol:e}",
+                v.dtype
+            );
+        }
+    }
+    g.force_simt_fp8_gemm(false);
+    let report = g.tuning_report();
+    for line in report.iter().filter(|l| l.starts_with("FP8")) {
+        eprintln!("{line}");
+    }
+    for (rows, n, k) in [(31, 96, 200), (33, 53, 80)] {
+        let head = format!("FP8 {rows}×{n}×{k}: ");
+        let auto = report.iter().find(|l| l.starts_with(&head) && !l.contains("DLLM_FP8_GEMM"));
+        assert!(auto.is_some_and(|l| l.contains("SIMT")), "{head}not on the SIMT kernel: {report:?}");
     }
 }

@@ -31,6 +31,8 @@ unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for ArgmaxParams {}
 unsafe impl DeviceRepr for SelectParams {}
 unsafe impl DeviceRepr for FillParams {}
+unsafe impl DeviceRepr for QuantizeFp8Params {}
+unsafe impl DeviceRepr for LinearFp8Params {}
 
 /// The kernels of one activation dtype, loaded from the fatbin.
 pub(super) struct Kernels {
@@ -49,6 +51,9 @@ pub(super) struct Kernels {
     pub argmax: CudaFunction,
     pub select: CudaFunction,
     pub fill: CudaFunction,
+    /// FP8 W8A8 linears (issue 17): kernels/quantize_fp8.cu and the SIMT kernels/linear_fp8.cu.
+    pub quantize_fp8: CudaFunction,
+    pub linear_fp8: CudaFunction,
 }
 
 impl Kernels {
@@ -76,6 +81,8 @@ impl Kernels {
             argmax: f(&format!("argmax_conf_{sfx}"))?,
             select: f("select_commit")?,
             fill: f(&format!("fill_random_{sfx}"))?,
+            quantize_fp8: f(&format!("quantize_fp8_{sfx}"))?,
+            linear_fp8: f(&format!("linear_fp8_{sfx}"))?,
         })
     }
 }
@@ -177,7 +184,7 @@ impl Cuda {
         check(bytes.len() == rows * cols * dtype.size(), "upload size")?;
         let mut buf = self.alloc::<u8>(bytes.len(), what)?;
         self.stream.memcpy_htod(bytes, &mut buf).map_err(drv("upload"))?;
-        Ok(CudaTensor { rows, cols, dtype, buf })
+        Ok(CudaTensor { rows, cols, dtype, buf, scales: None })
     }
 
     pub(super) fn step_shape(step: Step) -> StepShape {

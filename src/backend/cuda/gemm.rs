@@ -43,7 +43,7 @@ const REPS: usize = 5;
 /// (docs/gpu-runs/2026-11-27-h100-run3.md, the s1-base profile).
 const TUNE_MAX_ROWS: usize = 256;
 
-fn ok(s: lt::cublasStatus_t, what: &str) -> Result<()> {
+pub(super) fn ok(s: lt::cublasStatus_t, what: &str) -> Result<()> {
     if s == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
         Ok(())
     } else {

@@ -14,7 +14,8 @@
 //! This file holds the backend and its ops (shape checks, then launches). Beside it: `options`
 //! (the knobs and their environment variables), `device` (the embedded kernels, allocation,
 //! launches), `attention` (attention's launch geometry and key splits), `gemm` (cuBLAS,
-//! cuBLASLt and the GEMM tuner), `graphs` (CUDA-graph capture and replay of decode steps).
+//! cuBLASLt and the GEMM tuner), `fp8` (the FP8 W8A8 linears: quantization, cuBLASLt's FP8 GEMM
+//! and the SIMT fallback), `graphs` (CUDA-graph capture and replay of decode steps).
 
 // The crate's function budget (clippy.toml: 80 lines), enforced here; crate-wide once
 // bench.rs and model/tokenizer.rs fit it.
@@ -33,6 +34,7 @@ use crate::model::checkpoint::TensorView;
 
 mod attention;
 mod device;
+mod fp8;
 mod gemm;
 mod graphs;
 mod options;
@@ -67,6 +69,8 @@ pub struct Cuda {
     graphs: GraphCache,
     /// bf16 GEMMs through cuBLASLt with per-shape tuned algorithms (None: f32, or no cuBLASLt).
     gemm: Option<gemm::GemmTuner>,
+    /// FP8 GEMMs through cuBLASLt, per shape (or the SIMT kernel).
+    fp8: fp8::Fp8Gemms,
     blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
     /// The workspace's device address (shared by cuBLAS and cuBLASLt: one stream, in order).
@@ -75,6 +79,8 @@ pub struct Cuda {
     att_partial: CudaSlice<u8>,
     /// Multiprocessors of the GPU: split attention aims to fill them.
     sm_count: usize,
+    /// Compute capability (major, minor): FP8 needs 8.9.
+    cc: (i32, i32),
     /// The knobs: from the environment at `new`, changed by the test and tuning setters.
     opts: Cell<CudaOptions>,
     k: Kernels,
@@ -86,12 +92,15 @@ pub struct Cuda {
     nvtx: bool,
 }
 
-/// A row-major matrix in device memory, in `dtype` (the activation dtype, or f32 for tables).
+/// A row-major matrix in device memory, in `dtype` (the activation dtype, or f32 for tables, or
+/// e4m3 codes for FP8 weights and activation buffers, with one f32 scale per row in `scales`).
 pub struct CudaTensor {
     pub rows: usize,
     pub cols: usize,
     pub dtype: DType,
     buf: CudaSlice<u8>,
+    /// FP8 only: `[rows]` f32 scales (`crate::fp8`).
+    scales: Option<CudaSlice<f32>>,
 }
 
 /// Per block position: token and f64 confidence; plus the small per-row arrays of a step.
@@ -135,14 +144,17 @@ impl Cuda {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
             .max(1) as usize;
+        let cc = ctx.compute_capability().map_err(drv("compute capability"))?;
         Ok(Cuda {
             graphs: GraphCache::new(),
             gemm,
+            fp8: fp8::Fp8Gemms::new(),
             blas,
             _blas_workspace: blas_workspace,
             workspace_ptr,
             att_partial,
             sm_count,
+            cc,
             opts: Cell::new(opts),
             k,
             stream,
@@ -167,6 +179,17 @@ impl Cuda {
     /// Keep bf16 attention on the CUDA-core kernel (tests compare both paths with the CPU twin).
     pub fn disable_tensor_core_attention(&self, off: bool) {
         self.opts.set(CudaOptions { tensor_core_attention: !off, ..self.opts.get() });
+    }
+
+    /// Run every FP8 linear on the SIMT kernel (kernels/linear_fp8.cu), as `DLLM_FP8_GEMM=simt`
+    /// does (tests compare both paths with the CPU twin); false restores cuBLASLt where it applies.
+    pub fn force_simt_fp8_gemm(&self, on: bool) {
+        self.opts.set(CudaOptions { fp8_cublaslt: !on, ..self.opts.get() });
+    }
+
+    /// The GPU's compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
     }
 
     /// (graphs captured, graph replays) so far: tests check that graphs are really used.
@@ -227,7 +250,7 @@ impl Backend for Cuda {
 
     fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
         let buf = self.alloc::<u8>(rows * cols * self.dtype.size(), "activations")?;
-        Ok(CudaTensor { rows, cols, dtype: self.dtype, buf })
+        Ok(CudaTensor { rows, cols, dtype: self.dtype, buf, scales: None })
     }
 
     fn upload(&self, parts: &[TensorView<'_>], rows: usize, cols: usize) -> Result<CudaTensor> {
@@ -243,20 +266,20 @@ impl Backend for Cuda {
         self.tensor_of(rows, cols, self.dtype, &bytes, what)
     }
 
-    fn upload_fp8(&self, _codes: &[u8], _scales: &[f32], _rows: usize, _cols: usize) -> Result<CudaTensor> {
-        Err(crate::error::Error::Device("FP8 weights are not implemented on the CUDA backend yet".into()))
+    fn upload_fp8(&self, codes: &[u8], scales: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        self.fp8_tensor(Some((codes, scales)), rows, cols)
     }
 
-    fn tensor_fp8(&self, _rows: usize, _cols: usize) -> Result<CudaTensor> {
-        Err(crate::error::Error::Device("FP8 weights are not implemented on the CUDA backend yet".into()))
+    fn tensor_fp8(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        self.fp8_tensor(None, rows, cols)
     }
 
     fn stored_dtype(&self, t: &CudaTensor) -> DType {
         t.dtype
     }
 
-    fn quantize_fp8(&self, _x: &CudaTensor, _rows: usize, _out: &mut CudaTensor) -> Result<()> {
-        Err(crate::error::Error::Device("FP8 weights are not implemented on the CUDA backend yet".into()))
+    fn quantize_fp8(&self, x: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
+        self.quantize_fp8_rows(x, rows, out)
     }
 
     fn upload_f32(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
@@ -348,6 +371,10 @@ impl Backend for Cuda {
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
         let (k, n) = (w.cols, w.rows);
         check(x.cols == k && out.cols == n && x.rows >= rows && out.rows >= rows, "linear: shapes")?;
+        if w.dtype == DType::E4m3 || x.dtype == DType::E4m3 {
+            check(rows.max(n).max(k) <= u32::MAX as usize, "linear: dimension above u32")?;
+            return self.linear_fp8(x, w, rows, out);
+        }
         check(x.dtype == w.dtype && out.dtype == w.dtype, "linear: dtypes")?;
         check(rows.max(n).max(k) <= i32::MAX as usize, "linear: dimension above i32")?;
         if rows == 0 {
@@ -623,6 +650,9 @@ impl Backend for Cuda {
 
     fn copy(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
         check(src.rows == dst.rows && src.cols == dst.cols && src.dtype == dst.dtype, "copy: shapes")?;
+        if let (Some(s), Some(d)) = (&src.scales, &mut dst.scales) {
+            self.stream.memcpy_dtod(s, d).map_err(drv("copy"))?;
+        }
         self.stream.memcpy_dtod(&src.buf, &mut dst.buf).map_err(drv("copy"))
     }
 
@@ -635,7 +665,9 @@ impl Backend for Cuda {
     }
 
     fn tuning_report(&self) -> Vec<String> {
-        self.gemm.as_ref().map(|g| g.report()).unwrap_or_default()
+        let mut lines = self.gemm.as_ref().map(|g| g.report()).unwrap_or_default();
+        lines.extend(self.fp8.report());
+        lines
     }
 
     fn range_push(&self, name: &str) {
@@ -665,6 +697,9 @@ impl Backend for Cuda {
 
     fn to_host(&self, t: &CudaTensor, rows: usize) -> Result<Vec<f32>> {
         check(rows <= t.rows, "to_host: more rows than the matrix has")?;
+        if t.dtype == DType::E4m3 {
+            return self.fp8_dequantized(t, rows);
+        }
         let n = rows * t.cols * t.dtype.size();
         let mut bytes = vec![0u8; n];
         let view = t.buf.slice(..n);

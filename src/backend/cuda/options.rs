@@ -4,7 +4,8 @@
 /// How the CUDA backend runs its kernels. [`Cuda::new`](super::Cuda::new) reads them with
 /// [`CudaOptions::from_env`]; tests and tuning change a backend's options through its setters
 /// ([`Cuda::force_attention_splits`](super::Cuda::force_attention_splits),
-/// [`Cuda::disable_tensor_core_attention`](super::Cuda::disable_tensor_core_attention)).
+/// [`Cuda::disable_tensor_core_attention`](super::Cuda::disable_tensor_core_attention),
+/// [`Cuda::force_simt_fp8_gemm`](super::Cuda::force_simt_fp8_gemm)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CudaOptions {
     /// `DLLM_ATTENTION_SPLITS=N` (N > 0): every attention call splits its keys N ways, still
@@ -17,12 +18,21 @@ pub struct CudaOptions {
     /// The residual add and the norm after it run as one kernel (add_rmsnorm); `DLLM_UNFUSED=1`
     /// runs them as two (bit-identical; for same-machine comparisons).
     pub fused_norm: bool,
+    /// FP8 linears (issue 17) run through cuBLASLt where the shape and the GPU allow
+    /// (src/backend/cuda/fp8.rs); `DLLM_FP8_GEMM=simt` keeps every one on the SIMT kernel
+    /// (kernels/linear_fp8.cu), the reference path.
+    pub fp8_cublaslt: bool,
 }
 
 impl Default for CudaOptions {
     /// What an environment without the variables gives.
     fn default() -> Self {
-        CudaOptions { attention_splits: None, tensor_core_attention: true, fused_norm: true }
+        CudaOptions {
+            attention_splits: None,
+            tensor_core_attention: true,
+            fused_norm: true,
+            fp8_cublaslt: true,
+        }
     }
 }
 
@@ -38,6 +48,7 @@ impl CudaOptions {
             attention_splits: var("DLLM_ATTENTION_SPLITS").and_then(|v| v.parse().ok()).filter(|&n| n > 0),
             tensor_core_attention: var("DLLM_ATTENTION").as_deref() != Some("simt"),
             fused_norm: var("DLLM_UNFUSED").as_deref() != Some("1"),
+            fp8_cublaslt: var("DLLM_FP8_GEMM").as_deref() != Some("simt"),
         }
     }
 }
@@ -54,7 +65,7 @@ mod tests {
     fn no_variables_give_the_defaults() {
         assert_eq!(with(&[]), CudaOptions::default());
         let d = CudaOptions::default();
-        assert!(d.attention_splits.is_none() && d.tensor_core_attention && d.fused_norm);
+        assert!(d.attention_splits.is_none() && d.tensor_core_attention && d.fused_norm && d.fp8_cublaslt);
     }
 
     #[test]
@@ -67,5 +78,7 @@ mod tests {
         assert!(with(&[("DLLM_ATTENTION", "SIMT")]).tensor_core_attention);
         assert!(!with(&[("DLLM_UNFUSED", "1")]).fused_norm);
         assert!(with(&[("DLLM_UNFUSED", "true")]).fused_norm);
+        assert!(!with(&[("DLLM_FP8_GEMM", "simt")]).fp8_cublaslt);
+        assert!(with(&[("DLLM_FP8_GEMM", "cublaslt")]).fp8_cublaslt);
     }
 }
