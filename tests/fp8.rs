@@ -143,4 +143,7 @@ fn an_fp8_weight_needs_an_fp8_input_and_a_quantize_needs_an_fp8_output() {
     let e = cpu.quantize_fp8(&x, 2, &mut dense).unwrap_err().to_string();
     assert!(e.contains("FP8 buffer"), "{e}");
     assert!(cpu.upload_fp8(&[0; 12], &[1.0; 2], 3, 4).is_err(), "scales must match the rows");
+    // read back dequantized (code value × row scale), as on CUDA
+    let w8 = cpu.upload_fp8(&[0x38, 0xB8, 0x00, 0x7E], &[0.5, 2.0], 2, 2).unwrap();
+    assert_eq!(cpu.to_host(&w8, 2).unwrap(), vec![0.5, -0.5, 0.0, 896.0]);
 }

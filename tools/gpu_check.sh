@@ -125,7 +125,7 @@ run() {
     fi
   done
   # the errors measured (forced attention splits: in the log only)
-  grep -h -E 'relative error|tokens equal|^tuned:' "$OUT/test-gpu.log" | grep -v 'splits Some' | sed 's/^/    /' | tee -a "$report"
+  grep -h -E 'relative error|tokens equal|^tuned:|FP8' "$OUT/test-gpu.log" | grep -v 'splits Some' | sed 's/^/    /' | tee -a "$report"
   say ""
 
   say "## compute-sanitizer on the kernel tests"
@@ -145,7 +145,7 @@ run() {
   }
   if [ -x "$san" ]; then
     for tool in memcheck racecheck initcheck; do
-      sanitize "$tool" "$tool" stage/bin/test-gpu kernels_match_cpu_twins_f32 attention_splits --test-threads=1
+      sanitize "$tool" "$tool" stage/bin/test-gpu kernels_match_cpu_twins_f32 attention_splits fp8 --test-threads=1
     done
     # the whole binary too: a real decode (graphs, every op) under memcheck
     sanitize "memcheck of \`dllm generate --device cuda\` (dual cache, graphs)" memcheck "$DLLM_BIN" generate \
@@ -209,6 +209,14 @@ run() {
   rc=$?
   sed -n '/^workload S2/,$p' "$OUT/s2.txt" | tee -a "$report"
   [ $rc -ne 0 ] && say "(rc $rc)"
+  say ""
+  say "## FP8 weights (W8A8 e4m3, issue 17) on synthetic LLaDA-8B weights (dllm bench --weights fp8)"
+  say ""
+  within 120 "$DLLM_BIN" bench --synthetic llada-8b --device cuda --weights fp8 \
+    --variants s1-prefix,s1-dual,s1-dual-b4,s1-dual-b16 --json "$OUT/s1-fp8.json" > "$OUT/s1-fp8.txt" 2>&1
+  rc=$?
+  grep -E '^(dllm bench|ceilings|\| )' "$OUT/s1-fp8.txt" | tee -a "$report"
+  [ $rc -ne 0 ] && { say "(rc $rc)"; tail -n 5 "$OUT/s1-fp8.txt" | sed 's/^/    /' | tee -a "$report"; }
   say ""
   # Kernel times without launch gaps: Nsight Compute on our kernels (cuBLAS's excluded) of one S1
   # DualCache in-block step. Our kernels a forward: block start 166 (tensor-core attention, no

@@ -94,8 +94,16 @@ impl CpuTensor {
     fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
-    /// Row `r` widened to f32 into `out` (owned or mapped).
+    /// Row `r` widened to f32 into `out` (owned or mapped; FP8 dequantized: code value × scale,
+    /// as the CUDA backend's `to_host`).
     fn row_into(&self, r: usize, out: &mut [f32]) {
+        if let Some(q) = &self.fp8 {
+            let codes = &q.codes[r * self.cols..(r + 1) * self.cols];
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o = fp8::e4m3_to_f32(c) * q.scales[r];
+            }
+            return;
+        }
         match &self.mapped {
             None => out.copy_from_slice(self.row(r)),
             Some(m) => widen(m.dtype, m.row(r, self.cols), out),
@@ -804,6 +812,11 @@ impl Backend for Cpu {
     fn copy(&self, src: &CpuTensor, dst: &mut CpuTensor) -> Result<()> {
         check(src.rows == dst.rows && src.cols == dst.cols, "copy: shapes")?;
         check(src.mapped.is_none() && dst.mapped.is_none(), "copy: a mapped weight")?;
+        if src.fp8.is_some() || dst.fp8.is_some() {
+            check(src.fp8.is_some() && dst.fp8.is_some(), "copy: an FP8 and a dense tensor")?;
+            dst.fp8.clone_from(&src.fp8);
+            return Ok(());
+        }
         let n = src.data.len();
         self.par_rows(&mut dst.data, src.cols, n, |r0, chunk| {
             chunk.copy_from_slice(&src.data[r0 * src.cols..r0 * src.cols + chunk.len()]);
