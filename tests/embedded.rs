@@ -125,3 +125,83 @@ fn eval_with_fp8_weights_scores_what_was_measured() {
     assert!((21..=23).contains(&right), "{row}");
     assert!(nfe <= 64.0 / 3.0, "{row}");
 }
+
+/// `--visual` with stdout not a terminal: one plain line per forward, no escapes, the masks
+/// (`_`) filling in until the last line holds the answer (measured: 3 forwards for this prompt).
+#[test]
+fn visual_prints_one_plain_line_per_forward_into_a_pipe() {
+    let o = dllm(&["generate", "--prompt", "What is 47 + 38?", "--device", "cpu", "--visual"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("forward ")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].contains("NFE 1") && lines[0].contains('_'),
+        "the first forward leaves masks: {}",
+        lines[0]
+    );
+    assert!(
+        lines[2].contains("NFE 3") && lines[2].contains("#### 85") && !lines[2].contains('_'),
+        "{}",
+        lines[2]
+    );
+    assert!(!out.contains('\x1b'), "no escapes outside a terminal");
+}
+
+/// `--visual` in a terminal (a tmux pseudo-terminal, its screen read back with capture-pane):
+/// the view is redrawn in place (one header on the final screen), every mask committed.
+#[test]
+fn visual_redraws_the_canvas_in_place_in_a_terminal() {
+    let tmux = |args: &[&str]| std::process::Command::new("tmux").args(args).output();
+    if tmux(&["-V"]).is_err() {
+        eprintln!("skipping the terminal test of --visual: tmux is not installed");
+        return;
+    }
+    let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
+    let sock = format!("dllm-visual-{}", std::process::id());
+    let cmd = format!(
+        "'{bin}' generate --prompt 'What is 47 + 38?' --device cpu --visual 2>/dev/null; echo __done__; sleep 60"
+    );
+    let started = tmux(&["-L", &sock, "new-session", "-d", "-x", "100", "-y", "30", &cmd]).unwrap();
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let mut screen = String::new();
+    for _ in 0..300 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        screen =
+            String::from_utf8_lossy(&tmux(&["-L", &sock, "capture-pane", "-p"]).unwrap().stdout).into_owned();
+        if screen.contains("__done__") {
+            break;
+        }
+    }
+    let _ = tmux(&["-L", &sock, "kill-server"]);
+    assert!(screen.contains("__done__"), "the command did not finish in 30 s:\n{screen}");
+    assert_eq!(screen.matches("dllm --visual |").count(), 1, "redrawn in place:\n{screen}");
+    assert!(screen.contains("dllm --visual | forward 3 | block 2/2 | NFE 3 | TPF 21.33"), "{screen}");
+    assert!(screen.contains("#### 85") && !screen.contains('░'), "every mask committed:\n{screen}");
+    assert!(!screen.contains('\x1b'), "the terminal interpreted the escapes");
+}
+
+/// `dllm eval --sweep FILE`: every point of the sweep as JSON for tools/plot.py, the baseline
+/// first (its NFE is the generation length), each cache mode with every rule.
+#[test]
+fn eval_sweep_writes_every_point() {
+    let path = std::env::temp_dir().join(format!("dllm-sweep-{}.json", std::process::id()));
+    let o = dllm(&["eval", "--limit", "2", "--device", "cpu", "--sweep", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let points = v["points"].as_array().unwrap();
+    let per_cache = dllm::eval::SWEEP_THRESHOLDS.len()
+        + dllm::eval::SWEEP_FACTORS.len()
+        + dllm::eval::SWEEP_QUOTA_TOKENS.len();
+    assert_eq!(points.len(), 1 + 3 * per_cache);
+    assert_eq!((points[0]["rule"].as_str(), points[0]["nfe"].as_f64()), (Some("quota"), Some(64.0)));
+    for cache in ["none", "prefix", "dual"] {
+        for rule in ["threshold", "factor", "quota"] {
+            assert!(points.iter().any(|p| p["cache"] == cache && p["rule"] == rule), "{cache} {rule}");
+        }
+    }
+    let tpf = |p: &serde_json::Value| p["tpf"].as_f64().unwrap();
+    assert!(points.iter().all(|p| tpf(p) >= 1.0 && p["accuracy"].as_f64().unwrap() <= 1.0));
+    assert!(points.iter().any(|p| tpf(p) > 8.0), "thresholds commit several tokens a forward");
+}

@@ -290,6 +290,11 @@ pub(crate) struct GenerateArgs {
     /// Print what every forward committed to stderr (and into --json).
     #[arg(long)]
     pub(crate) trace: bool,
+    /// Watch the canvas fill: after every forward, the generated positions (masks, committed
+    /// tokens, the newest highlighted), the current block, NFE and TPF, redrawn in place on a
+    /// terminal; one plain line per forward when stdout is not one.
+    #[arg(long)]
+    pub(crate) visual: bool,
     /// Cut each answer after N tokens. The canvas (--gen-length) is decoded whole either way: for
     /// a diffusion model its length is part of the decoding, so this never changes the tokens.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -322,6 +327,11 @@ pub(crate) struct EvalArgs {
     /// are then ignored.
     #[arg(long)]
     pub(crate) table: bool,
+    /// Run the accuracy-against-speed sweep (every cache mode × thresholds 0.5…0.99, factors
+    /// 0.5…2, quota at 4 and 8 tokens a step, then the baseline) and write its points as JSON
+    /// to FILE (`tools/plot.py` draws them); --table and the rule flags are then ignored.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) sweep: Option<PathBuf>,
     /// Write every sample (question, target, prediction, output, NFE) as JSONL here.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,

@@ -2,6 +2,8 @@
 //! it; the checkpoint (or the embedded one) and the engine's loading line.
 
 use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 use dllm::backend::cpu::Cpu;
@@ -56,26 +58,31 @@ pub(crate) fn open_model(model: &Option<PathBuf>) -> Result<ModelFiles> {
     }
 }
 
-/// Upload the weights (linears in `format`), with a progress line on a terminal.
+/// Upload the weights (linears in `format`), with a progress bar on a terminal.
 pub(crate) fn load_engine<B: Backend>(
     backend: B,
     files: &ModelFiles,
     format: WeightFormat,
 ) -> Result<Engine<B>> {
     eprintln!("device: {}", backend.name());
-    let tty = std::io::stderr().is_terminal();
     let t0 = std::time::Instant::now();
-    let engine = Engine::load_with_progress(backend, files, format, &mut |done, all| {
-        if tty {
-            eprint!("\rloading weights: layer {done}/{all}");
-        }
-    })?;
-    let what = if tty { "\r" } else { "" };
+    let bar = progress_bar(files.config.n_layers, "loading weights", "layers");
+    let engine =
+        Engine::load_with_progress(backend, files, format, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
     let fp8 = if engine.config.quantization.is_some() { " (FP8 e4m3 linears)" } else { "" };
-    eprintln!(
-        "{what}loaded weights: {} layers in {:.2} s{fp8}",
-        files.config.n_layers,
-        t0.elapsed().as_secs_f64()
-    );
+    eprintln!("loaded weights: {} layers in {:.2} s{fp8}", files.config.n_layers, t0.elapsed().as_secs_f64());
     Ok(engine)
+}
+
+/// A progress bar on stderr of `len` `unit`s, hidden when stderr is not a terminal (logs and
+/// pipes get the summary lines only).
+pub(crate) fn progress_bar(len: usize, what: &str, unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style =
+        ProgressStyle::with_template(&format!("{{msg}} {{bar:30}} {{pos}}/{{len}} {unit} {{elapsed}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::new(len as u64).with_style(style).with_message(what.to_string())
 }

@@ -10,6 +10,7 @@ use dllm::{Error, Result};
 
 use super::args::GenerateArgs;
 use super::device::{dispatch, load_engine, open_model, OnBackend};
+use super::visual::Visual;
 
 /// One `generate` run, ready for a backend.
 struct Job<'a> {
@@ -23,7 +24,13 @@ struct Job<'a> {
 impl OnBackend for Job<'_> {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let engine = load_engine(backend, self.files, self.args.dev.weights.into())?;
-        let out = engine.generate_with(&self.prompts, &self.opts, self.run, &mut Quiet)?;
+        let out = if self.args.visual {
+            let (tok, o) = (&self.files.tokenizer, &self.opts);
+            let mut view = Visual::new(tok, self.prompts.len(), o.gen_length, o.block_length);
+            engine.generate_with(&self.prompts, o, self.run, &mut view)?
+        } else {
+            engine.generate_with(&self.prompts, &self.opts, self.run, &mut Quiet)?
+        };
         report(self.args, self.files, &self.opts, &out);
         Ok(())
     }

@@ -8,3 +8,4 @@ pub mod eval;
 pub mod generate;
 pub mod quantize;
 pub mod serve;
+pub mod visual;

@@ -98,8 +98,10 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Output> {
         let t0 = Instant::now();
         let plan = self.plan(starts, opts, max_blocks)?;
+        // a per-forward observer reads what each forward committed from the trace
+        let run = RunOptions { trace: run.trace || observer.wants_forwards(), ..run };
         if let Decoder::MultiBlock(mb) = opts.decoder {
-            return multiblock::generate_rows(self, starts, opts, mb, run);
+            return multiblock::generate_rows(self, starts, opts, mb, run, observer);
         }
         let be = &self.backend;
         let bf16_probs = self.config.arch == Arch::Dream && be.dtype() == DType::Bf16;

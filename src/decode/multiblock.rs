@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::engine::Engine;
 use super::options::{DecodeOptions, DelayedCache, MultiBlock, Rule, RunOptions};
-use super::output::{ForwardTime, Output, RowOutput, RowStart, TraceStep};
+use super::output::{DecodeObserver, ForwardTime, Output, RowOutput, RowStart, TraceStep};
 use crate::backend::{Backend, GraphUse, Sampling, Score, Step, Window};
 use crate::cache::{ForwardKind, KvCache};
 use crate::error::{Error, Result};
@@ -55,6 +55,7 @@ pub fn generate_rows<B: Backend>(
     opts: &DecodeOptions,
     mb: MultiBlock,
     run: RunOptions,
+    observer: &mut dyn DecodeObserver,
 ) -> Result<Output> {
     let t0 = Instant::now();
     let Rule::Entropy(threshold) = opts.rule else {
@@ -80,11 +81,15 @@ pub fn generate_rows<B: Backend>(
         row.decode()?;
         out.forwards += row.calls;
         out.forward_ms.append(&mut row.forward_ms);
+        let first = out.trace.len();
         out.trace.extend(row.trace.drain(..).map(|mut t| {
             let mine = std::mem::take(&mut t.committed[0]);
             t.committed = (0..starts.len()).map(|i| if i == b { mine.clone() } else { vec![] }).collect();
             t
         }));
+        if observer.wants_forwards() {
+            out.trace[first..].iter().for_each(|t| observer.forward_done(t));
+        }
         out.rows.push(row.finish());
     }
     out.elapsed = t0.elapsed();

@@ -200,8 +200,9 @@ impl DecodeOptions {
         self.validate_prompts(cfg, prompts, &gens)
     }
 
-    /// The options alone, for `cfg`'s family.
-    pub(crate) fn validate_options(&self, cfg: &ModelConfig) -> Result<()> {
+    /// The options alone, for `cfg`'s family. Errors: [`Error::Options`] naming what cannot work
+    /// (e.g. the factor rule on Dream, steps that do not divide into the blocks).
+    pub fn validate_options(&self, cfg: &ModelConfig) -> Result<()> {
         let fail = |m: String| Err(Error::options(m));
         if self.gen_length == 0 {
             return fail("gen_length must be at least 1".into());

@@ -89,6 +89,15 @@ pub trait DecodeObserver {
     fn cancelled(&mut self, _row: usize) -> bool {
         false
     }
+    /// Whether [`DecodeObserver::forward_done`] is wanted: every forward is then traced (one
+    /// canvas read-back per forward, as `RunOptions::trace`).
+    fn wants_forwards(&self) -> bool {
+        false
+    }
+    /// After each forward: what it committed per batch row (the trace's record of it). The
+    /// multi-block decoder, which decodes rows one after another, reports a row's forwards when
+    /// that row is done.
+    fn forward_done(&mut self, _step: &TraceStep) {}
 }
 
 /// No observer.

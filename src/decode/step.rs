@@ -94,6 +94,9 @@ impl<B: Backend> Call<'_, B> {
             }
             self.step(k, block, block_start)?;
             block_start = false;
+            if let Some(t) = self.trace.last().filter(|_| observer.wants_forwards()) {
+                observer.forward_done(t);
+            }
         }
         self.after_block(k, block, observer)
     }

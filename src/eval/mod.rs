@@ -21,23 +21,32 @@ use crate::model::Tokenizer;
 /// A decoding configuration of the table (spec §7; d3LLM's decoders, d3llm spec §1.2).
 #[derive(Clone, Debug)]
 pub struct Mode {
-    pub name: &'static str,
+    pub name: String,
     pub cache: CacheMode,
     pub rule: Rule,
     pub decoder: Decoder,
+    /// Total steps for the quota rule (None: the base options').
+    pub steps: Option<usize>,
 }
 
 impl Mode {
     /// `base` (lengths, steps, temperature, seed) decoded this way.
     pub fn options(&self, base: &DecodeOptions) -> DecodeOptions {
-        DecodeOptions { cache: self.cache, rule: self.rule, decoder: self.decoder, ..base.clone() }
+        let steps = self.steps.unwrap_or(base.steps);
+        DecodeOptions { cache: self.cache, rule: self.rule, decoder: self.decoder, steps, ..base.clone() }
     }
 }
 
 /// The four configurations of the Fast-dLLM table, DualCache and the factor rule, then d3LLM's
 /// decoders at their published settings (early stop on `eos`, the checkpoint's EOS).
 pub fn table_modes(eos: u32) -> Vec<Mode> {
-    let fast = |name, cache, rule| Mode { name, cache, rule, decoder: Decoder::Blocks };
+    let fast = |name: &str, cache, rule| Mode {
+        name: name.into(),
+        cache,
+        rule,
+        decoder: Decoder::Blocks,
+        steps: None,
+    };
     let mb = |cache| {
         Decoder::MultiBlock(MultiBlock {
             add: 0.1,
@@ -47,8 +56,13 @@ pub fn table_modes(eos: u32) -> Vec<Mode> {
             max_per_forward: None,
         })
     };
-    let d3 =
-        |name, cache| Mode { name, cache: CacheMode::None, rule: Rule::Entropy(0.5), decoder: mb(cache) };
+    let d3 = |name: &str, cache| Mode {
+        name: name.into(),
+        cache: CacheMode::None,
+        rule: Rule::Entropy(0.5),
+        decoder: mb(cache),
+        steps: None,
+    };
     vec![
         fast("baseline (no cache, 1 token/step)", CacheMode::None, Rule::Quota),
         fast("+ PrefixCache", CacheMode::Prefix, Rule::Quota),
@@ -60,6 +74,59 @@ pub fn table_modes(eos: u32) -> Vec<Mode> {
         d3("d3LLM multi-block (entropy 0.5, early stop)", None),
         d3("d3LLM multi-block + delayed cache (2, refresh 3)", Some(DelayedCache { delay: 2, refresh: 3 })),
     ]
+}
+
+/// Thresholds, factors and quota tokens per step of `dllm eval --sweep` (issue 20).
+pub const SWEEP_THRESHOLDS: [f64; 6] = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99];
+pub const SWEEP_FACTORS: [f64; 4] = [0.5, 1.0, 1.5, 2.0];
+pub const SWEEP_QUOTA_TOKENS: [usize; 2] = [4, 8];
+
+/// The accuracy-against-speed sweep: every cache mode with the threshold rule at
+/// [`SWEEP_THRESHOLDS`], the factor rule at [`SWEEP_FACTORS`] and the quota rule committing
+/// [`SWEEP_QUOTA_TOKENS`] tokens a step (`gen` / n steps), after the baseline (no cache, 1 token
+/// a step), the pictures' reference point.
+pub fn sweep_modes(gen: usize) -> Vec<Mode> {
+    // the baseline first: the table's speedups are over it
+    let mut modes = vec![Mode {
+        name: "baseline (no cache, 1 token/step)".into(),
+        cache: CacheMode::None,
+        rule: Rule::Quota,
+        decoder: Decoder::Blocks,
+        steps: Some(gen),
+    }];
+    for cache in [CacheMode::None, CacheMode::Prefix, CacheMode::Dual] {
+        let mode = |rule, steps| Mode {
+            name: match steps {
+                Some(s) => format!("{} cache, quota {} tokens/step", cache.name(), gen / s),
+                None => format!("{} cache, {rule}", cache.name()),
+            },
+            cache,
+            rule,
+            decoder: Decoder::Blocks,
+            steps,
+        };
+        modes.extend(SWEEP_THRESHOLDS.map(|t| mode(Rule::Threshold(t), None)));
+        modes.extend(SWEEP_FACTORS.map(|f| mode(Rule::Factor(f), None)));
+        modes.extend(SWEEP_QUOTA_TOKENS.map(|n| mode(Rule::Quota, Some(gen / n))));
+    }
+    modes
+}
+
+/// One sweep point as JSON (what `tools/plot.py` draws).
+pub fn sweep_point(mode: &Mode, r: &Report) -> serde_json::Value {
+    let (rule, value) = match mode.rule {
+        Rule::Threshold(t) => ("threshold", t),
+        Rule::Factor(f) => ("factor", f),
+        Rule::Quota => {
+            ("quota", r.generated() as f64 / r.samples.len().max(1) as f64 / mode.steps.unwrap_or(1) as f64)
+        }
+        Rule::Entropy(h) => ("entropy", h),
+    };
+    json!({
+        "name": mode.name, "cache": mode.cache.name(), "rule": rule, "value": value,
+        "accuracy": r.accuracy(), "problems": r.samples.len(), "nfe": r.nfe(), "tpf": r.tpf(),
+        "strict_tok_per_s": r.strict_tok_per_s(), "wall_s": r.wall_s,
+    })
 }
 
 /// One sample's outcome.
