@@ -2,8 +2,9 @@
 //!
 //! With the `cuda` feature (the default) it
 //! 1. compiles every `kernels/*.cu` into one fatbin with nvcc: SASS for sm_80, sm_86, sm_89,
-//!    sm_90a and compute_80 PTX as a fallback, `-lineinfo` for Nsight; the fatbin is embedded in
-//!    the binary (`src/backend/cuda/mod.rs`);
+//!    sm_90a and compute_80 PTX as a fallback, `-lineinfo` for Nsight, compressed for size
+//!    (`--compress-mode=size`: 1.3 MB against 9.9 MB with nvcc's default; the driver inflates it
+//!    once at module load); the fatbin is embedded in the binary (`src/backend/cuda/mod.rs`);
 //! 2. reads ptxas's resource report (`-Xptxas -v`) and fails the build if any kernel spills
 //!    registers or uses a local-memory stack frame;
 //! 3. turns `kernels/params.h` (the kernel parameter structs) into Rust with bindgen, so kernels
@@ -90,7 +91,7 @@ mod cuda {
 
         let fatbin = out.join("dllm.fatbin");
         let output = Command::new(&nvcc)
-            .args(["--fatbin", "-O3", "-lineinfo", "-std=c++17", "-Xptxas", "-v"])
+            .args(["--fatbin", "-O3", "-lineinfo", "-std=c++17", "--compress-mode=size", "-Xptxas", "-v"])
             .args(GENCODE)
             .arg("-I")
             .arg(&kernels)
