@@ -48,27 +48,23 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float part[32];
+// Reduce over the block with the warp reduction W (blockDim.x a multiple of 32, at most 1024);
+// every thread gets the result. Each instantiation has its own 32-slot shared array.
+template <typename T, T (*W)(T)>
+__device__ __forceinline__ T block_reduce(T v) {
+    __shared__ T part[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = W(v);
     __syncthreads();  // part[] may still be read by a previous call
     if (lane == 0) part[warp] = v;
     __syncthreads();
-    v = lane < warps ? part[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < warps ? part[lane] : (T)0;
+    return W(v);
 }
-__device__ __forceinline__ double block_sum_d(double v) {
-    __shared__ double part_d[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum_d(v);
-    __syncthreads();
-    if (lane == 0) part_d[warp] = v;
-    __syncthreads();
-    v = lane < warps ? part_d[lane] : 0.0;
-    return warp_sum_d(v);
-}
+__device__ __forceinline__ float block_sum(float v) { return block_reduce<float, warp_sum>(v); }
+__device__ __forceinline__ double block_sum_d(double v) { return block_reduce<double, warp_sum_d>(v); }
+// The block's max of non-negative values (absmaxes: the missing warps count as 0).
+__device__ __forceinline__ float block_max_nonneg(float v) { return block_reduce<float, warp_max>(v); }
 
 // ---- counter-based RNG (SplitMix64 finalisers), the twin of backend::rng::uniform
 __device__ __forceinline__ uint64_t splitmix_mix(uint64_t z) {

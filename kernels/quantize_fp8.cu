@@ -11,18 +11,6 @@
 #include <cuda_fp8.h>
 #include "common.cuh"
 
-// Max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-__device__ __forceinline__ float block_max_fp8(float v) {
-    __shared__ float part_max[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) part_max[warp] = v;
-    __syncthreads();
-    v = lane < warps ? part_max[lane] : 0.0f;
-    return warp_max(v);
-}
-
 template <typename T>
 __device__ void quantize_fp8(const QuantizeFp8Params p) {
     const unsigned int r = blockIdx.x;
@@ -31,7 +19,7 @@ __device__ void quantize_fp8(const QuantizeFp8Params p) {
     // fmaxf returns the other operand when one is NaN: NaN entries never become the absmax
     float m = 0.0f;
     for (unsigned int i = threadIdx.x; i < p.cols; i += blockDim.x) m = fmaxf(m, fabsf(to_f(x[i])));
-    const float amax = block_max_fp8(m);
+    const float amax = block_max_nonneg(m);
     const float s = __fdiv_rn(amax, 448.0f);
     if (threadIdx.x == 0) ((float*)p.scales)[r] = s;
     for (unsigned int i = threadIdx.x; i < p.cols; i += blockDim.x) {

@@ -298,21 +298,39 @@ impl Cpu {
         let k = x.cols;
         let xs: Vec<f32> = xq.codes[..rows * k].iter().map(|&c| fp8::e4m3_to_f32(c)).collect();
         let dtype = self.dtype;
-        self.par_rows(&mut out.data[..rows * n], n, rows * n * k, |r0, chunk| {
+        let weight = |o: usize| &w.codes[o * k..(o + 1) * k];
+        self.row_blocked(&mut out.data[..rows * n], n, k, weight, |wr, o, r| {
+            let acc = dot_with(&xs[r * k..(r + 1) * k], *wr, fp8::e4m3_to_f32);
+            round_to(dtype, acc * xq.scales[r] * w.scales[o])
+        });
+        Ok(())
+    }
+
+    /// `out[r, o] = value(&weight(o), o, r)` over the rows of `out` (`n` columns; `k`, the inner
+    /// size, sizes the thread split): up to LINEAR_ROWS rows share each weight row while it is in
+    /// cache (an in-block step of a real model reads its weights, GBs beyond any cache, once per
+    /// thread), each weight row resolved once per block of rows. The linears' one loop.
+    fn row_blocked<W>(
+        &self,
+        out: &mut [f32],
+        n: usize,
+        k: usize,
+        weight: impl Fn(usize) -> W + Sync,
+        value: impl Fn(&W, usize, usize) -> f32 + Sync,
+    ) {
+        let rows = out.len().checked_div(n).unwrap_or(0);
+        self.par_rows(out, n, rows * n * k, |r0, chunk| {
             let m = chunk.len() / n;
             for rb in (0..m).step_by(LINEAR_ROWS) {
                 let re = (rb + LINEAR_ROWS).min(m);
                 for o in 0..n {
-                    let wr = &w.codes[o * k..(o + 1) * k];
+                    let wr = weight(o);
                     for r in rb..re {
-                        let xr = &xs[(r0 + r) * k..(r0 + r + 1) * k];
-                        let acc = dot_with(xr, wr, fp8::e4m3_to_f32);
-                        chunk[r * n + o] = round_to(dtype, acc * xq.scales[r0 + r] * w.scales[o]);
+                        chunk[r * n + o] = value(&wr, o, r0 + r);
                     }
                 }
             }
         });
-        Ok(())
     }
 }
 
@@ -454,21 +472,13 @@ impl Backend for Cpu {
         check(x.fp8.is_none(), "linear: an FP8 input needs an FP8 weight")?;
         let xd = &x.data[..rows * k];
         let dtype = self.dtype;
-        self.par_rows(&mut out.data[..rows * n], n, rows * n * k, |r0, chunk| {
-            let m = chunk.len() / n;
-            // Up to LINEAR_ROWS rows share each weight row while it is in cache: an in-block step
-            // of a real model reads its weights (GBs, beyond any cache) once per thread.
-            for rb in (0..m).step_by(LINEAR_ROWS) {
-                let re = (rb + LINEAR_ROWS).min(m);
-                for o in 0..n {
-                    let wr = w.weight_row(o);
-                    for r in rb..re {
-                        let xr = &xd[(r0 + r) * k..(r0 + r + 1) * k];
-                        chunk[r * n + o] = round_to(dtype, wr.dot(xr));
-                    }
-                }
-            }
-        });
+        self.row_blocked(
+            &mut out.data[..rows * n],
+            n,
+            k,
+            |o| w.weight_row(o),
+            |wr, _, r| round_to(dtype, wr.dot(&xd[r * k..(r + 1) * k])),
+        );
         Ok(())
     }
 

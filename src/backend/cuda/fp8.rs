@@ -273,47 +273,8 @@ impl Fp8Gemms {
 
     /// The heuristic's algorithms for `plan` that fit the workspace, best first.
     fn heuristic(handle: lt::cublasLtHandle_t, plan: &Fp8Plan) -> Result<Vec<lt::cublasLtMatmulAlgo_t>> {
-        const WANTED: usize = 4;
-        let mut pref = std::ptr::null_mut();
-        let mut found = 0i32;
-        // SAFETY: an all-zero heuristic result is a valid value of this plain C struct.
-        let mut results: Vec<lt::cublasLtMatmulHeuristicResult_t> =
-            (0..WANTED).map(|_| unsafe { std::mem::zeroed() }).collect();
-        // SAFETY: out-pointers; `results` holds WANTED entries; pref is destroyed below.
-        unsafe {
-            ok(lt::cublasLtMatmulPreferenceCreate(&mut pref), "FP8 preference")?;
-            let ws = CUBLAS_WORKSPACE_BYTES as u64;
-            let st = lt::cublasLtMatmulPreferenceSetAttribute(
-                pref,
-                lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
-                8,
-            );
-            let heur = lt::cublasLtMatmulAlgoGetHeuristic(
-                handle,
-                plan.desc,
-                plan.a,
-                plan.b,
-                plan.c,
-                plan.c,
-                pref,
-                WANTED as i32,
-                results.as_mut_ptr(),
-                &mut found,
-            );
-            lt::cublasLtMatmulPreferenceDestroy(pref);
-            ok(st, "FP8 workspace preference")?;
-            ok(heur, "FP8 heuristic")?;
-        }
-        Ok(results
-            .iter()
-            .take(found.max(0) as usize)
-            .filter(|r| {
-                r.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                    && r.workspaceSize <= CUBLAS_WORKSPACE_BYTES
-            })
-            .map(|r| r.algo)
-            .collect())
+        let ops = [plan.desc.cast(), plan.a.cast(), plan.b.cast(), plan.c.cast()];
+        super::gemm::heuristic(handle, ops, 4, CUBLAS_WORKSPACE_BYTES)
     }
 
     /// Queue `out = (x · wᵀ) · sx · sw` with the plan's algorithm (scales already set).

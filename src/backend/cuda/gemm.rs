@@ -153,45 +153,12 @@ impl LtGemms {
 
     /// The heuristic's candidate algorithms for `plan`, best first by its own ranking.
     pub fn candidates(&self, plan: &LtPlan, workspace_bytes: usize) -> Result<Vec<lt::cublasLtMatmulAlgo_t>> {
-        let mut pref = std::ptr::null_mut();
-        let mut found = 0i32;
-        // SAFETY: an all-zero heuristic result is a valid value of this plain C struct.
-        let mut results: Vec<lt::cublasLtMatmulHeuristicResult_t> =
-            (0..CANDIDATES).map(|_| unsafe { std::mem::zeroed() }).collect();
-        // SAFETY: out-pointers; `results` holds CANDIDATES entries; pref is destroyed below.
-        unsafe {
-            ok(lt::cublasLtMatmulPreferenceCreate(&mut pref), "preference")?;
-            let ws = workspace_bytes as u64;
-            let st = lt::cublasLtMatmulPreferenceSetAttribute(
-                pref,
-                lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
-                8,
-            );
-            let heur = lt::cublasLtMatmulAlgoGetHeuristic(
-                self.handle,
-                plan.desc,
-                plan.a,
-                plan.b,
-                plan.c,
-                plan.c,
-                pref,
-                CANDIDATES,
-                results.as_mut_ptr(),
-                &mut found,
-            );
-            lt::cublasLtMatmulPreferenceDestroy(pref);
-            ok(st, "workspace preference")?;
-            ok(heur, "heuristic")?;
-        }
-        Ok(results
-            .iter()
-            .take(found.max(0) as usize)
-            .filter(|r| {
-                r.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS && r.workspaceSize <= workspace_bytes
-            })
-            .map(|r| r.algo)
-            .collect())
+        heuristic(
+            self.handle,
+            [plan.desc.cast(), plan.a.cast(), plan.b.cast(), plan.c.cast()],
+            CANDIDATES as usize,
+            workspace_bytes,
+        )
     }
 
     /// Queue out = x · wᵀ with the plan's algorithm.
@@ -251,6 +218,57 @@ impl LtGemms {
 
 /// cuBLAS gets a fixed workspace so that no GEMM allocates, which graph capture requires.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// cuBLASLt's heuristic for one matmul (`[desc, A, B, C=D layouts]`): up to `wanted`
+/// algorithms that succeed and fit `workspace_bytes`, best first by its own ranking. The bf16
+/// tuner and the FP8 GEMMs both ask it.
+pub fn heuristic(
+    handle: lt::cublasLtHandle_t,
+    [desc, a, b, c]: [*mut c_void; 4],
+    wanted: usize,
+    workspace_bytes: usize,
+) -> Result<Vec<lt::cublasLtMatmulAlgo_t>> {
+    let mut pref = std::ptr::null_mut();
+    let mut found = 0i32;
+    // SAFETY: an all-zero heuristic result is a valid value of this plain C struct.
+    let mut results: Vec<lt::cublasLtMatmulHeuristicResult_t> =
+        (0..wanted).map(|_| unsafe { std::mem::zeroed() }).collect();
+    // SAFETY: out-pointers; `results` holds `wanted` entries; the handles are live (the
+    // caller's plan); pref is destroyed below.
+    unsafe {
+        ok(lt::cublasLtMatmulPreferenceCreate(&mut pref), "preference")?;
+        let ws = workspace_bytes as u64;
+        let st = lt::cublasLtMatmulPreferenceSetAttribute(
+            pref,
+            lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &ws as *const u64 as *const c_void,
+            8,
+        );
+        let heur = lt::cublasLtMatmulAlgoGetHeuristic(
+            handle,
+            desc.cast(),
+            a.cast(),
+            b.cast(),
+            c.cast(),
+            c.cast(),
+            pref,
+            wanted as i32,
+            results.as_mut_ptr(),
+            &mut found,
+        );
+        lt::cublasLtMatmulPreferenceDestroy(pref);
+        ok(st, "workspace preference")?;
+        ok(heur, "heuristic")?;
+    }
+    Ok(results
+        .iter()
+        .take(found.max(0) as usize)
+        .filter(|r| {
+            r.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS && r.workspaceSize <= workspace_bytes
+        })
+        .map(|r| r.algo)
+        .collect())
+}
 
 /// A cuBLAS handle on `stream` with its fixed workspace: (handle, workspace, its device address).
 pub fn cublas_with_workspace(stream: &Arc<CudaStream>) -> Result<(CudaBlas, CudaSlice<u8>, u64)> {
