@@ -300,7 +300,7 @@ impl Cpu {
         let dtype = self.dtype;
         let weight = |o: usize| &w.codes[o * k..(o + 1) * k];
         self.row_blocked(&mut out.data[..rows * n], n, k, weight, |wr, o, r| {
-            let acc = dot_with(&xs[r * k..(r + 1) * k], *wr, fp8::e4m3_to_f32);
+            let acc = dot_with(&xs[r * k..(r + 1) * k], wr, fp8::e4m3_to_f32);
             round_to(dtype, acc * xq.scales[r] * w.scales[o])
         });
         Ok(())
