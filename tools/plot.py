@@ -3,7 +3,8 @@
 
   python3 tools/plot.py sweep docs/img/sweep.json
       `dllm eval --sweep FILE`: accuracy against tokens per forward and against strict tok/s,
-      one line per cache mode (threshold, factor and quota points along it), the baseline marked.
+      a colour per cache mode, a line per rule along its parameter (threshold ●, factor ■, quota ▲),
+      the baseline marked.
   python3 tools/plot.py s1 docs/gpu-runs/2026-11-27-h100-run12.md
       a GPU check report (tools/gpu_check.sh): the per-op share of S1's forwards (stacked bars:
       s1-dual, mostly in-block DualCache steps; s1-base, every forward a full-canvas block start),
@@ -40,19 +41,20 @@ def sweep(path):
     pts = data["points"]
     base = next(p for p in pts if p["name"].startswith("baseline"))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for ax, x, label in ((axes[0], "tpf", "tokens per forward (TPF)"),
-                         (axes[1], "strict_tok_per_s", "strict tok/s (CPU)")):
+    for ax, x, label, log in ((axes[0], "tpf", "tokens per forward (TPF)", True),
+                              (axes[1], "strict_tok_per_s", "strict tok/s (CPU)", False)):
         for cache, (color, name) in CACHE_STYLE.items():
-            mine = sorted((p for p in pts if p["cache"] == cache and p is not base), key=lambda p: p[x])
-            if not mine:
-                continue
-            ax.plot([p[x] for p in mine], [100 * p["accuracy"] for p in mine], "-", color=color,
-                    alpha=0.5, label=name)
-            for p in mine:
-                ax.plot(p[x], 100 * p["accuracy"], RULE_MARKER[p["rule"]], color=color, ms=6)
+            # one line per cache mode and rule, along the rule's parameter
+            for rule, marker in RULE_MARKER.items():
+                mine = sorted((p for p in pts if p["cache"] == cache and p["rule"] == rule and p is not base),
+                              key=lambda p: p["value"])
+                if mine:
+                    ax.plot([p[x] for p in mine], [100 * p["accuracy"] for p in mine], "-" + marker,
+                            color=color, alpha=0.75, ms=5, label=name if rule == "threshold" else None)
         ax.plot(base[x], 100 * base["accuracy"], "*", color="black", ms=14, label="baseline (1 token/step)")
         ax.set_xlabel(label)
-        ax.set_xscale("log")
+        if log:
+            ax.set_xscale("log")
         ax.grid(alpha=0.3)
     for rule, m in RULE_MARKER.items():
         axes[1].plot([], [], m, color="black", label=rule)
