@@ -106,6 +106,7 @@ fn fast_dllm_eval(extra: &[&str]) -> (usize, f64, String, String) {
     let o = dllm(&args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
+    assert!(!err.contains('█') && !err.contains('\r'), "no progress bar off a terminal: {err}");
     let out = String::from_utf8_lossy(&o.stdout);
     let row = out
         .lines()
@@ -204,4 +205,36 @@ fn eval_sweep_writes_every_point() {
     let tpf = |p: &serde_json::Value| p["tpf"].as_f64().unwrap();
     assert!(points.iter().all(|p| tpf(p) >= 1.0 && p["accuracy"].as_f64().unwrap() <= 1.0));
     assert!(points.iter().any(|p| tpf(p) > 8.0), "thresholds commit several tokens a forward");
+}
+
+/// The eval progress bar in a terminal (tmux): drawn while the problems run, cleared after.
+#[test]
+fn eval_shows_a_progress_bar_in_a_terminal() {
+    let tmux = |args: &[&str]| std::process::Command::new("tmux").args(args).output();
+    if tmux(&["-V"]).is_err() {
+        eprintln!("skipping the terminal test of the progress bar: tmux is not installed");
+        return;
+    }
+    let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
+    let sock = format!("dllm-bar-{}", std::process::id());
+    let cmd = format!("'{bin}' eval --limit 48 --batch-size 2 --device cpu; echo __done__; sleep 60");
+    let started = tmux(&["-L", &sock, "new-session", "-d", "-x", "140", "-y", "30", &cmd]).unwrap();
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let (mut seen, mut screen) = (None, String::new());
+    for _ in 0..600 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        screen =
+            String::from_utf8_lossy(&tmux(&["-L", &sock, "capture-pane", "-p"]).unwrap().stdout).into_owned();
+        if seen.is_none() {
+            seen = screen.lines().find(|l| l.contains("/48 problems")).map(str::to_string);
+        }
+        if screen.contains("__done__") {
+            break;
+        }
+    }
+    let _ = tmux(&["-L", &sock, "kill-server"]);
+    assert!(screen.contains("__done__"), "eval did not finish in 30 s:\n{screen}");
+    let bar = seen.unwrap_or_else(|| panic!("no progress bar seen; final screen:\n{screen}"));
+    assert!(bar.contains("dual cache, threshold 0.9") && bar.contains('█'), "{bar}");
+    assert!(!screen.contains("/48 problems"), "the bar is cleared when the mode ends:\n{screen}");
 }
