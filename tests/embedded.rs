@@ -153,28 +153,8 @@ fn visual_prints_one_plain_line_per_forward_into_a_pipe() {
 /// the view is redrawn in place (one header on the final screen), every mask committed.
 #[test]
 fn visual_redraws_the_canvas_in_place_in_a_terminal() {
-    let tmux = |args: &[&str]| std::process::Command::new("tmux").args(args).output();
-    if tmux(&["-V"]).is_err() {
-        eprintln!("skipping the terminal test of --visual: tmux is not installed");
-        return;
-    }
-    let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
-    let sock = format!("dllm-visual-{}", std::process::id());
-    let cmd = format!(
-        "'{bin}' generate --prompt 'What is 47 + 38?' --device cpu --visual 2>/dev/null; echo __done__; sleep 60"
-    );
-    let started = tmux(&["-L", &sock, "new-session", "-d", "-x", "100", "-y", "30", &cmd]).unwrap();
-    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
-    let mut screen = String::new();
-    for _ in 0..300 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        screen =
-            String::from_utf8_lossy(&tmux(&["-L", &sock, "capture-pane", "-p"]).unwrap().stdout).into_owned();
-        if screen.contains("__done__") {
-            break;
-        }
-    }
-    let _ = tmux(&["-L", &sock, "kill-server"]);
+    let args = ["generate", "--prompt", "What is 47 + 38?", "--device", "cpu", "--visual"];
+    let Some(screen) = in_terminal(&args, "100", |_| {}) else { return };
     assert!(screen.contains("__done__"), "the command did not finish in 30 s:\n{screen}");
     assert_eq!(screen.matches("dllm --visual |").count(), 1, "redrawn in place:\n{screen}");
     assert!(screen.contains("dllm --visual | forward 3 | block 2/2 | NFE 3 | TPF 21.33"), "{screen}");
@@ -210,31 +190,47 @@ fn eval_sweep_writes_every_point() {
 /// The eval progress bar in a terminal (tmux): drawn while the problems run, cleared after.
 #[test]
 fn eval_shows_a_progress_bar_in_a_terminal() {
-    let tmux = |args: &[&str]| std::process::Command::new("tmux").args(args).output();
-    if tmux(&["-V"]).is_err() {
-        eprintln!("skipping the terminal test of the progress bar: tmux is not installed");
+    let mut seen = None;
+    let args = ["eval", "--limit", "48", "--batch-size", "2", "--device", "cpu"];
+    let Some(screen) = in_terminal(&args, "140", |screen| {
+        if seen.is_none() {
+            seen = screen.lines().find(|l| l.contains("/48 problems")).map(str::to_string);
+        }
+    }) else {
         return;
+    };
+    assert!(screen.contains("__done__"), "eval did not finish in 30 s:\n{screen}");
+    let bar = seen.unwrap_or_else(|| panic!("no progress bar seen; final screen:\n{screen}"));
+    assert!(bar.contains("dual cache, threshold 0.9") && bar.contains('█'), "{bar}");
+    assert!(!screen.contains("/48 problems"), "the bar is cleared when the mode ends:\n{screen}");
+}
+
+/// Run dllm with `args` in a tmux pseudo-terminal `width` columns wide (stderr shown, as a user
+/// sees it), pass every screen read back (capture-pane, each 50 ms) to `watch`, and return the
+/// screen once the command has ended (it then shows `__done__`), or after 30 s. None, saying why,
+/// when tmux is not installed.
+fn in_terminal(args: &[&str], width: &str, mut watch: impl FnMut(&str)) -> Option<String> {
+    let tmux = |a: &[&str]| std::process::Command::new("tmux").args(a).output();
+    if tmux(&["-V"]).is_err() {
+        eprintln!("skipping a terminal test: tmux is not installed");
+        return None;
     }
     let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
-    let sock = format!("dllm-bar-{}", std::process::id());
-    let cmd = format!("'{bin}' eval --limit 48 --batch-size 2 --device cpu; echo __done__; sleep 60");
-    let started = tmux(&["-L", &sock, "new-session", "-d", "-x", "140", "-y", "30", &cmd]).unwrap();
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let cmd = format!("'{bin}' {}; echo __done__; sleep 60", quoted.join(" "));
+    let sock = format!("dllm-tty-{}-{}", std::process::id(), args[0]);
+    let started = tmux(&["-L", &sock, "new-session", "-d", "-x", width, "-y", "30", &cmd]).unwrap();
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
-    let (mut seen, mut screen) = (None, String::new());
+    let mut screen = String::new();
     for _ in 0..600 {
         std::thread::sleep(std::time::Duration::from_millis(50));
         screen =
             String::from_utf8_lossy(&tmux(&["-L", &sock, "capture-pane", "-p"]).unwrap().stdout).into_owned();
-        if seen.is_none() {
-            seen = screen.lines().find(|l| l.contains("/48 problems")).map(str::to_string);
-        }
+        watch(&screen);
         if screen.contains("__done__") {
             break;
         }
     }
     let _ = tmux(&["-L", &sock, "kill-server"]);
-    assert!(screen.contains("__done__"), "eval did not finish in 30 s:\n{screen}");
-    let bar = seen.unwrap_or_else(|| panic!("no progress bar seen; final screen:\n{screen}"));
-    assert!(bar.contains("dual cache, threshold 0.9") && bar.contains('█'), "{bar}");
-    assert!(!screen.contains("/48 problems"), "the bar is cleared when the mode ends:\n{screen}");
+    Some(screen)
 }

@@ -26,7 +26,7 @@ use cudarc::cublaslt::sys as lt;
 use cudarc::driver::CudaSlice;
 
 use super::device::{check, drv};
-use super::gemm::{ok, Shape, CUBLAS_WORKSPACE_BYTES};
+use super::gemm::{ok, Operands, Shape, CUBLAS_WORKSPACE_BYTES};
 use super::params::*;
 use super::{Cuda, CudaTensor};
 use crate::backend::DType;
@@ -147,13 +147,10 @@ impl Fp8Plan {
 
 /// Device addresses and the stream of one FP8 GEMM call.
 pub struct Fp8Operands {
-    pub w: u64,
+    /// Codes of the weight (w) and the input (x), the output, workspace and stream.
+    pub ops: Operands,
     pub sw: u64,
-    pub x: u64,
     pub sx: u64,
-    pub out: u64,
-    pub workspace: u64,
-    pub stream: lt::cudaStream_t,
 }
 
 /// cuBLASLt's FP8 GEMMs: the handle (None: no cuBLASLt), each shape's path, the report.
@@ -279,30 +276,8 @@ impl Fp8Gemms {
 
     /// Queue `out = (x · wᵀ) · sx · sw` with the plan's algorithm (scales already set).
     fn matmul(handle: lt::cublasLtHandle_t, plan: &Fp8Plan, o: &Fp8Operands) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the operands are live device buffers of the plan's shape (checked by
-        // Cuda::linear_fp8), the workspace is the backend's fixed one, the stream the backend's.
-        let st = unsafe {
-            lt::cublasLtMatmul(
-                handle,
-                plan.desc,
-                &alpha as *const f32 as *const c_void,
-                o.w as *const c_void,
-                plan.a,
-                o.x as *const c_void,
-                plan.b,
-                &beta as *const f32 as *const c_void,
-                o.out as *const c_void,
-                plan.c,
-                o.out as *mut c_void,
-                plan.c,
-                &plan.algo,
-                o.workspace as *mut c_void,
-                CUBLAS_WORKSPACE_BYTES,
-                o.stream,
-            )
-        };
-        ok(st, "FP8 matmul")
+        let layouts = [plan.desc.cast(), plan.a.cast(), plan.b.cast(), plan.c.cast()];
+        super::gemm::matmul(handle, layouts, &plan.algo, &o.ops, "FP8 matmul")
     }
 }
 
@@ -379,24 +354,27 @@ impl Cuda {
         }
         self.ctx.bind_to_thread().map_err(drv("bind"))?;
         let ops = Fp8Operands {
-            w: self.ptr(&w.buf),
+            ops: Operands {
+                w: self.ptr(&w.buf),
+                x: self.ptr(&x.buf),
+                out: self.ptr_mut(&mut out.buf),
+                workspace: self.workspace_ptr,
+                workspace_bytes: CUBLAS_WORKSPACE_BYTES,
+                stream: self.stream.cu_stream() as lt::cudaStream_t,
+            },
             sw: self.ptr(sw),
-            x: self.ptr(&x.buf),
             sx: self.ptr(sx),
-            out: self.ptr_mut(&mut out.buf),
-            workspace: self.workspace_ptr,
-            stream: self.stream.cu_stream() as lt::cudaStream_t,
         };
         let allowed = self.opts.get().fp8_cublaslt;
         if self.fp8.run((rows, n, k), self.dtype, &ops, allowed, self.graphs.capturing())? {
             return Ok(());
         }
         let p = LinearFp8Params {
-            x: ops.x,
+            x: ops.ops.x,
             sx: ops.sx,
-            w: ops.w,
+            w: ops.ops.w,
             sw: ops.sw,
-            out: ops.out,
+            out: ops.ops.out,
             rows: rows as u32,
             n: n as u32,
             k: k as u32,

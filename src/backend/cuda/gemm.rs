@@ -130,8 +130,8 @@ impl Drop for LtGemms {
     }
 }
 
-/// Device pointers and the stream of one GEMM call.
-struct Operands {
+/// Device pointers and the stream of one GEMM call (bf16 here, FP8 in `fp8.rs`).
+pub struct Operands {
     pub w: u64,
     pub x: u64,
     pub out: u64,
@@ -163,30 +163,8 @@ impl LtGemms {
 
     /// Queue out = x · wᵀ with the plan's algorithm.
     pub fn run(&self, plan: &LtPlan, o: &Operands) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the operands are live device buffers of the plan's shape (checked by the
-        // caller), the workspace is the backend's fixed one, and the stream is the backend's.
-        let st = unsafe {
-            lt::cublasLtMatmul(
-                self.handle,
-                plan.desc,
-                &alpha as *const f32 as *const c_void,
-                o.w as *const c_void,
-                plan.a,
-                o.x as *const c_void,
-                plan.b,
-                &beta as *const f32 as *const c_void,
-                o.out as *const c_void,
-                plan.c,
-                o.out as *mut c_void,
-                plan.c,
-                &plan.algo,
-                o.workspace as *mut c_void,
-                o.workspace_bytes,
-                o.stream,
-            )
-        };
-        ok(st, "matmul")
+        let layouts = [plan.desc.cast(), plan.a.cast(), plan.b.cast(), plan.c.cast()];
+        matmul(self.handle, layouts, &plan.algo, o, "matmul")
     }
 
     /// Mean µs of `reps` runs of `f`, each after `flush` (which evicts the operands from L2, so
@@ -218,6 +196,42 @@ impl LtGemms {
 
 /// cuBLAS gets a fixed workspace so that no GEMM allocates, which graph capture requires.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Queue `out = x · wᵀ` (C = D = out, α 1, β 0) for one matmul (`[desc, A, B, C=D layouts]`)
+/// with `algo`: the one cublasLtMatmul call of the bf16 and the FP8 GEMMs (the FP8 scales ride on
+/// the descriptor). `what` names the call in errors.
+pub fn matmul(
+    handle: lt::cublasLtHandle_t,
+    [desc, a, b, c]: [*mut c_void; 4],
+    algo: &lt::cublasLtMatmulAlgo_t,
+    o: &Operands,
+    what: &str,
+) -> Result<()> {
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // SAFETY: the operands are live device buffers of the plan's shape (checked by the callers),
+    // the workspace is the backend's fixed one of `workspace_bytes`, the stream the backend's.
+    let st = unsafe {
+        lt::cublasLtMatmul(
+            handle,
+            desc.cast(),
+            &alpha as *const f32 as *const c_void,
+            o.w as *const c_void,
+            a.cast(),
+            o.x as *const c_void,
+            b.cast(),
+            &beta as *const f32 as *const c_void,
+            o.out as *const c_void,
+            c.cast(),
+            o.out as *mut c_void,
+            c.cast(),
+            algo,
+            o.workspace as *mut c_void,
+            o.workspace_bytes,
+            o.stream,
+        )
+    };
+    ok(st, what)
+}
 
 /// cuBLASLt's heuristic for one matmul (`[desc, A, B, C=D layouts]`): up to `wanted`
 /// algorithms that succeed and fit `workspace_bytes`, best first by its own ranking. The bf16
