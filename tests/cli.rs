@@ -67,6 +67,38 @@ fn generate_json_matches_the_golden_and_reports_speed() {
     }
 }
 
+/// `--suffix` (infilling, issue 19): the chat prompt of the infill goldens, the middle and NFE of
+/// the NumPy reference with that suffix, the suffix unchanged; a suffix holding the mask refused.
+#[test]
+fn generate_with_a_suffix_matches_the_infill_golden() {
+    let dir = fixture("tiny-gqa");
+    let doc = read_json(&dir.join("goldens_infill.json"));
+    let case = doc["cases"].as_array().unwrap().iter().find(|c| c["name"] == "p2/prefix/thr0.7").unwrap();
+    let prompt = doc["prompts"].as_array().unwrap().iter().find(|p| p["id"] == "p2").unwrap();
+    let m = dir.join("checkpoint").display().to_string();
+    let args = |suffix: &str| -> Vec<String> {
+        let text = prompt["text"].as_str().unwrap();
+        ["generate", "--model", &m, "--prompt", text, "--gen-length", "128", "--cache", "prefix"]
+            .into_iter()
+            .chain(["--threshold", "0.7", "--json", "--device", "cpu", "--suffix", suffix])
+            .map(String::from)
+            .collect()
+    };
+    let a = args(prompt["suffix_text"].as_str().unwrap());
+    let o = dllm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &out["rows"][0];
+    assert_eq!(row["prompt_ids"], prompt["ids"]);
+    assert_eq!(row["suffix_ids"], case["suffix"]);
+    assert_eq!(row["generated_ids"], case["tokens"]);
+    assert_eq!(row["nfe"], case["nfe"]);
+    let a = args("a <|mdm_mask|>");
+    let o = dllm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--suffix") && stderr(&o).contains("mask token"), "{}", stderr(&o));
+}
+
 #[test]
 fn generate_prints_the_answer_cut_at_the_first_end_token() {
     let m = model();

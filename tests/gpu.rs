@@ -615,7 +615,7 @@ fn gpu_engine(dir: &std::path::Path) -> Option<(ModelFiles, Engine<Cuda>)> {
 }
 
 /// f32 fixtures run in pure f32 on the GPU (no TF32): token-identical to the CPU, i.e. to the
-/// official outputs and the NumPy goldens, in every mode (spec §8).
+/// official outputs and the NumPy goldens (plain and infilling), in every mode (spec §8).
 #[test]
 fn official_and_golden_cases_token_for_token_on_gpu() {
     let sets = [
@@ -623,6 +623,9 @@ fn official_and_golden_cases_token_for_token_on_gpu() {
         (fixture("tiny-mha/checkpoint"), fixture("tiny-mha/goldens.json"), "nfe"),
         (fixture("tiny-gqa/checkpoint"), fixture("tiny-gqa/goldens.json"), "nfe"),
         (fixture("tiny-dream/checkpoint"), fixture("tiny-dream/goldens.json"), "nfe"),
+        // infilling (issue 19): a fixed suffix after the middle
+        (fixture("tiny-gqa/checkpoint"), fixture("tiny-gqa/goldens_infill.json"), "nfe"),
+        (fixture("tiny-dream/checkpoint"), fixture("tiny-dream/goldens_infill.json"), "nfe"),
     ];
     for (ck, goldens, nfe_field) in sets {
         let Some((_, engine)) = gpu_engine(&ck) else { return };
@@ -632,10 +635,9 @@ fn official_and_golden_cases_token_for_token_on_gpu() {
             let mut bad = vec![];
             for c in &cases {
                 let run = dllm::decode::RunOptions { cuda_graphs: graphs, ..Default::default() };
-                let prompt = std::slice::from_ref(&c.prompt);
-                let out = engine.generate_with(prompt, &c.opts, run, &mut dllm::decode::Quiet).unwrap();
+                let out = engine.decode_rows(&[c.row()], &c.opts, run, &mut dllm::decode::Quiet).unwrap();
                 let r = &out.rows[0];
-                if r.tokens != c.tokens || r.nfe != c.nfe || r.commits != c.commits {
+                if r.tokens != c.tokens || r.nfe != c.nfe || r.commits != c.commits || r.suffix != c.suffix {
                     bad.push(c.name.clone());
                 }
             }

@@ -308,7 +308,7 @@ fn bad_requests_get_4xx_naming_the_problem() {
     expect(r#"{"prompt": "x", "logprobs": 5}"#, 400, "`logprobs`");
     expect(r#"{"prompt": "x", "best_of": 3}"#, 400, "`best_of`");
     expect(r#"{"prompt": "x", "top_p": 0.5}"#, 400, "`top_p`");
-    expect(r#"{"prompt": "x", "suffix": "y"}"#, 400, "`suffix`");
+    expect(r#"{"prompt": "x", "suffix": 7}"#, 400, "`suffix`: expected a string");
     expect(r#"{"prompt": "x", "temperature": "hot"}"#, 400, "`temperature`");
     expect(r#"{"prompt": "x", "stop": 3}"#, 400, "`stop`");
     expect(r#"{"prompt": "x", "stream": "yes"}"#, 400, "`stream`");
@@ -691,4 +691,60 @@ fn d3llm_decoders_over_http() {
         assert_eq!(st, 400, "{body}: {e}");
         assert_eq!(e["error"]["param"], param, "{body}: {e}");
     }
+}
+
+/// Infilling over HTTP (`suffix`, issue 19): the answer is the middle the NumPy reference decodes
+/// with that suffix (goldens_infill.json), in every cache mode; requests with and without a
+/// suffix decoded together answer as alone; a chat request's suffix, a suffix holding the mask
+/// token and one that overflows the context are refused by name.
+#[test]
+fn infilling_over_http_matches_the_reference() {
+    let dir = fixture("tiny-gqa");
+    let (files, _) = cpu_engine(&dir.join("checkpoint"));
+    let doc = read_json(&dir.join("goldens_infill.json"));
+    let srv = Server::start(&["--max-batch", "8"]);
+    let p = srv.port;
+    let mut reqs = vec![];
+    for c in doc["cases"].as_array().unwrap().iter().filter(|c| c["threshold"] == 0.9) {
+        let prompt = doc["prompts"].as_array().unwrap().iter().find(|q| q["id"] == c["prompt"]).unwrap();
+        if prompt["chat"].as_bool().unwrap() {
+            continue; // /v1/completions takes the raw prompt
+        }
+        let tokens: Vec<u32> =
+            c["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        let (want, _, _) = dllm::serve::text::answer(&files.tokenizer, &tokens, None, &[]);
+        let body = json!({"prompt": prompt["text"], "suffix": prompt["suffix_text"], "gen_length": 128,
+                          "cache": c["cache"], "threshold": 0.9});
+        let (st, got) = post(p, "/v1/completions", &body);
+        assert_eq!(st, 200, "{got}");
+        assert_eq!(got["choices"][0]["text"], want.as_str(), "{}", c["name"]);
+        reqs.push(body.clone());
+        reqs.push(
+            json!({"prompt": prompt["text"], "gen_length": 128, "cache": c["cache"], "threshold": 0.9}),
+        );
+    }
+    assert_eq!(reqs.len(), 12, "2 raw prompts x 3 caches, with and without the suffix");
+    let alone: Vec<Value> = reqs.iter().map(|r| post(p, "/v1/completions", r).1).collect();
+    let together: Vec<Value> = std::thread::scope(|s| {
+        let hs: Vec<_> = reqs.iter().map(|r| s.spawn(move || post(p, "/v1/completions", r).1)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut batched = 0;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"], "request {i}: {}", reqs[i]);
+        batched += (t["dllm"]["batch"].as_u64().unwrap() > 1) as usize;
+    }
+    assert!(batched >= 2, "{batched} batched");
+    let refused = |path: &str, body: Value, mention: &str| {
+        let (st, e) = post(p, path, &body);
+        assert_eq!(st, 400, "{e}");
+        assert_eq!(e["error"]["param"], "suffix", "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(mention), "{e}");
+    };
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "suffix": "x"});
+    refused("/v1/chat/completions", chat, "only on /v1/completions");
+    refused("/v1/completions", json!({"prompt": "Hi", "suffix": "a<|mdm_mask|>"}), "mask token");
+    let (st, e) = post(p, "/v1/completions", &json!({"prompt": "Hi", "suffix": "x".repeat(500)}));
+    assert_eq!((st, &e["error"]["code"]), (400, &json!("context_length_exceeded")), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("suffix"), "{e}");
 }

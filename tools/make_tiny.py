@@ -18,6 +18,9 @@ plus the entropy and budget rank cuts.
 
 Usage: python3 tools/make_tiny.py [OUT_DIR]                 (default: tests/fixtures; all fixtures)
        python3 tools/make_tiny.py --only tiny-dream [OUT_DIR]   (one fixture)
+       python3 tools/make_tiny.py --infill [--only NAME] [OUT_DIR]
+           (only goldens_infill.json of tiny-gqa and tiny-dream: the same modes with a fixed
+           suffix after the masked middle, on the committed checkpoints; issue 19)
 Needs only NumPy (and jinja2 for tiny-dream's chat prompt). CI never runs it: its outputs are
 committed.
 """
@@ -501,12 +504,92 @@ def search(out, name, spec, try_fn):
     sys.exit(f"{name}: no seed passed the margin checks")
 
 
+# ----------------------------------------------------------------------------- infilling (issue 19)
+
+# Per prompt, suffix texts tried in order until every case clears the margin checks; lengths
+# differ between prompts so that a batch of the three mixes suffix lengths.
+INFILL_SUFFIXES = {
+    "p0": [" and goodbye.", " again, world!", " there.", " from dllm.", " of mine!", " hi"],
+    "p1": [" 9, 10.", " 11, 12, 13.", " 7.", " 8, 9.", " 20.", " and so on.", " 100!"],
+    "p2": [" So the answer is 42.", " It is 42.", " 42", " The sum is 42.", " Answer: 42."],
+}
+
+
+def infill_cases(model, family, spec, pid, ids, suffix):
+    """Every mode of the fixture's goldens, decoded with `suffix` after the middle."""
+    G = spec["gen_length"]
+    if family == "dream":
+        modes = [(f"{pid}/{c}/{n}", c, r, st) for n, c, r, st in dream_rules(spec)]
+        run = lambda c, r, st: reference.generate_dream(model, ids, G, 32, st, c, r, suffix)  # noqa
+    else:
+        modes = []
+        for cache in ("none", "prefix", "dual"):
+            for rname, steps, thr, fac in rules(spec):
+                rule = ("threshold", thr) if thr else ("factor", fac) if fac else ("quota",)
+                modes.append((f"{pid}/{cache}/{rname}", cache, rule, steps))
+        run = lambda c, r, st: reference.generate(model, ids, G, 32, st, c, r, suffix)  # noqa
+    cases = []
+    for cname, cache, rule, steps in modes:
+        try:
+            r = run(cache, rule, steps)
+        except reference.MaskArgmax as e:
+            return None, f"{cname}: {e}"
+        m = r["margins"]
+        if not m.ok():
+            return None, f"{cname}: too close to a tie (logit gap {m.logit_gap:.1e}, decision {m.decision:.1e})"
+        assert r["suffix"] == list(suffix), f"{cname}: the reference changed the suffix"
+        cases.append({
+            "name": cname, "prompt": pid, "cache": cache, "rule": rule[0], "steps": steps,
+            "threshold": rule[1] if rule[0] == "threshold" else None,
+            "factor": rule[1] if rule[0] == "factor" else None,
+            "gen_length": G, "block_length": 32, "suffix": list(suffix),
+            "tokens": r["tokens"], "nfe": r["nfe"], "forward_kinds": r["kinds"],
+            "commits_per_forward": r["commits"],
+            "min_logit_gap": m.logit_gap, "min_decision_margin": m.decision,
+        })
+    return cases, None
+
+
+def write_infill_goldens(out, name, spec, family):
+    """goldens_infill.json beside goldens.json: the reference with a suffix (issue 19), on the
+    fixture's committed checkpoint (run after the fixture exists)."""
+    doc = json.loads((out / name / "goldens.json").read_text())
+    ck = out / name / "checkpoint"
+    model = reference.DreamModel(ck) if family == "dream" else reference.Model(ck)
+    cases, suffixes = [], {}
+    for p in doc["prompts"]:
+        for text in INFILL_SUFFIXES[p["id"]]:
+            sfx = list(text.encode("utf-8"))
+            got, why = infill_cases(model, family, spec, p["id"], p["ids"], sfx)
+            if got is not None:
+                cases += got
+                suffixes[p["id"]] = text
+                break
+            print(f"{name}: {p['id']} suffix {text!r} rejected: {why}", flush=True)
+        else:
+            sys.exit(f"{name}: no suffix of {p['id']} passed the margin checks")
+    goldens = {
+        "what": "Infilling goldens: tools/reference.py with a fixed suffix after the masked middle "
+                "(NumPy, f32, temperature 0); regenerate with tools/make_tiny.py --infill.",
+        "family": family,
+        "min_logit_gap": min(c["min_logit_gap"] for c in cases),
+        "min_decision_margin": min(c["min_decision_margin"] for c in cases),
+        "prompts": [dict(p, suffix_text=suffixes[p["id"]]) for p in doc["prompts"]],
+        "cases": cases,
+    }
+    (out / name / "goldens_infill.json").write_text(json.dumps(goldens, indent=1) + "\n")
+    print(f"{name}: {len(cases)} infilling cases, suffixes {suffixes}", flush=True)
+
+
 def main():
     args = sys.argv[1:]
+    infill = args[:1] == ["--infill"]
+    if infill:
+        args = args[1:]
     only = None
     if args[:1] == ["--only"]:
         if len(args) < 2:
-            sys.exit("usage: make_tiny.py [--only NAME] [OUT_DIR]")
+            sys.exit("usage: make_tiny.py [--infill] [--only NAME] [OUT_DIR]")
         only, args = args[1], args[2:]
     known = list(FIXTURES) + list(DREAM_FIXTURES)
     if only is not None and only not in known:
@@ -515,10 +598,15 @@ def main():
         Path(__file__).resolve().parent.parent / "tests" / "fixtures"
     for name, spec in FIXTURES.items():
         if only in (None, name):
-            search(out, name, spec, try_seed)
+            if not infill:
+                search(out, name, spec, try_seed)
+            if name == "tiny-gqa":
+                write_infill_goldens(out, name, spec, "llada")
     for name, spec in DREAM_FIXTURES.items():
         if only in (None, name):
-            search(out, name, spec, try_dream_seed)
+            if not infill:
+                search(out, name, spec, try_dream_seed)
+            write_infill_goldens(out, name, spec, "dream")
 
 
 if __name__ == "__main__":

@@ -307,12 +307,17 @@ def quota_schedule(n, spb):
     return [n // spb + (1 if i < n % spb else 0) for i in range(spb)]
 
 
-def generate(model, prompt, gen_length, block_length, steps, cache, rule):
-    """One prompt, temperature 0. Returns dict(tokens, nfe, kinds, commits, margins)."""
+def generate(model, prompt, gen_length, block_length, steps, cache, rule, suffix=()):
+    """One prompt, temperature 0. Returns dict(tokens, nfe, kinds, commits, margins, suffix).
+
+    suffix (infilling): fixed tokens after the masked middle. The canvas is prompt | middle |
+    suffix; blocks cover the middle only; the suffix is a key of every forward, like the prompt:
+    PrefixCache's window x[s:] runs it fresh, DualCache keeps its block-start K/V after the block.
+    """
     mask = model.mask_id
     P = len(prompt)
-    L = P + gen_length
-    x = list(prompt) + [mask] * gen_length
+    L = P + gen_length + len(suffix)
+    x = list(prompt) + [mask] * gen_length + list(suffix)
     K = gen_length // block_length
     assert gen_length % block_length == 0 and steps % K == 0
     spb = steps // K
@@ -374,8 +379,8 @@ def generate(model, prompt, gen_length, block_length, steps, cache, rule):
             nfe += 1
             step(model.logits(hw[: e - s]), pos[: e - s], s, e, i, quota_n)
             i += 1
-    return {"tokens": x[P:], "nfe": nfe, "kinds": "".join(kinds), "commits": commits,
-            "margins": margins}
+    return {"tokens": x[P:P + gen_length], "nfe": nfe, "kinds": "".join(kinds),
+            "commits": commits, "margins": margins, "suffix": x[P + gen_length:]}
 
 
 # ----------------------------------------------------------------------------- Dream (spec §3)
@@ -458,22 +463,25 @@ def dream_candidates(model, logits_rows):
     return out
 
 
-def generate_dream(model, prompt, gen_length, block_length, steps, cache, rule):
+def generate_dream(model, prompt, gen_length, block_length, steps, cache, rule, suffix=()):
     """Dream's own decoding loops (spec §3), one prompt, temperature 0.
 
     rule: ("entropy",) or ("threshold", tau). cache: "none" (the uncached baseline: one window over
     the whole generation; "threshold" is the "+parallel" variant), "prefix" or "dual".
     Logit shift (spec §3): in a full-canvas forward the prediction for position i is row i-1; in a
     cached window starting at s, position s reads its own row and position j > s reads row j-1.
-    Returns dict(tokens, nfe, kinds, commits, margins, schedule_gap); schedule_gap is the smallest
-    distance of an f32 timestep-rule product to an integer (None when the rule never ran).
+    suffix (infilling): fixed tokens after the masked middle, as in generate; the shift is
+    unchanged at the middle's edges (its first position reads the prompt's last row, the suffix's
+    first row predicts nothing).
+    Returns dict(tokens, nfe, kinds, commits, margins, schedule_gap, suffix); schedule_gap is the
+    smallest distance of an f32 timestep-rule product to an integer (None when the rule never ran).
     """
     mask = model.mask_id
     P = len(prompt)
     G = gen_length
     assert P >= 1, "the logit shift reads the row before the first generated position"
-    x = list(prompt) + [mask] * G
-    allpos = np.arange(P + G)
+    x = list(prompt) + [mask] * G + list(suffix)
+    allpos = np.arange(P + G + len(suffix))
     kinds, commits = [], []
     margins = Margins()
     st = {"nfe": 0, "sched": math.inf}
@@ -603,8 +611,9 @@ def generate_dream(model, prompt, gen_length, block_length, steps, cache, rule):
                     hw = window()
                     cands = cands_at(hw, masked(s, e), win_row)
                     commit(select(cands, ("threshold", tau), 0, margins, where()))
-    return {"tokens": x[P:], "nfe": st["nfe"], "kinds": "".join(kinds), "commits": commits,
-            "margins": margins, "schedule_gap": None if st["sched"] == math.inf else st["sched"]}
+    return {"tokens": x[P:P + G], "nfe": st["nfe"], "kinds": "".join(kinds), "commits": commits,
+            "margins": margins, "schedule_gap": None if st["sched"] == math.inf else st["sched"],
+            "suffix": x[P + G:]}
 
 
 def rule_of(case):

@@ -279,6 +279,11 @@ pub(crate) struct GenerateArgs {
     /// The prompt. Repeat to decode several prompts as one batch.
     #[arg(long, required = true)]
     pub(crate) prompt: Vec<String>,
+    /// Infilling: text that follows the generated middle (tokenized as written, after the
+    /// templated prompt and the --gen-length masked positions; every prompt gets it). Every
+    /// forward attends to it; it never changes.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) suffix: Option<String>,
     #[command(flatten)]
     pub(crate) decode: DecodeArgs,
     #[command(flatten)]

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use dllm::backend::Backend;
-use dllm::decode::{DecodeOptions, Output, Quiet, RunOptions};
+use dllm::decode::{DecodeOptions, Output, Quiet, RowStart, RunOptions};
 use dllm::model::ModelFiles;
 use dllm::serve::text::answer;
 use dllm::{Error, Result};
@@ -16,7 +16,7 @@ use super::visual::Visual;
 struct Job<'a> {
     args: &'a GenerateArgs,
     files: &'a ModelFiles,
-    prompts: Vec<Vec<u32>>,
+    rows: Vec<RowStart>,
     opts: DecodeOptions,
     run: RunOptions,
 }
@@ -26,10 +26,10 @@ impl OnBackend for Job<'_> {
         let engine = load_engine(backend, self.files, self.args.dev.weights.into())?;
         let out = if self.args.visual {
             let (tok, o) = (&self.files.tokenizer, &self.opts);
-            let mut view = Visual::new(tok, self.prompts.len(), o.gen_length, o.block_length);
-            engine.generate_with(&self.prompts, o, self.run, &mut view)?
+            let mut view = Visual::new(tok, self.rows.len(), o.gen_length, o.block_length);
+            engine.decode_rows(&self.rows, o, self.run, &mut view)?
         } else {
-            engine.generate_with(&self.prompts, &self.opts, self.run, &mut Quiet)?
+            engine.decode_rows(&self.rows, &self.opts, self.run, &mut Quiet)?
         };
         report(self.args, self.files, &self.opts, &out);
         Ok(())
@@ -55,8 +55,14 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
         .map(|p| if a.decode.no_chat { tok.encode_prompt(p) } else { tok.encode_chat(p) })
         .collect::<Result<Vec<_>>>()?;
     opts.validate(&files.config, &prompts)?;
+    let suffix = match &a.suffix {
+        Some(s) => tok.encode_prompt(s).map_err(|e| Error::options(format!("--suffix: {e}")))?,
+        None => vec![],
+    };
+    let rows =
+        prompts.into_iter().map(|prompt| RowStart { prompt, suffix: suffix.clone(), ..RowStart::default() });
     let run = a.decode.run_options(a.trace);
-    dispatch(&a.dev, files.dtype, Job { args: &a, files: &files, prompts, opts, run })
+    dispatch(&a.dev, files.dtype, Job { args: &a, files: &files, rows: rows.collect(), opts, run })
 }
 
 /// The answers (stdout: text, or one JSON object with `--json`), the trace and the speed line.
@@ -115,6 +121,7 @@ fn json_report(
             json!({
                 "prompt_ids": r.prompt,
                 "generated_ids": r.tokens,
+                "suffix_ids": r.suffix,
                 "text": text,
                 "answer_tokens": n,
                 "finish_reason": why.unwrap_or("length"),

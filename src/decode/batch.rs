@@ -1,6 +1,7 @@
 //! The batch plan of a decode call: where every row sits on one shared canvas, and each row's
 //! decoding state. Rows are left-padded so that their current blocks start at one column `s0`;
-//! a row with fewer positions left ends before the canvas does (spec §1, §6).
+//! a row with fewer positions left ends before the canvas does (spec §1, §6). An infilling row's
+//! fixed suffix follows its masked middle: a key of every forward, never a block position.
 
 use super::options::DecodeOptions;
 use super::output::{RowOutput, RowStart};
@@ -16,13 +17,16 @@ pub struct BatchPlan {
     /// Canvas column where every row's current block starts.
     pub s0: usize,
     pub canvas_len: usize,
-    /// Per row: the column after its last generated position (its keys from there on are masked).
+    /// Per row: the column after its last key (generated positions, then its suffix); keys from
+    /// there on are masked.
     pub ends: Vec<usize>,
+    /// Per row: the column after its last generated position (where its suffix starts).
+    pub gen_ends: Vec<usize>,
     /// Per row: the column of its first generated position (earlier blocks included).
     pub gen_start: Vec<usize>,
     /// Blocks this call decodes (at most the caller's `max_blocks`).
     pub blocks: usize,
-    /// `[batch, canvas_len]`: left pad | prompt | done blocks | masks | right pad, per row.
+    /// `[batch, canvas_len]`: left pad | prompt | done blocks | masks | suffix | right pad, per row.
     pub canvas: Vec<u32>,
     /// What the kernels read as `pads`: `[batch]` left pads, then `[batch]` row ends.
     pub bounds: Vec<u32>,
@@ -46,17 +50,19 @@ impl BatchPlan {
         let s0 = starts.iter().map(prefix).max().unwrap_or(0);
         let remaining: Vec<usize> = starts.iter().zip(&gens).map(|(r, &g)| g - r.done.len()).collect();
         let longest = remaining.iter().copied().max().unwrap_or(0);
-        let canvas_len = s0 + longest;
-        let ends: Vec<usize> = remaining.iter().map(|&n| s0 + n).collect();
+        let gen_ends: Vec<usize> = remaining.iter().map(|&n| s0 + n).collect();
+        let ends: Vec<usize> = starts.iter().zip(&gen_ends).map(|(r, &g)| g + r.suffix.len()).collect();
+        let canvas_len = ends.iter().copied().max().unwrap_or(s0);
         let mut bounds: Vec<u32> = starts.iter().map(|r| (s0 - prefix(r)) as u32).collect();
         bounds.extend(ends.iter().map(|&e| e as u32));
         let mut canvas = Vec::with_capacity(starts.len() * canvas_len);
-        for (r, &n) in starts.iter().zip(&remaining) {
+        for ((r, &n), &end) in starts.iter().zip(&remaining).zip(&ends) {
             canvas.extend(std::iter::repeat_n(special.pad, s0 - prefix(r)));
             canvas.extend_from_slice(&r.prompt);
             canvas.extend_from_slice(&r.done);
             canvas.extend(std::iter::repeat_n(special.mask, n));
-            canvas.extend(std::iter::repeat_n(special.pad, canvas_len - s0 - n));
+            canvas.extend_from_slice(&r.suffix);
+            canvas.extend(std::iter::repeat_n(special.pad, canvas_len - end));
         }
         Ok(BatchPlan {
             batch: starts.len(),
@@ -65,6 +71,7 @@ impl BatchPlan {
             s0,
             canvas_len,
             ends,
+            gen_ends,
             gen_start: starts.iter().map(|r| s0 - r.done.len()).collect(),
             blocks: (longest / window).min(max_blocks),
             canvas,
@@ -74,7 +81,12 @@ impl BatchPlan {
 
     /// Row `b`'s generated ids in a `[batch, canvas_len]` canvas, up to column `upto`.
     pub fn generated<'a>(&self, canvas: &'a [u32], b: usize, upto: usize) -> &'a [u32] {
-        &canvas[b * self.canvas_len + self.gen_start[b]..b * self.canvas_len + upto.min(self.ends[b])]
+        &canvas[b * self.canvas_len + self.gen_start[b]..b * self.canvas_len + upto.min(self.gen_ends[b])]
+    }
+
+    /// Row `b`'s suffix in a `[batch, canvas_len]` canvas.
+    pub fn suffix<'a>(&self, canvas: &'a [u32], b: usize) -> &'a [u32] {
+        &canvas[b * self.canvas_len + self.gen_ends[b]..b * self.canvas_len + self.ends[b]]
     }
 }
 
@@ -124,6 +136,7 @@ impl RowState {
             out: RowOutput {
                 prompt: start.prompt.clone(),
                 tokens: vec![],
+                suffix: vec![],
                 nfe: 0,
                 kinds: String::new(),
                 commits: vec![],

@@ -76,7 +76,20 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Output> {
         let rows: Vec<RowStart> =
             prompts.iter().map(|p| RowStart { prompt: p.clone(), ..RowStart::default() }).collect();
-        let out = self.generate_rows(&rows, opts, run, usize::MAX, observer)?;
+        self.decode_rows(&rows, opts, run, observer)
+    }
+
+    /// [`Engine::generate_with`] for rows given whole (infilling suffixes, per-row seeds and
+    /// lengths): every block of every row. Errors with [`Error::NonFinite`] naming the first row
+    /// whose logits were not finite.
+    pub fn decode_rows(
+        &self,
+        rows: &[RowStart],
+        opts: &DecodeOptions,
+        run: RunOptions,
+        observer: &mut dyn DecodeObserver,
+    ) -> Result<Output> {
+        let out = self.generate_rows(rows, opts, run, usize::MAX, observer)?;
         match out.rows.iter().enumerate().find_map(|(i, r)| r.error.as_ref().map(|e| (i, e))) {
             Some((i, e)) => Err(Error::NonFinite(format!("prompt {i}: {e}"))),
             None => Ok(out),
@@ -141,6 +154,7 @@ impl<B: Backend> Engine<B> {
         let prompts: Vec<Vec<u32>> = starts.iter().map(|r| r.prompt.clone()).collect();
         let gens: Vec<usize> = starts.iter().map(|r| r.gen_length.unwrap_or(opts.gen_length)).collect();
         opts.validate_prompts(&self.config, &prompts, &gens)?;
+        self.check_suffixes(starts, opts, &gens)?;
         let window = opts.window_len(self.config.arch);
         let plan = BatchPlan::new(starts, opts, window, &self.special, max_blocks)?;
         let be = &self.backend;
@@ -159,5 +173,39 @@ impl<B: Backend> Engine<B> {
             )));
         }
         Ok(plan)
+    }
+
+    /// Infilling suffixes (issue 19): ids in the vocabulary and not the mask (a masked suffix
+    /// position would be decoded, not kept), room beside the prompt and the middle, and the
+    /// block loop (the multi-block decoder schedules blocks up to the canvas end).
+    fn check_suffixes(&self, starts: &[RowStart], opts: &DecodeOptions, gens: &[usize]) -> Result<()> {
+        let (cfg, mask) = (&self.config, self.special.mask);
+        for (i, (r, &g)) in starts.iter().zip(gens).enumerate().filter(|(_, (r, _))| !r.suffix.is_empty()) {
+            if opts.decoder != Decoder::Blocks {
+                return Err(Error::options(
+                    "a suffix (infilling) needs the block loop, not multi-block decoding",
+                ));
+            }
+            if let Some(t) = r.suffix.iter().find(|&&t| t as usize >= cfg.n_logits || t == mask) {
+                return Err(Error::options(format!(
+                    "row {i}: suffix token id {t} is {}",
+                    if *t == mask {
+                        "the mask token".to_string()
+                    } else {
+                        format!("outside the vocabulary ({})", cfg.n_logits)
+                    }
+                )));
+            }
+            let need = r.prompt.len() + g + r.suffix.len();
+            if need > cfg.max_seq_len {
+                return Err(Error::options(format!(
+                    "row {i}: prompt ({}) + gen_length {g} + suffix ({}) = {need} tokens exceeds the model's max_sequence_length {}",
+                    r.prompt.len(),
+                    r.suffix.len(),
+                    cfg.max_seq_len
+                )));
+            }
+        }
+        Ok(())
     }
 }

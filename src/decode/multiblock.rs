@@ -166,6 +166,7 @@ impl<'a, B: Backend> Row<'a, B> {
         let out = RowOutput {
             prompt: prompt.to_vec(),
             tokens: vec![],
+            suffix: vec![],
             nfe: 0,
             kinds: String::new(),
             commits: vec![],

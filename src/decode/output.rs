@@ -20,6 +20,10 @@ pub struct RowStart {
     /// The row's generation length (default: the options'; at most the options', a whole number
     /// of blocks). The quota schedule's steps per block are the options' for every row.
     pub gen_length: Option<usize>,
+    /// Infilling: fixed ids after the masked middle (issue 19). Every forward attends to them
+    /// like the prompt (PrefixCache runs them in each window, DualCache keeps their block-start
+    /// K/V); no block covers them, so they never change. Empty: plain generation.
+    pub suffix: Vec<u32>,
 }
 
 /// What one batch row produced.
@@ -28,6 +32,8 @@ pub struct RowOutput {
     pub prompt: Vec<u32>,
     /// The G generated ids (every block decoded unless early exit filled the rest with EOS).
     pub tokens: Vec<u32>,
+    /// The row's suffix as the canvas holds it after the call (infilling; empty without one).
+    pub suffix: Vec<u32>,
     /// Forwards this row took part in: what it costs when run alone.
     pub nfe: usize,
     /// Per forward: F (full canvas), P (prefix step) or D (dual step).

@@ -75,7 +75,7 @@ impl<B: Backend> Call<'_, B> {
         let window = self.plan.window;
         for (b, row) in self.rows.iter_mut().enumerate() {
             // a row whose generation ended before this block is done
-            row.finished = row.finished || block.start >= self.plan.ends[b];
+            row.finished = row.finished || block.start >= self.plan.gen_ends[b];
             row.masks_left = if row.finished { 0 } else { window };
             row.step_in_block = 0;
         }
@@ -257,7 +257,7 @@ impl<B: Backend> Call<'_, B> {
             let stop = &self.engine.special.stop;
             for (b, row) in self.rows.iter_mut().enumerate() {
                 let from = b * self.plan.canvas_len;
-                let cells = &host[from + block.start..from + end.min(self.plan.ends[b]).max(block.start)];
+                let cells = &host[from + block.start..from + end.min(self.plan.gen_ends[b]).max(block.start)];
                 row.finished = row.finished || cells.iter().all(|t| stop.contains(t));
             }
         }
@@ -270,13 +270,14 @@ impl<B: Backend> Call<'_, B> {
         self.engine.backend.read_ids(&self.bufs.canvas, &mut host)?;
         let sp = &self.engine.special;
         for (b, row) in self.rows.iter_mut().enumerate() {
-            let end = self.plan.ends[b];
+            let end = self.plan.gen_ends[b];
             row.out.tokens = self
                 .plan
                 .generated(&host, b, end)
                 .iter()
                 .map(|&t| if t == sp.mask { sp.eos } else { t })
                 .collect();
+            row.out.suffix = self.plan.suffix(&host, b).to_vec();
         }
         Ok(Output {
             rows: self.rows.into_iter().map(|r| r.out).collect(),

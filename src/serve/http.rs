@@ -156,8 +156,14 @@ fn enqueue(sh: &Shared, req: Request) -> Result<Events, ApiError> {
         ));
     }
     let (tx, rx) = tmpsc::unbounded_channel();
-    let job =
-        Job { prompt: req.prompt, opts: req.opts, max_tokens: req.max_tokens, stop: req.stop, events: tx };
+    let job = Job {
+        prompt: req.prompt,
+        suffix: req.suffix,
+        opts: req.opts,
+        max_tokens: req.max_tokens,
+        stop: req.stop,
+        events: tx,
+    };
     let sent = sh.jobs.lock().ok().and_then(|g| g.as_ref().map(|s| s.send(job).is_ok())).unwrap_or(false);
     if !sent {
         sh.queued.fetch_sub(1, Ordering::SeqCst);

@@ -81,6 +81,8 @@ pub struct Context<'a> {
 #[derive(Debug)]
 pub struct Request {
     pub prompt: Vec<u32>,
+    /// Infilling (`suffix`, completions only): fixed ids after the masked middle.
+    pub suffix: Vec<u32>,
     pub opts: DecodeOptions,
     /// Most answer tokens returned (`max_tokens`): a cut of the decoded canvas, never its length.
     pub max_tokens: Option<usize>,
@@ -117,6 +119,7 @@ const FIELDS: &[&str] = &[
     "refresh",
     "early_stop",
     "early_stop_id",
+    "suffix",
 ];
 
 /// OpenAI fields dllm accepts only at a value that asks for nothing (the value a client sends by
@@ -136,7 +139,6 @@ fn neutral(field: &str) -> Option<&'static [&'static str]> {
         "tools" => &["null", "[]"],
         "tool_choice" => &["null", r#""none""#, r#""auto""#],
         "modalities" => &["null", r#"["text"]"#],
-        "suffix" => &["null"],
         _ => return None,
     })
 }
@@ -222,11 +224,16 @@ pub fn parse(ctx: &Context, body: &[u8], chat: bool) -> Parsed<Request> {
         Some(n) => Some(n),
         None => uint(&body, "max_completion_tokens")?,
     };
+    if chat && body.get("suffix").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad("suffix", "only on /v1/completions: a chat answer has no text after it"));
+    }
+    let suffix = if chat { vec![] } else { suffix(ctx, &body)? };
     let opts = decode_options(ctx, &body)?;
-    validate(ctx, &opts, &prompt, main)?;
+    validate(ctx, &opts, &prompt, suffix.len(), main)?;
     let stream = flag(&body, "stream")?;
     Ok(Request {
         prompt,
+        suffix,
         opts,
         max_tokens,
         stop: stop(&body)?,
@@ -263,6 +270,17 @@ fn prompt(ctx: &Context, v: Option<&Value>) -> Parsed<Vec<u32>> {
         v => return Err(bad(format!("expected a string or a list of token ids, got {v}"))),
     };
     ctx.tok.check_prompt_ids(&ids).map_err(|e| bad(e.to_string()))?;
+    Ok(ids)
+}
+
+/// `suffix` (completions): the text after the generated middle, tokenized as written (no
+/// template), never the mask token. The answer is the middle.
+fn suffix(ctx: &Context, body: &Map<String, Value>) -> Parsed<Vec<u32>> {
+    let Some(text) = string(body, "suffix")? else { return Ok(vec![]) };
+    let ids = ctx.tok.encode(&text).map_err(|e| ApiError::bad("suffix", e))?;
+    ctx.tok
+        .check_prompt_ids(&ids)
+        .map_err(|e| ApiError::bad("suffix", e.to_string().replace("the prompt", "the suffix")))?;
     Ok(ids)
 }
 
@@ -445,20 +463,21 @@ fn string(body: &Map<String, Value>, k: &str) -> Parsed<Option<String>> {
 
 /// The options against the model and the prompt; a prompt that does not fit beside the canvas
 /// is OpenAI's `context_length_exceeded`.
-fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], main: &str) -> Parsed<()> {
+fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], suffix: usize, main: &str) -> Parsed<()> {
     let room = ctx.model.max_seq_len;
-    if prompt.len() + opts.gen_length > room {
+    let need = prompt.len() + opts.gen_length + suffix;
+    if need > room {
+        let sfx = if suffix > 0 { format!(", the suffix's {suffix}") } else { String::new() };
         return Err(ApiError {
             code: Some("context_length_exceeded"),
             ..ApiError::bad(
                 main,
                 format!(
-                    "the prompt's {} tokens and the {}-token canvas (gen_length) need {} positions; the \
-                     model's context is {room} tokens. `max_tokens` only cuts the answer: shorten the \
-                     prompt or ask for a smaller `gen_length`",
+                    "the prompt's {} tokens{sfx} and the {}-token canvas (gen_length) need {need} \
+                     positions; the model's context is {room} tokens. `max_tokens` only cuts the \
+                     answer: shorten the prompt or ask for a smaller `gen_length`",
                     prompt.len(),
                     opts.gen_length,
-                    prompt.len() + opts.gen_length
                 ),
             )
         });

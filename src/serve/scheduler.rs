@@ -21,6 +21,8 @@ use crate::model::Tokenizer;
 /// What a request asks of the engine.
 pub struct Job {
     pub prompt: Vec<u32>,
+    /// Infilling: fixed ids after the middle (empty: none).
+    pub suffix: Vec<u32>,
     pub opts: DecodeOptions,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
@@ -147,6 +149,7 @@ impl<B: Backend> Scheduler<'_, B> {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             let row = RowStart {
                 prompt: job.prompt.clone(),
+                suffix: job.suffix.clone(),
                 seed: Some(job.opts.seed),
                 gen_length: Some(job.opts.gen_length),
                 ..RowStart::default()

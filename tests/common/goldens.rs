@@ -7,11 +7,15 @@ use serde_json::Value;
 use dllm::backend::cpu::Cpu;
 use dllm::backend::Backend;
 use dllm::cache::CacheMode;
-use dllm::decode::{DecodeOptions, Decoder, DelayedCache, Engine, MultiBlock, Quiet, Rule, RunOptions};
+use dllm::decode::{
+    DecodeOptions, Decoder, DelayedCache, Engine, MultiBlock, Quiet, RowOutput, RowStart, Rule, RunOptions,
+};
+use dllm::model::Arch;
 
 use super::fixtures::read_json;
 
 /// One golden case (the official file and ours share these fields).
+#[derive(Clone)]
 pub struct Case {
     pub name: String,
     pub prompt: Vec<u32>,
@@ -20,6 +24,20 @@ pub struct Case {
     pub nfe: usize,
     pub kinds: String,
     pub commits: Vec<u32>,
+    /// Infilling cases: the fixed ids after the middle (empty otherwise).
+    pub suffix: Vec<u32>,
+}
+
+impl Case {
+    /// The case as a batch row.
+    pub fn row(&self) -> RowStart {
+        RowStart { prompt: self.prompt.clone(), suffix: self.suffix.clone(), ..RowStart::default() }
+    }
+}
+
+/// Decode `rows` as one batch (greedy cases: no observer, default run options).
+pub fn run_rows(engine: &Engine<Cpu>, rows: &[RowStart], opts: &DecodeOptions) -> Vec<RowOutput> {
+    engine.generate_rows(rows, opts, RunOptions::default(), usize::MAX, &mut Quiet).unwrap().rows
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -70,6 +88,7 @@ pub fn cases(file: &Path, nfe_field: &str) -> Vec<Case> {
                 tokens: ids(&c["tokens"]),
                 nfe: c[nfe_field].as_u64().unwrap() as usize,
                 kinds: c["forward_kinds"].as_str().unwrap().to_string(),
+                suffix: c.get("suffix").map(ids).unwrap_or_default(),
                 commits: ids(&c["commits_per_forward"])
                     .into_iter()
                     // The official prefix/dual loops spend one forward (committing nothing) on
@@ -86,9 +105,11 @@ pub fn cases(file: &Path, nfe_field: &str) -> Vec<Case> {
 pub fn mismatches(engine: &Engine<Cpu>, cases: &[Case]) -> Vec<String> {
     let mut bad = vec![];
     for c in cases {
-        let out = engine.generate(std::slice::from_ref(&c.prompt), &c.opts).unwrap();
-        let r = &out.rows[0];
-        if r.tokens != c.tokens {
+        let out = run_rows(engine, &[c.row()], &c.opts);
+        let r = &out[0];
+        if r.suffix != c.suffix {
+            bad.push(format!("{}: the suffix changed: {:?} -> {:?}", c.name, c.suffix, r.suffix));
+        } else if r.tokens != c.tokens {
             let first = r.tokens.iter().zip(&c.tokens).position(|(a, b)| a != b);
             bad.push(format!("{}: tokens differ (first at generated position {first:?})", c.name));
         } else if r.nfe != c.nfe {
@@ -111,9 +132,10 @@ pub fn assert_batches_equal_alone(engine: &Engine<Cpu>, cases: &[Case], label: &
         assert_eq!(group.len(), 3, "{label} {mode}");
         let lens: Vec<usize> = group.iter().map(|c| c.prompt.len()).collect();
         assert!(lens[0] != lens[1] && lens[1] != lens[2], "{label}: prompt lengths {lens:?}");
-        let prompts: Vec<Vec<u32>> = group.iter().map(|c| c.prompt.clone()).collect();
-        let out = engine.generate(&prompts, &p0.opts).unwrap();
-        for (row, c) in out.rows.iter().zip(&group) {
+        let rows: Vec<RowStart> = group.iter().map(|c| c.row()).collect();
+        let out = run_rows(engine, &rows, &p0.opts);
+        for (row, c) in out.iter().zip(&group) {
+            assert_eq!(row.suffix, c.suffix, "{label} batch row {}", c.name);
             assert_eq!(row.tokens, c.tokens, "{label} batch row {}", c.name);
             assert_eq!(row.nfe, c.nfe, "{label} batch row {}", c.name);
             assert_eq!(row.commits, c.commits, "{label} batch row {}", c.name);
@@ -121,6 +143,52 @@ pub fn assert_batches_equal_alone(engine: &Engine<Cpu>, cases: &[Case], label: &
         groups += 1;
     }
     groups
+}
+
+/// A continuous batch (how `dllm serve` runs) of every mode's three cases: one row joins at each
+/// block boundary and rows are resumed one block at a time ([`Engine::generate_rows`] with
+/// `max_blocks = 1`). Each row must equal its case alone: tokens, NFE, commits. Dream's uncached
+/// baseline (one window, nothing to join) is skipped. Returns the modes checked.
+pub fn assert_joining_equals_alone(engine: &Engine<Cpu>, cases: &[Case], label: &str) -> usize {
+    let dream_none = |c: &Case| engine.config.arch == Arch::Dream && c.opts.cache == CacheMode::None;
+    let mut modes = 0;
+    for p0 in cases.iter().filter(|c| c.name.starts_with("p0/") && !dream_none(c)) {
+        let group: Vec<&Case> = cases.iter().filter(|c| c.name[3..] == p0.name[3..]).collect();
+        let bl = p0.opts.block_length;
+        let mut rows: Vec<(RowStart, usize)> = vec![]; // each row and which case it is
+        let (mut nfe, mut commits) = (vec![0usize; group.len()], vec![Vec::<u32>::new(); group.len()]);
+        let mut done = vec![None; group.len()];
+        let mut next = 0;
+        while done.iter().any(Option::is_none) {
+            if next < group.len() {
+                rows.push((group[next].row(), next));
+                next += 1;
+            }
+            let starts: Vec<RowStart> = rows.iter().map(|(r, _)| r.clone()).collect();
+            let out = engine.generate_rows(&starts, &p0.opts, RunOptions::default(), 1, &mut Quiet).unwrap();
+            let mut keep = vec![];
+            for ((mut r, i), o) in rows.into_iter().zip(&out.rows) {
+                nfe[i] += o.nfe;
+                commits[i].extend(&o.commits);
+                assert_eq!(o.suffix, group[i].suffix, "{label} {}: suffix", group[i].name);
+                r.forwards += o.nfe as u64;
+                r.done = o.tokens[..r.done.len() + bl].to_vec();
+                if r.done.len() == p0.opts.gen_length {
+                    done[i] = Some(r.done.clone());
+                } else {
+                    keep.push((r, i));
+                }
+            }
+            rows = keep;
+        }
+        for (i, c) in group.iter().enumerate() {
+            assert_eq!(done[i].as_ref(), Some(&c.tokens), "{label} {}: tokens", c.name);
+            assert_eq!(nfe[i], c.nfe, "{label} {}: nfe", c.name);
+            assert_eq!(commits[i], c.commits, "{label} {}: commits", c.name);
+        }
+        modes += 1;
+    }
+    modes
 }
 
 /// Every prompt of a goldens document (`prompts`: id, text, chat, ids) tokenizes to its ids.
