@@ -748,3 +748,60 @@ fn infilling_over_http_matches_the_reference() {
     assert_eq!((st, &e["error"]["code"]), (400, &json!("context_length_exceeded")), "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("suffix"), "{e}");
 }
+
+/// The value of the Prometheus sample `name` (with its label set written as exported), if any.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `GET /metrics` (issue 19 part 6): the Prometheus text format; requests by route and status,
+/// finished requests by reason, forwards and positions equal to what the answers report, the
+/// histograms' counts, queue depth and running rows.
+#[test]
+fn metrics_in_the_prometheus_text_format() {
+    let srv = Server::start(&["--api-key", "k"]);
+    let p = srv.port;
+    let auth = [("authorization", "Bearer k")];
+    let mut nfe = 0.0;
+    let mut answer_tokens = 0.0;
+    for body in
+        [json!({"prompt": "Hello world", "gen_length": 64}), json!({"prompt": "Hi", "gen_length": 96})]
+    {
+        let (st, b) = http(p, "POST", "/v1/completions", Some(&body.to_string()), &auth);
+        assert_eq!(st, 200, "{b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        nfe += v["dllm"]["nfe"].as_f64().unwrap();
+        answer_tokens += v["usage"]["completion_tokens"].as_f64().unwrap();
+    }
+    let (st, _) = http(p, "POST", "/v1/completions", Some(r#"{"prompt": "x", "n": 2}"#), &auth);
+    assert_eq!(st, 400);
+    let (st, text) = http(p, "GET", "/metrics", None, &[]);
+    assert_eq!(st, 200, "open like /health: {text}");
+    for help in
+        ["# TYPE dllm_batch_rows histogram", "# HELP dllm_forwards_total", "# TYPE dllm_queue_depth gauge"]
+    {
+        assert!(text.contains(help), "lacks {help:?}:\n{text}");
+    }
+    let ok = r#"dllm_http_requests_total{route="/v1/completions",status="200"}"#;
+    let bad = r#"dllm_http_requests_total{route="/v1/completions",status="400"}"#;
+    assert_eq!(sample(&text, ok), Some(2.0), "{text}");
+    assert_eq!(sample(&text, bad), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"dllm_requests_finished_total{reason="length"}"#).unwrap_or(0.0)
+            + sample(&text, r#"dllm_requests_finished_total{reason="stop"}"#).unwrap_or(0.0),
+        2.0,
+        "{text}"
+    );
+    // one request at a time: the batch's forwards are the requests' NFE
+    assert_eq!(sample(&text, "dllm_forwards_total"), Some(nfe), "{text}");
+    assert_eq!(sample(&text, "dllm_generated_tokens_total"), Some(160.0), "{text}");
+    assert_eq!(sample(&text, "dllm_completion_tokens_total"), Some(answer_tokens), "{text}");
+    assert_eq!(sample(&text, "dllm_request_nfe_sum"), Some(nfe), "{text}");
+    assert_eq!(sample(&text, "dllm_request_duration_seconds_count"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "dllm_queue_wait_seconds_count"), Some(2.0), "{text}");
+    // a 64- and a 96-position canvas at block 32: 2 + 3 block steps of one row each
+    assert_eq!(sample(&text, r#"dllm_batch_rows_bucket{le="1"}"#), Some(5.0), "{text}");
+    assert_eq!(sample(&text, "dllm_queue_depth"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "dllm_running_rows"), Some(0.0), "{text}");
+    assert!(sample(&text, "dllm_process_resident_bytes").unwrap() > 1e6, "{text}");
+}

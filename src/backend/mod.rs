@@ -331,6 +331,11 @@ pub trait Backend {
         vec![]
     }
     /// Open / close a named range for timeline profilers (NVTX on CUDA); no-op by default.
+    /// Device memory in use, bytes (CUDA: the whole GPU's, as the driver reports it; None where
+    /// the backend has no device memory of its own).
+    fn memory_used(&self) -> Option<u64> {
+        None
+    }
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}
     /// Run `step`, which queues the same work every time it is called with the same `key`

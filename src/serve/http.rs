@@ -6,10 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
+use axum::extract::MatchedPath;
 use axum::extract::{Path, State};
+use axum::http::Request;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,7 +20,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc as tmpsc;
 
-use super::openai::{self, ApiError, Request};
+use super::openai::{self, ApiError};
 use super::scheduler::{Finished, Job, JobEvent};
 use super::Shared;
 
@@ -48,6 +51,20 @@ pub async fn health(State(sh): State<Arc<Shared>>) -> Response {
                 "completed": sh.completed.load(Ordering::SeqCst),
                 "abandoned": sh.abandoned.load(Ordering::SeqCst)}))
     .into_response()
+}
+
+/// `GET /metrics`: Prometheus text format (open like `/health`: no API key).
+pub async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    let text = sh.metrics.render(sh.queued.load(Ordering::SeqCst), sh.running.load(Ordering::SeqCst));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// Count every answered request by its route (the matched pattern, else `other`) and status.
+pub async fn count_requests(State(sh): State<Arc<Shared>>, req: Request<Body>, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("other", |m| m.as_str()).to_string();
+    let r = next.run(req).await;
+    sh.metrics.http_request(&route, r.status().as_u16());
+    r
 }
 
 fn model_object(sh: &Shared) -> Value {
@@ -137,7 +154,7 @@ async fn complete(
 }
 
 /// Reserve a queue slot and hand the job to the engine, or refuse (429 full, 503 stopping).
-fn enqueue(sh: &Shared, req: Request) -> Result<Events, ApiError> {
+fn enqueue(sh: &Shared, req: openai::Request) -> Result<Events, ApiError> {
     let stopping =
         || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_shutting_down", "the server is stopping");
     if sh.stopping.load(Ordering::SeqCst) {
@@ -163,6 +180,7 @@ fn enqueue(sh: &Shared, req: Request) -> Result<Events, ApiError> {
         max_tokens: req.max_tokens,
         stop: req.stop,
         events: tx,
+        queued_at: std::time::Instant::now(),
     };
     let sent = sh.jobs.lock().ok().and_then(|g| g.as_ref().map(|s| s.send(job).is_ok())).unwrap_or(false);
     if !sent {

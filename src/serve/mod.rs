@@ -1,5 +1,5 @@
-//! `dllm serve`: an OpenAI-compatible HTTP server (completions, chat completions, models, health)
-//! over one engine.
+//! `dllm serve`: an OpenAI-compatible HTTP server (completions, chat completions, models, health,
+//! Prometheus metrics) over one engine.
 //!
 //! Two threads: the engine's (it owns the backend, the only place decoding happens; see
 //! [`scheduler`]) and the HTTP side (tokio + axum; [`http`]). A request is parsed, validated and
@@ -10,6 +10,7 @@
 //! answer, so a request answers the same whatever `max_tokens` it gives.
 
 pub mod http;
+pub mod metrics;
 pub mod openai;
 pub mod scheduler;
 pub mod text;
@@ -61,6 +62,7 @@ pub struct Shared {
     running: AtomicUsize,
     completed: AtomicU64,
     abandoned: AtomicU64,
+    metrics: metrics::Metrics,
 }
 
 async fn shutdown_signal() {
@@ -109,6 +111,7 @@ pub fn serve<B: Backend>(
         running: AtomicUsize::new(0),
         completed: AtomicU64::new(0),
         abandoned: AtomicU64::new(0),
+        metrics: metrics::Metrics::new()?,
         cfg,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -123,6 +126,7 @@ pub fn serve<B: Backend>(
     eprintln!("dllm serve: listening on http://{local} (model {})", shared.cfg.model_id);
     let app = Router::new()
         .route("/health", get(http::health))
+        .route("/metrics", get(http::metrics))
         .route("/v1/models", get(http::models))
         .route("/v1/models/{id}", get(http::model))
         .route("/v1/completions", post(http::completions))
@@ -130,6 +134,7 @@ pub fn serve<B: Backend>(
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::map_response(http::json_errors))
+        .layer(middleware::from_fn_with_state(shared.clone(), http::count_requests))
         .layer(DefaultBodyLimit::max(shared.cfg.body_limit))
         .with_state(shared.clone());
     let sh = shared.clone();

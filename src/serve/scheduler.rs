@@ -27,6 +27,8 @@ pub struct Job {
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     pub events: tmpsc::UnboundedSender<JobEvent>,
+    /// When the HTTP side queued it (the queue-wait metric).
+    pub queued_at: Instant,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,7 @@ impl DecodeObserver for Abandon<'_> {
         if !a.gone && a.job.events.is_closed() {
             a.gone = true;
             self.shared.abandoned.fetch_add(1, Ordering::SeqCst);
+            self.shared.metrics.finished("abandoned");
         }
         a.gone
     }
@@ -126,6 +129,9 @@ impl<B: Backend> Scheduler<'_, B> {
         let gone = before - self.pending.len();
         self.shared.queued.fetch_sub(gone, Ordering::SeqCst);
         self.shared.abandoned.fetch_add(gone as u64, Ordering::SeqCst);
+        for _ in 0..gone {
+            self.shared.metrics.finished("abandoned");
+        }
     }
 
     /// Admit waiting requests; returns the batch's key (None: nothing to run). The batch's
@@ -147,6 +153,7 @@ impl<B: Backend> Scheduler<'_, B> {
             }
             let job = self.pending.remove(i).expect("in range");
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            self.shared.metrics.queue_seconds.record(job.queued_at.elapsed().as_secs_f64());
             let row = RowStart {
                 prompt: job.prompt.clone(),
                 suffix: job.suffix.clone(),
@@ -183,15 +190,23 @@ impl<B: Backend> Scheduler<'_, B> {
             Err(e) => {
                 for a in self.running.drain(..) {
                     let _ = a.job.events.send(JobEvent::Failed(e.to_string()));
+                    self.shared.metrics.finished("error");
                 }
                 return;
             }
         };
+        let m = &self.shared.metrics;
+        m.batch_rows.record(starts.len() as f64);
+        m.forwards.increment(out.forwards as u64);
+        if let Some(bytes) = self.engine.backend.memory_used() {
+            m.device_memory.set(bytes as f64);
+        }
         let window = opts.window_len(self.engine.config.arch);
         let running = std::mem::take(&mut self.running);
         let mut keep = Vec::with_capacity(running.len());
         for (mut a, o) in running.into_iter().zip(&out.rows) {
             let upto = (a.row.done.len() + window).min(o.tokens.len());
+            m.generated_tokens.increment((upto - a.row.done.len()) as u64);
             a.row.done = o.tokens[..upto].to_vec();
             a.row.forwards += o.nfe as u64;
             if a.gone {
@@ -199,6 +214,7 @@ impl<B: Backend> Scheduler<'_, B> {
             }
             if let Some(e) = &o.error {
                 let _ = a.job.events.send(JobEvent::Failed(e.clone()));
+                m.finished("error");
                 continue;
             }
             if self.stream_block(&mut a) {
@@ -221,6 +237,14 @@ impl<B: Backend> Scheduler<'_, B> {
             a.sent.push_str(d);
         }
         if finished {
+            let m = &self.shared.metrics;
+            let nfe = a.row.forwards.max(1) as f64;
+            m.finished(why.unwrap_or("length"));
+            m.request_seconds.record(a.admitted.elapsed().as_secs_f64());
+            m.request_nfe.record(nfe);
+            m.tokens_per_forward.record(a.row.done.len() as f64 / nfe);
+            m.prompt_tokens.increment(a.job.prompt.len() as u64);
+            m.completion_tokens.increment(tokens as u64);
             let _ = a.job.events.send(JobEvent::Done(Finished {
                 text,
                 finish_reason: why.unwrap_or("length"),

@@ -670,6 +670,10 @@ impl Backend for Cuda {
         lines
     }
 
+    fn memory_used(&self) -> Option<u64> {
+        self.ctx.mem_get_info().ok().map(|(free, total)| (total - free) as u64)
+    }
+
     fn range_push(&self, name: &str) {
         if self.nvtx {
             cudarc::nvtx::result::range_push(name);
