@@ -61,9 +61,32 @@ with client.chat.completions.stream(
 assert final.choices[0].message.role == "assistant", final
 assert final.choices[0].message.content in ("", None), final
 
+# n samples: choice i samples with seed + i, so n=1 at that seed reproduces it
+sampled = dict(model=model, prompt="Hello world", max_tokens=40, temperature=1.0,
+               extra_body={"gen_length": 64})
+many = client.completions.create(n=3, seed=7, **sampled)
+assert [c.index for c in many.choices] == [0, 1, 2], many
+for i, c in enumerate(many.choices):
+    one = client.completions.create(n=1, seed=7 + i, **sampled)
+    assert one.choices[0].text == c.text, (i, one, c)
+assert len({c.text for c in many.choices}) > 1, many
+assert many.usage.prompt_tokens == 11
+assert many.usage.completion_tokens == sum(
+    client.completions.create(n=1, seed=7 + i, **sampled).usage.completion_tokens for i in range(3))
+texts = {}
+for chunk in client.completions.create(n=2, seed=7, stream=True, **sampled):
+    for c in chunk.choices:
+        texts[c.index] = texts.get(c.index, "") + c.text
+assert texts == {0: many.choices[0].text, 1: many.choices[1].text}, texts
+
+# infilling: the answer is the middle
+fill = client.completions.create(model=model, prompt="Hello world", suffix=" and goodbye.",
+                                 max_tokens=64, extra_body={"gen_length": 64})
+assert isinstance(fill.choices[0].text, str), fill
+
 try:
-    client.completions.create(model=model, prompt="x", n=2)
-    raise SystemExit("n=2 was accepted")
+    client.completions.create(model=model, prompt="x", n=65)
+    raise SystemExit("n=65 was accepted")
 except openai.BadRequestError as e:
     assert "`n`" in str(e), e
 

@@ -304,7 +304,7 @@ fn bad_requests_get_4xx_naming_the_problem() {
     expect(r#"{"prompt": 5}"#, 400, "`prompt`");
     expect(r#"{"max_tokens": 5}"#, 400, "`prompt`: required");
     expect(r#"{"prompt": ["a", "b"]}"#, 400, "one request per prompt");
-    expect(r#"{"prompt": "x", "n": 2}"#, 400, "`n`");
+    expect(r#"{"prompt": "x", "n": 65}"#, 400, "`n`: 65 samples asked; at most 64");
     expect(r#"{"prompt": "x", "logprobs": 5}"#, 400, "`logprobs`");
     expect(r#"{"prompt": "x", "best_of": 3}"#, 400, "`best_of`");
     expect(r#"{"prompt": "x", "top_p": 0.5}"#, 400, "`top_p`");
@@ -773,7 +773,7 @@ fn metrics_in_the_prometheus_text_format() {
         nfe += v["dllm"]["nfe"].as_f64().unwrap();
         answer_tokens += v["usage"]["completion_tokens"].as_f64().unwrap();
     }
-    let (st, _) = http(p, "POST", "/v1/completions", Some(r#"{"prompt": "x", "n": 2}"#), &auth);
+    let (st, _) = http(p, "POST", "/v1/completions", Some(r#"{"prompt": "x", "n": 0}"#), &auth);
     assert_eq!(st, 400);
     let (st, text) = http(p, "GET", "/metrics", None, &[]);
     assert_eq!(st, 200, "open like /health: {text}");
@@ -804,4 +804,66 @@ fn metrics_in_the_prometheus_text_format() {
     assert_eq!(sample(&text, "dllm_queue_depth"), Some(0.0), "{text}");
     assert_eq!(sample(&text, "dllm_running_rows"), Some(0.0), "{text}");
     assert!(sample(&text, "dllm_process_resident_bytes").unwrap() > 1e6, "{text}");
+}
+
+/// `n` samples (issue 19 part 3): n rows of one request in the batch, row i sampling with seed +
+/// i (so `n: 1` at that seed reproduces it), usage counting the prompt once; a chat stream opens
+/// every choice with its role and finishes each; `best_of` other than n is refused.
+#[test]
+fn n_samples_are_rows_with_derived_seeds() {
+    let srv = Server::start(&[]);
+    let p = srv.port;
+    let base = json!({"messages": [{"role": "user", "content": "Count: 1, 2,"}], "gen_length": 64,
+                      "temperature": 0.8, "seed": 40});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let (st, many) = post(p, "/v1/chat/completions", &with(json!({"n": 3, "best_of": 3})));
+    assert_eq!(st, 200, "{many}");
+    let choices = many["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let mut completion = 0;
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let (_, one) = post(p, "/v1/chat/completions", &with(json!({"seed": 40 + i})));
+        assert_eq!(one["choices"][0]["message"], c["message"], "choice {i}");
+        assert_eq!(many["dllm"]["choices"][i]["seed"], 40 + i);
+        completion += one["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    assert!(many["dllm"]["batch"].as_u64().unwrap() >= 2, "the rows shared the batch: {many}");
+    assert_eq!(many["usage"]["completion_tokens"], completion);
+    assert_eq!(many["usage"]["prompt_tokens"], many["usage"]["total_tokens"].as_u64().unwrap() - completion);
+    let streamed = with(json!({"n": 2, "stream": true})).to_string();
+    let (st, body) = http(p, "POST", "/v1/chat/completions", Some(&streamed), &[]);
+    assert_eq!(st, 200, "{body}");
+    let (mut roles, mut finishes, mut text) = (vec![], vec![], vec![String::new(), String::new()]);
+    for data in sse(&body).iter().filter(|d| *d != "[DONE]") {
+        let c: Value = serde_json::from_str(data).unwrap();
+        let ch = &c["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        if ch["delta"]["role"] == "assistant" {
+            roles.push(i);
+        }
+        if let Some(t) = ch["delta"]["content"].as_str() {
+            text[i].push_str(t);
+        }
+        if ch["finish_reason"].is_string() {
+            finishes.push(i);
+        }
+    }
+    assert_eq!(roles, [0, 1], "{body}");
+    let events = sse(&body);
+    assert_eq!(events.iter().filter(|d| *d == "[DONE]").count(), 1, "{body}");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    finishes.sort();
+    assert_eq!(finishes, [0, 1], "{body}");
+    for (i, t) in text.iter().enumerate() {
+        assert_eq!(t, choices[i]["message"]["content"].as_str().unwrap(), "streamed choice {i}");
+    }
+    let (st, e) = post(p, "/v1/chat/completions", &with(json!({"n": 2, "best_of": 4})));
+    assert_eq!((st, &e["error"]["param"]), (400, &json!("best_of")), "{e}");
 }

@@ -1,7 +1,6 @@
 //! The HTTP handlers: health, models, completions and chat completions (JSON or server-sent
 //! events), and the fallbacks that keep every error in the OpenAI error object.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,18 +12,15 @@ use axum::extract::{Path, State};
 use axum::http::Request;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc as tmpsc;
 
 use super::openai::{self, ApiError};
-use super::scheduler::{Finished, Job, JobEvent};
+use super::respond::{self, Events, Meta};
+use super::scheduler::Job;
 use super::Shared;
-
-type Events = tmpsc::UnboundedReceiver<JobEvent>;
 
 fn authorized(sh: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &sh.cfg.api_key else { return Ok(()) };
@@ -112,14 +108,6 @@ pub async fn chat_completions(
     complete(sh, headers, body, true).await
 }
 
-/// Identity of one response: what every JSON body and chunk repeats.
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-    chat: bool,
-}
-
 async fn complete(
     sh: Arc<Shared>,
     headers: HeaderMap,
@@ -138,186 +126,64 @@ async fn complete(
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    let (stream, include_usage) = (req.stream, req.include_usage);
-    let rx = match enqueue(&sh, req) {
-        Ok(rx) => rx,
+    let (stream, include_usage, prompt_tokens) = (req.stream, req.include_usage, req.prompt.len());
+    let rxs = match enqueue(&sh, req) {
+        Ok(rxs) => rxs,
         Err(r) => return r.into_response(),
     };
     let n = sh.ids.fetch_add(1, Ordering::SeqCst);
     let id = format!("{}-{n}", if chat { "chatcmpl" } else { "cmpl" });
-    let meta = Meta { id, created: now_s(), model: sh.cfg.model_id.clone(), chat };
+    let meta = Meta { id, created: now_s(), model: sh.cfg.model_id.clone(), chat, prompt_tokens };
     if stream {
-        respond_sse(meta, rx, include_usage)
+        respond::sse(meta, rxs, include_usage)
     } else {
-        respond_json(meta, rx).await
+        respond::json(meta, rxs).await
     }
 }
 
-/// Reserve a queue slot and hand the job to the engine, or refuse (429 full, 503 stopping).
-fn enqueue(sh: &Shared, req: openai::Request) -> Result<Events, ApiError> {
+/// Reserve `n` queue slots and hand the request's rows to the engine (row i samples with seed +
+/// i), or refuse (429 full, 503 stopping).
+fn enqueue(sh: &Shared, req: openai::Request) -> Result<Vec<Events>, ApiError> {
     let stopping =
         || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_shutting_down", "the server is stopping");
     if sh.stopping.load(Ordering::SeqCst) {
         return Err(stopping());
     }
-    let waiting = sh.queued.fetch_add(1, Ordering::SeqCst);
-    if waiting >= sh.cfg.max_queue {
-        sh.queued.fetch_sub(1, Ordering::SeqCst);
+    let waiting = sh.queued.fetch_add(req.n, Ordering::SeqCst);
+    if waiting + req.n > sh.cfg.max_queue {
+        sh.queued.fetch_sub(req.n, Ordering::SeqCst);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_exceeded",
             format!(
-                "the queue is full ({waiting} requests waiting, --max-queue {}); retry later",
-                sh.cfg.max_queue
+                "the queue is full ({waiting} rows waiting, {} asked, --max-queue {}); retry later",
+                req.n, sh.cfg.max_queue
             ),
         ));
     }
-    let (tx, rx) = tmpsc::unbounded_channel();
-    let job = Job {
-        prompt: req.prompt,
-        suffix: req.suffix,
-        opts: req.opts,
-        max_tokens: req.max_tokens,
-        stop: req.stop,
-        events: tx,
-        queued_at: std::time::Instant::now(),
-    };
-    let sent = sh.jobs.lock().ok().and_then(|g| g.as_ref().map(|s| s.send(job).is_ok())).unwrap_or(false);
-    if !sent {
-        sh.queued.fetch_sub(1, Ordering::SeqCst);
-        return Err(stopping());
-    }
-    Ok(rx)
-}
-
-fn usage(f: &Finished) -> Value {
-    json!({"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
-           "total_tokens": f.prompt_tokens + f.completion_tokens})
-}
-
-/// dllm's own figures of a finished request (the `dllm` field).
-fn extra(f: &Finished) -> Value {
-    let tpf = f.completion_tokens as f64 / f.nfe.max(1) as f64;
-    json!({"nfe": f.nfe, "tpf": tpf, "ms": f.ms, "batch": f.batch, "seed": f.seed, "gen_length": f.gen_length})
-}
-
-fn engine_error(m: String) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", m)
-}
-
-async fn respond_json(meta: Meta, mut rx: Events) -> Response {
-    loop {
-        match rx.recv().await {
-            Some(JobEvent::Delta(_)) => continue,
-            Some(JobEvent::Done(f)) => {
-                let choice = if meta.chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": f.text}, "finish_reason": f.finish_reason})
-                } else {
-                    json!({"index": 0, "text": f.text, "logprobs": Value::Null, "finish_reason": f.finish_reason})
-                };
-                let object = if meta.chat { "chat.completion" } else { "text_completion" };
-                return Json(
-                    json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model,
-                                   "choices": [choice], "usage": usage(&f), "dllm": extra(&f)}),
-                )
-                .into_response();
-            }
-            Some(JobEvent::Failed(m)) => return engine_error(m).into_response(),
-            None => {
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_shutting_down",
-                    "the engine stopped",
-                )
-                .into_response()
-            }
+    let Ok(jobs) = sh.jobs.lock() else { return Err(stopping()) };
+    let mut rxs = Vec::with_capacity(req.n);
+    for i in 0..req.n {
+        let (tx, rx) = tmpsc::unbounded_channel();
+        let mut opts = req.opts.clone();
+        opts.seed = opts.seed.wrapping_add(i as u64);
+        let job = Job {
+            prompt: req.prompt.clone(),
+            suffix: req.suffix.clone(),
+            opts,
+            max_tokens: req.max_tokens,
+            stop: req.stop.clone(),
+            events: tx,
+            queued_at: std::time::Instant::now(),
+        };
+        if jobs.as_ref().is_none_or(|s| s.send(job).is_err()) {
+            // rows already sent see their receivers dropped and leave as abandoned
+            sh.queued.fetch_sub(req.n - i, Ordering::SeqCst);
+            return Err(stopping());
         }
+        rxs.push(rx);
     }
-}
-
-/// Where a stream is: a chat stream opens with the assistant's role before any text.
-enum Phase {
-    Open,
-    Text,
-    Closed,
-}
-
-/// Server-sent events: (chat) the role, then one chunk per finished block's new text, the finish
-/// chunk, (with `include_usage`) a usage chunk with `choices: []`, then `[DONE]`.
-fn respond_sse(meta: Meta, rx: Events, include_usage: bool) -> Response {
-    let meta = Arc::new(meta);
-    let first = if meta.chat { Phase::Open } else { Phase::Text };
-    let events = futures_util::stream::unfold((rx, first), move |(mut rx, phase)| {
-        let meta = meta.clone();
-        async move {
-            let chunk = |choices: Value| sse_chunk(&meta, choices, include_usage.then_some(Value::Null));
-            match phase {
-                Phase::Closed => None,
-                Phase::Open => {
-                    let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": Value::Null}]);
-                    Some((vec![chunk(role)], (rx, Phase::Text)))
-                }
-                Phase::Text => {
-                    let out = match rx.recv().await {
-                        Some(JobEvent::Delta(d)) => {
-                            return Some((
-                                vec![chunk(json!([text_choice(&meta, &d, None)]))],
-                                (rx, Phase::Text),
-                            ))
-                        }
-                        Some(JobEvent::Done(f)) => finish_events(&meta, &f, include_usage),
-                        Some(JobEvent::Failed(m)) => {
-                            vec![Event::default().data(engine_error(m).body().to_string()), done()]
-                        }
-                        None => vec![done()],
-                    };
-                    Some((out, (rx, Phase::Closed)))
-                }
-            }
-        }
-    });
-    let flat = events.flat_map(|v| futures_util::stream::iter(v.into_iter().map(Ok::<_, Infallible>)));
-    Sse::new(flat).into_response()
-}
-
-fn done() -> Event {
-    Event::default().data("[DONE]")
-}
-
-/// One choice of a stream chunk: new text, or (`finish`) the end with its reason.
-fn text_choice(meta: &Meta, text: &str, finish: Option<&str>) -> Value {
-    if meta.chat {
-        let delta = if finish.is_some() { json!({}) } else { json!({"content": text}) };
-        json!({"index": 0, "delta": delta, "finish_reason": finish})
-    } else {
-        json!({"index": 0, "text": text, "logprobs": Value::Null, "finish_reason": finish})
-    }
-}
-
-fn sse_chunk(meta: &Meta, choices: Value, usage: Option<Value>) -> Event {
-    let object = if meta.chat { "chat.completion.chunk" } else { "text_completion" };
-    let mut c = json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model, "choices": choices});
-    if let Some(u) = usage {
-        c["usage"] = u;
-    }
-    Event::default().data(c.to_string())
-}
-
-/// The last events of a stream: the finish (with dllm's figures), the usage if asked, `[DONE]`.
-fn finish_events(meta: &Meta, f: &Finished, include_usage: bool) -> Vec<Event> {
-    let choice = text_choice(meta, "", Some(f.finish_reason));
-    let object = if meta.chat { "chat.completion.chunk" } else { "text_completion" };
-    let mut last = json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model,
-                          "choices": [choice], "dllm": extra(f)});
-    if include_usage {
-        last["usage"] = Value::Null;
-    }
-    let mut out = vec![Event::default().data(last.to_string())];
-    if include_usage {
-        out.push(sse_chunk(meta, json!([]), Some(usage(f))));
-    }
-    out.push(done());
-    out
+    Ok(rxs)
 }
 
 pub async fn not_found() -> Response {

@@ -12,6 +12,7 @@
 pub mod http;
 pub mod metrics;
 pub mod openai;
+pub mod respond;
 pub mod scheduler;
 pub mod text;
 

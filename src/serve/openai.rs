@@ -90,7 +90,12 @@ pub struct Request {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with `choices: []` and the usage.
     pub include_usage: bool,
+    /// Samples (`n`): rows of the batch, row i sampling with `opts.seed + i`.
+    pub n: usize,
 }
+
+/// Most samples one request may ask for (`n`).
+pub const MAX_N: usize = 64;
 
 /// Fields dllm reads (besides the prompt or messages): see the README's table.
 const FIELDS: &[&str] = &[
@@ -120,13 +125,14 @@ const FIELDS: &[&str] = &[
     "early_stop",
     "early_stop_id",
     "suffix",
+    "n",
+    "best_of",
 ];
 
 /// OpenAI fields dllm accepts only at a value that asks for nothing (the value a client sends by
 /// default); any other value is refused naming the field.
 fn neutral(field: &str) -> Option<&'static [&'static str]> {
     Some(match field {
-        "n" | "best_of" => &["1"],
         "logprobs" => &["null", "false"],
         "top_logprobs" => &["null", "0"],
         "echo" | "store" => &["null", "false"],
@@ -231,7 +237,9 @@ pub fn parse(ctx: &Context, body: &[u8], chat: bool) -> Parsed<Request> {
     let opts = decode_options(ctx, &body)?;
     validate(ctx, &opts, &prompt, suffix.len(), main)?;
     let stream = flag(&body, "stream")?;
+    let n = samples(&body)?;
     Ok(Request {
+        n,
         prompt,
         suffix,
         opts,
@@ -500,6 +508,22 @@ fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], suffix: usize, 
         });
         ApiError::bad(param, m)
     })
+}
+
+/// `n` (1 to [`MAX_N`]) and `best_of`, which must equal it: every sample is returned (a
+/// diffusion model has no sequence log-probability to rank samples by).
+fn samples(body: &Map<String, Value>) -> Parsed<usize> {
+    let n = uint(body, "n")?.unwrap_or(1);
+    if n > MAX_N {
+        return Err(ApiError::bad("n", format!("{n} samples asked; at most {MAX_N}")));
+    }
+    match uint(body, "best_of")? {
+        Some(b) if b != n => Err(ApiError::bad(
+            "best_of",
+            format!("{b} differs from n ({n}): dllm returns every sample, so best_of must equal n"),
+        )),
+        _ => Ok(n),
+    }
 }
 
 /// Most stop strings a request may give (lm-evaluation-harness tasks send up to 5 and more).
