@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use dllm::backend::cpu::select::{commit_count, rank, Candidate};
 use dllm::backend::cpu::{Cpu, CpuTensor};
-use dllm::backend::{Backend, DType, Sampling, Score, SelectRule, Step, Window};
+use dllm::backend::{Backend, DType, Draw, Sampling, SelectRule, Step, Window};
 use dllm::cache::KvCache;
 use dllm::decode::policy::quota_schedule;
 use dllm::decode::{DecodeOptions, Engine};
@@ -60,12 +60,12 @@ fn confidence(c: &mut Criterion) {
     for (name, t) in [("greedy", 0.0), ("temperature 1", 1.0)] {
         c.bench_function(&format!("argmax_confidence/126464 vocab/{name}"), |b| {
             b.iter(|| {
+                let draws = [Draw { temperature: t, ..Draw::GREEDY }];
                 let s = Sampling {
-                    temperature: t,
+                    draws: &draws,
                     seeds: &[1],
                     counters: &[0],
                     mask_id: 126336,
-                    score: Score::Confidence,
                     bf16_probs: false,
                 };
                 cpu.argmax_confidence(&logits, &pads, Window { start: 0, len: 1 }, 1, s, &mut out).unwrap();

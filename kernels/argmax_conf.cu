@@ -17,12 +17,21 @@
 // entropy rounds p + 1e-10, its log and the product to bf16 too (torch's op-by-op bf16 outputs).
 // The mask token is never drawn (docs/spec-notes.md). Logits are in the activation dtype (bf16
 // logits for a bf16 model, spec §4.1).
+// Each batch row has its own draw (ArgmaxDraw: temperature, top-k, nucleus, score; issue 19).
+// A sampled row with a top-k or a nucleus draws only among non-mask tokens with
+// key(l_v) ≥ cut, key the order-preserving u32 of the f32 logit: cut_k is the largest key with
+// #{v ≠ mask : key_v ≥ cut_k} ≥ k (the k-th highest; ties at it stay), cut_p the smallest key
+// with Σ_{v ≠ mask, key_v > cut_p} e_v < top_p · Z, e_v = exp((l_v − max) / T) and Z = Σ_v e_v
+// over the whole vocabulary (f64); cut = max of the two. Each is found by bisection over the
+// 2^32 keys: 32 passes over the row a limit (the row stays in L1/L2). A row holding a
+// non-finite logit gets no cut (its score is NaN anyway). CPU twin: backend::cpu::nucleus.
 // Layout: logits [B·BL, vocab]; tokens u32, conf f64 [B·BL]. One block of DLLM_ARGMAX_THREADS
 // (512) threads per row, 16-byte loads (for_each_logit) in unrolled loops so that each thread has
 // several loads in flight: an in-block step has only 32 rows (blocks), and 256 threads with one
 // 2-byte load at a time take 330 µs a call on an H100 (docs/perf.md, run 2).
 // Floor: 2 passes over B·BL·vocab·sizeof(T) bytes (the second mostly from L1/L2); ~vocab f64
-// exps per row. CPU twin: Cpu::argmax_confidence.
+// exps per row; a top-k / nucleus row adds up to 2 + 64 passes (from L1/L2) and ~33·vocab exps.
+// CPU twin: Cpu::argmax_confidence.
 #include "common.cuh"
 
 #define AM_NONE 0xffffffffu
@@ -57,6 +66,56 @@ __device__ __forceinline__ void for_each_logit(const T* l, unsigned int vocab, F
     for (unsigned int v = chunks * N + threadIdx.x; v < vocab; v += blockDim.x) f(v, to_f(l[v]));
 }
 
+// f32 → u32 in the order of the values (backend::cpu::nucleus::order_key).
+__device__ __forceinline__ unsigned int order_key(float x) {
+    const unsigned int b = __float_as_uint(x);
+    return (b >> 31) ? ~b : (b | 0x80000000u);
+}
+
+// The lowest key a restricted draw allows (0: every token), every thread of the block getting it.
+template <typename T>
+__device__ unsigned int allowed_cut(const T* l, const ArgmaxParams& p, const ArgmaxDraw& d) {
+    float mx = -INFINITY, poison = 0.0f;
+    for_each_logit(l, p.vocab, [&](unsigned int, float x) {
+        mx = fmaxf(mx, x);
+        poison += x * 0.0f;
+    });
+    mx = block_max(mx);
+    if (isnan(block_sum(poison))) return 0;
+    unsigned int cut_k = 0, cut_p = 0;
+    if (d.top_k > 0) {
+        // the largest t with #{v ≠ mask : key_v ≥ t} ≥ k (0 when fewer than k tokens)
+        unsigned long long lo = 0, hi = 0xffffffffull;
+        while (lo < hi) {
+            const unsigned int mid = (unsigned int)(lo + (hi - lo + 1) / 2);
+            double c = 0.0;
+            for_each_logit(l, p.vocab, [&](unsigned int v, float x) {
+                if (v != p.mask_id && order_key(x) >= mid) c += 1.0;
+            });
+            if (block_sum_d(c) >= (double)d.top_k) lo = mid; else hi = mid - 1;
+        }
+        cut_k = (unsigned int)lo;
+    }
+    if (d.top_p < 1.0) {
+        const double m = (double)mx, t = d.temperature;
+        double z = 0.0;
+        for_each_logit(l, p.vocab, [&](unsigned int, float x) { z += exp(((double)x - m) / t); });
+        const double bound = d.top_p * block_sum_d(z);
+        // the smallest t with Σ_{v ≠ mask, key_v > t} e_v < bound
+        unsigned long long lo = 0, hi = 0xffffffffull;
+        while (lo < hi) {
+            const unsigned int mid = (unsigned int)(lo + (hi - lo) / 2);
+            double above = 0.0;
+            for_each_logit(l, p.vocab, [&](unsigned int v, float x) {
+                if (v != p.mask_id && order_key(x) > mid) above += exp(((double)x - m) / t);
+            });
+            if (block_sum_d(above) < bound) hi = mid; else lo = mid + 1;
+        }
+        cut_p = (unsigned int)lo;
+    }
+    return cut_k > cut_p ? cut_k : cut_p;
+}
+
 template <typename T>
 __device__ void argmax_conf(const ArgmaxParams p) {
     __shared__ double best_s[DLLM_ARGMAX_THREADS / 32];
@@ -65,7 +124,10 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     const unsigned int r = blockIdx.x, b = r / p.block_len, i = r % p.block_len;
     const unsigned int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const T* l = (const T*)p.logits + (size_t)r * p.vocab;
-    const bool greedy = p.temperature == 0.0;
+    const ArgmaxDraw d = ((const ArgmaxDraw*)p.draws)[b];
+    const bool greedy = d.temperature == 0.0;
+    // uniform over the block (one row), so every thread takes the bisection's reductions
+    const unsigned int cut = !greedy && (d.top_k > 0 || d.top_p < 1.0) ? allowed_cut(l, p, d) : 0;
     const unsigned int pad = ((const unsigned int*)p.pads)[b];
     const unsigned int cpos = p.block_start + i;
     const uint64_t pos = cpos >= pad ? cpos - pad : 0;
@@ -77,8 +139,8 @@ __device__ void argmax_conf(const ArgmaxParams p) {
     unsigned int arg = AM_NONE;
     for_each_logit(l, p.vocab, [&](unsigned int v, float x) {
         mx = fmaxf(mx, x);
-        if (v == p.mask_id) return;
-        double score = greedy ? (double)x : (double)x / p.temperature + gumbel(seed, counter, pos, v);
+        if (v == p.mask_id || (cut != 0 && order_key(x) < cut)) return;
+        double score = greedy ? (double)x : (double)x / d.temperature + gumbel(seed, counter, pos, v);
         if (isnan(score)) score = -INFINITY;
         better(best, arg, score, v);
     });
@@ -130,9 +192,9 @@ __device__ void argmax_conf(const ArgmaxParams p) {
         tok = low_s;
     }
     double score;
-    if (p.score == DLLM_SCORE_NEG_ENTROPY || p.score == DLLM_SCORE_NEG_ENTROPY_F64) {
+    if (d.score == DLLM_SCORE_NEG_ENTROPY || d.score == DLLM_SCORE_NEG_ENTROPY_F64) {
         // Dream's ε is 1e-10, d3LLM's 1e-12 (d3llm spec §3); only Dream rounds to bf16
-        const double eps = p.score == DLLM_SCORE_NEG_ENTROPY_F64 ? 1e-12 : 1e-10;
+        const double eps = d.score == DLLM_SCORE_NEG_ENTROPY_F64 ? 1e-12 : 1e-10;
         double e = 0.0;
         for_each_logit(l, p.vocab, [&](unsigned int, float x) {
             const double q = prob(x);

@@ -63,6 +63,17 @@ __device__ __forceinline__ T block_reduce(T v) {
 }
 __device__ __forceinline__ float block_sum(float v) { return block_reduce<float, warp_sum>(v); }
 __device__ __forceinline__ double block_sum_d(double v) { return block_reduce<double, warp_sum_d>(v); }
+// The block's max of any floats (the missing warps count as -inf); every thread gets it.
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < warps ? part[lane] : -INFINITY;
+    return warp_max(v);
+}
 // The block's max of non-negative values (absmaxes: the missing warps count as 0).
 __device__ __forceinline__ float block_max_nonneg(float v) { return block_reduce<float, warp_max>(v); }
 

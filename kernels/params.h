@@ -119,11 +119,20 @@ typedef struct {
 #define DLLM_SCORE_NEG_ENTROPY 1
 #define DLLM_SCORE_NEG_ENTROPY_F64 2  /* d3LLM: sum p ln(p + 1e-12) in f64, never rounded */
 
+/* One batch row's draw (backend::Draw): 24 bytes, written by the host as three u64 words. */
+typedef struct {
+    double temperature;  /* 0: greedy */
+    double top_p;        /* nucleus mass, (0, 1]; 1: no limit */
+    unsigned int top_k;  /* 0: no limit */
+    unsigned int score;  /* DLLM_SCORE_* */
+} ArgmaxDraw;
+
 typedef struct {
     dptr_t logits;    /* [batch x block_len, vocab] activation dtype */
     dptr_t pads;      /* [batch] u32 */
     dptr_t seeds;     /* [batch] u64 */
     dptr_t counters;  /* [batch] u64 */
+    dptr_t draws;     /* [batch] ArgmaxDraw */
     dptr_t tokens;    /* out: [batch x block_len] u32 */
     dptr_t conf;      /* out: [batch x block_len] f64 */
     unsigned int rows;
@@ -131,10 +140,7 @@ typedef struct {
     unsigned int block_start;
     unsigned int block_len;
     unsigned int mask_id;
-    unsigned int score;       /* DLLM_SCORE_* */
     unsigned int bf16_probs;  /* 1: Dream's bf16 softmax (spec §3) */
-    unsigned int pad_;
-    double temperature;
 } ArgmaxParams;
 /* Threads of an argmax_conf block (one block per logits row). */
 #define DLLM_ARGMAX_THREADS 512
@@ -161,13 +167,14 @@ typedef struct {
     dptr_t active;   /* [batch] u32 (0/1) */
     dptr_t quota;    /* [batch] u32 */
     dptr_t counts;   /* out: [batch] u32, tokens committed per row */
+    dptr_t rules;    /* [batch] u32 DLLM_RULE_*: each row's rule */
+    dptr_t params;   /* [batch] f64: each row's threshold tau or factor f */
     unsigned int batch;
     unsigned int canvas_len;
     unsigned int block_start;
     unsigned int block_len;
     unsigned int mask_id;
-    unsigned int rule;
-    double param;    /* threshold tau or factor f */
+    unsigned int pad_;
 } SelectParams;
 /* select_commit ranks a block in one thread block, one thread per position: the longest block. */
 #define DLLM_MAX_BLOCK_LENGTH 1024

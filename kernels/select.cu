@@ -1,4 +1,4 @@
-// select_commit: commit tokens of the current block into the device canvas by the step's rule
+// select_commit: commit tokens of the current block into the device canvas by each row's rule
 // (spec §4.4) and report how many per row — the one small read-back of a step.
 // Candidates are the active row's masked block positions, ranked by confidence descending, lower
 // position first on ties (dllm's choice, docs/spec-notes.md), in the total order of f64
@@ -12,7 +12,9 @@
 //   first (Dream's cached block start, spec §3): the lowest masked position, whatever its score.
 // A NaN score among a row's candidates (argmax_conf's mark of non-finite logits) commits nothing
 // for that row and reports DLLM_NONFINITE as its count.
-// Layout: tokens/conf [B·BL] (from argmax_conf), canvas [B, L] u32, active/quota/counts [B].
+// Each row has its own rule and parameter (rules/params [B]; rows of a batch may differ).
+// Layout: tokens/conf [B·BL] (from argmax_conf), canvas [B, L] u32, active/quota/counts/rules/
+// params [B].
 // One block per batch row, one thread per block position (BL ≤ 1024); O(BL²) ranking in shared
 // memory: BL = 32 makes that 1k comparisons. CPU twin: Cpu::select / backend::cpu::select.
 #include "common.cuh"
@@ -30,6 +32,8 @@ extern "C" __global__ void __launch_bounds__(DLLM_MAX_BLOCK_LENGTH) select_commi
     __shared__ unsigned int k_s;
     const unsigned int b = blockIdx.x, i = threadIdx.x, bl = p.block_len;
     const bool act = ((const unsigned int*)p.active)[b] != 0;
+    const unsigned int rule = ((const unsigned int*)p.rules)[b];
+    const double param = ((const double*)p.params)[b];
     unsigned int* canvas = (unsigned int*)p.canvas + (size_t)b * p.canvas_len + p.block_start;
     bool m = false;
     double c = 0.0;
@@ -55,23 +59,23 @@ extern "C" __global__ void __launch_bounds__(DLLM_MAX_BLOCK_LENGTH) select_commi
     if (i == 0) {
         unsigned int k = 0;
         if (n > 0) {
-            if (p.rule == DLLM_RULE_QUOTA) {
+            if (rule == DLLM_RULE_QUOTA) {
                 const unsigned int q = ((const unsigned int*)p.quota)[b];
                 k = q < n ? q : n;
-            } else if (p.rule == DLLM_RULE_THRESHOLD || p.rule == DLLM_RULE_CAPPED_THRESHOLD) {
-                while (k < n && sorted[k] >= p.param) ++k;
+            } else if (rule == DLLM_RULE_THRESHOLD || rule == DLLM_RULE_CAPPED_THRESHOLD) {
+                while (k < n && sorted[k] >= param) ++k;
                 if (k == 0) k = 1;
-                if (p.rule == DLLM_RULE_CAPPED_THRESHOLD) {
+                if (rule == DLLM_RULE_CAPPED_THRESHOLD) {
                     unsigned int q = ((const unsigned int*)p.quota)[b];
                     if (q == 0) q = 1;
                     if (k > q) k = q;
                 }
-            } else if (p.rule == DLLM_RULE_FIRST) {
+            } else if (rule == DLLM_RULE_FIRST) {
                 k = 1;
             } else {
                 unsigned int fail = n;
                 for (unsigned int j = 1; j < n; ++j) {
-                    if (sorted[j] < 1.0 - p.param / (double)(j + 2)) {
+                    if (sorted[j] < 1.0 - param / (double)(j + 2)) {
                         fail = j;
                         break;
                     }
@@ -83,7 +87,7 @@ extern "C" __global__ void __launch_bounds__(DLLM_MAX_BLOCK_LENGTH) select_commi
         ((unsigned int*)p.counts)[b] = k;
     }
     __syncthreads();
-    if (p.rule == DLLM_RULE_FIRST) {
+    if (rule == DLLM_RULE_FIRST) {
         // the lowest masked position: no masked position before it
         if (m) {
             bool first = true;

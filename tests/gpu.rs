@@ -16,7 +16,9 @@ use common::*;
 
 use dllm::backend::cpu::Cpu;
 use dllm::backend::cuda::Cuda;
-use dllm::backend::{Backend, DType, Heads, Sampling, Score, Select, SelectRule, Step, Window, NON_FINITE};
+use dllm::backend::{
+    Backend, DType, Draw, Heads, Sampling, Score, Select, SelectRule, Step, Window, NON_FINITE,
+};
 use dllm::decode::Engine;
 use dllm::model::{ModelConfig, ModelFiles};
 use dllm::transformer::rope_tables;
@@ -389,12 +391,13 @@ fn logits_in<B: Backend>(be: &B) -> B::Tensor {
 /// argmax_confidence over the block's logits: the candidates.
 fn drawn<B: Backend>(be: &B, v: Variant, temperature: f64, rule: SelectRule) -> B::Cands {
     let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
+    let score = if v.dream && rule == SelectRule::Quota { Score::NegEntropy } else { Score::Confidence };
+    let draws = [Draw { temperature, score, ..Draw::GREEDY }; BATCH];
     let sampling = Sampling {
-        temperature,
+        draws: &draws,
         seeds: &[11, 12, 13],
         counters: &[3, 0, 7],
         mask_id: MASK_ID,
-        score: if v.dream && rule == SelectRule::Quota { Score::NegEntropy } else { Score::Confidence },
         bf16_probs: v.dream && be.dtype() == DType::Bf16,
     };
     be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();
@@ -449,8 +452,13 @@ fn selected<B: Backend>(be: &B, v: Variant, temperature: f64, rule: SelectRule) 
         }
     }
     be.write_ids(&mut canvas_ids, &c0).unwrap();
-    let sel =
-        Select { rule, active: &[true, false, true], quota: &[4, 4, 30], mask_id: MASK_ID, block: BLOCK };
+    let sel = Select {
+        rules: &[rule; BATCH],
+        active: &[true, false, true],
+        quota: &[4, 4, 30],
+        mask_id: MASK_ID,
+        block: BLOCK,
+    };
     let counts = be.select(&mut cands, &mut canvas_ids, CANVAS, sel).unwrap();
     let mut canvas = vec![0; BATCH * CANVAS];
     be.read_ids(&canvas_ids, &mut canvas).unwrap();
@@ -472,6 +480,70 @@ fn select(v: Variant) {
 }
 
 // ---- ops beyond the shared inputs, and end to end
+
+/// Rows with their own draws (greedy; top-k 5 at T 0.8; nucleus 0.6 at T 1.3) and rules
+/// (threshold, quota, factor) in one argmax_conf + select_commit (issue 19): the greedy row's
+/// tokens and every score as the CPU twin; every sampled token inside the twin's allowed set
+/// (the cut is exact for top-k, the nucleus up to the f64 sums' last bits); each row's count by
+/// its own rule.
+#[test]
+fn mixed_draws_and_rules_match_the_cpu() {
+    let Some(twins) = twins(DType::F32) else { return };
+    let draws = [
+        Draw::GREEDY,
+        Draw { temperature: 0.8, top_k: 5, ..Draw::GREEDY },
+        Draw { temperature: 1.3, top_p: 0.6, ..Draw::GREEDY },
+    ];
+    let rules = [SelectRule::Threshold(0.5), SelectRule::Quota, SelectRule::Factor(1.0)];
+    let ((a_tok, a_conf, a_counts), (b_tok, b_conf, b_counts)) = on_both!(twins, |be| {
+        let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
+        let sampling = Sampling {
+            draws: &draws,
+            seeds: &[11, 12, 13],
+            counters: &[3, 0, 7],
+            mask_id: MASK_ID,
+            bf16_probs: false,
+        };
+        be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();
+        let (tok, conf) = be.read_cands(&cands, BATCH * BLOCK.len).unwrap();
+        let mut canvas = be.ids(BATCH * CANVAS).unwrap();
+        be.write_ids(&mut canvas, &vec![MASK_ID; BATCH * CANVAS]).unwrap();
+        let sel = Select {
+            rules: &rules,
+            active: &[true; BATCH],
+            quota: &[4; BATCH],
+            mask_id: MASK_ID,
+            block: BLOCK,
+        };
+        let counts = be.select(&mut cands, &mut canvas, CANVAS, sel).unwrap();
+        (tok, conf, counts)
+    });
+    let bl = BLOCK.len;
+    assert_eq!(a_tok[..bl], b_tok[..bl], "the greedy row");
+    for (x, y) in a_conf.iter().zip(&b_conf) {
+        assert!((x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-9 * y.abs() + 1e-15, "score {x} vs {y}");
+    }
+    let host: Vec<f32> = {
+        let cpu = Cpu::new(DType::F32, Some(1));
+        cpu.to_host(&logits_in(&cpu), BATCH * bl).unwrap()
+    };
+    for r in bl..BATCH * bl {
+        let row = &host[r * VOCAB..(r + 1) * VOCAB];
+        let cut = dllm::backend::cpu::nucleus::cut(row, MASK_ID, &draws[r / bl]);
+        if !b_conf[r].is_nan() {
+            let tok = a_tok[r] as usize;
+            assert!(
+                dllm::backend::cpu::nucleus::order_key(row[tok]) >= cut,
+                "row {r}: GPU drew {tok} outside the set"
+            );
+        }
+    }
+    // batch row 0 holds the non-finite logit rows: reported, not committed; row 1's quota of 4
+    // commits 4; row 2's factor rule commits at least one (its sampled tokens may differ)
+    assert_eq!((a_counts[0], a_counts[1]), (NON_FINITE, 4), "{a_counts:?}");
+    assert_eq!((b_counts[0], b_counts[1]), (NON_FINITE, 4), "{b_counts:?}");
+    assert!(a_counts[2] >= 1 && a_counts[2] as usize <= bl, "{a_counts:?}");
+}
 
 /// One attention op on `be` from host q|k|v rows, K/V caches and pads; the output is poisoned
 /// before the launch.
@@ -672,12 +744,12 @@ fn d3llm_entropy_score_matches_the_cpu() {
     let Some(twins) = twins(DType::F32) else { return };
     let ((a_tokens, a_score), (b_tokens, b_score)) = on_both!(twins, |be| {
         let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
+        let draws = [Draw { score: Score::NegEntropyF64, ..Draw::GREEDY }; BATCH];
         let sampling = Sampling {
-            temperature: 0.0,
+            draws: &draws,
             seeds: &[11, 12, 13],
             counters: &[3, 0, 7],
             mask_id: MASK_ID,
-            score: Score::NegEntropyF64,
             bf16_probs: false,
         };
         be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();

@@ -143,7 +143,7 @@ fn rope_and_attention_in_bf16_are_within_1e_2_of_f32() {
 /// argmax/confidence and select see the same (bf16) logits on both: identical decisions.
 #[test]
 fn argmax_and_select_on_bf16_logits_decide_as_f32() {
-    use dllm::backend::{Sampling, Score, Select, SelectRule};
+    use dllm::backend::{Draw, Sampling, Select, SelectRule};
     let (fb, ff) = bf16_and_f32();
     let (batch, canvas) = (3, 23);
     let pads = PADS.to_vec();
@@ -152,11 +152,10 @@ fn argmax_and_select_on_bf16_logits_decide_as_f32() {
     let mut cands = [fb.cands(9).unwrap(), ff.cands(9).unwrap()];
     for (be, c) in [&fb, &ff].into_iter().zip(cands.iter_mut()) {
         let s = Sampling {
-            temperature: 0.0,
+            draws: &[Draw::GREEDY; 3],
             seeds: &[0; 3],
             counters: &[0; 3],
             mask_id: 299,
-            score: Score::Confidence,
             bf16_probs: false,
         };
         be.argmax_confidence(&logits, &pads, block, batch, s, c).unwrap();
@@ -164,7 +163,7 @@ fn argmax_and_select_on_bf16_logits_decide_as_f32() {
     assert_eq!(cands[0], cands[1]);
     let mut canvas_ids = vec![299u32; batch * canvas];
     let sel = Select {
-        rule: SelectRule::Threshold(0.5),
+        rules: &[SelectRule::Threshold(0.5); 3],
         active: &[true, false, true],
         quota: &[0; 3],
         mask_id: 299,

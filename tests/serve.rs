@@ -307,7 +307,7 @@ fn bad_requests_get_4xx_naming_the_problem() {
     expect(r#"{"prompt": "x", "n": 65}"#, 400, "`n`: 65 samples asked; at most 64");
     expect(r#"{"prompt": "x", "logprobs": 5}"#, 400, "`logprobs`");
     expect(r#"{"prompt": "x", "best_of": 3}"#, 400, "`best_of`");
-    expect(r#"{"prompt": "x", "top_p": 0.5}"#, 400, "`top_p`");
+    expect(r#"{"prompt": "x", "top_p": 2}"#, 400, "`top_p`: 2 is outside (0, 1]");
     expect(r#"{"prompt": "x", "suffix": 7}"#, 400, "`suffix`: expected a string");
     expect(r#"{"prompt": "x", "temperature": "hot"}"#, 400, "`temperature`");
     expect(r#"{"prompt": "x", "stop": 3}"#, 400, "`stop`");
@@ -866,4 +866,47 @@ fn n_samples_are_rows_with_derived_seeds() {
     }
     let (st, e) = post(p, "/v1/chat/completions", &with(json!({"n": 2, "best_of": 4})));
     assert_eq!((st, &e["error"]["param"]), (400, &json!("best_of")), "{e}");
+}
+
+/// Mixed rules in one batch (issue 19 parts 4–5): requests of one cache mode that differ in rule,
+/// threshold, factor, temperature, seed, top-k, top-p and length decode together (one batch:
+/// `dllm.batch` above 1) and each answers exactly as alone; bad top-k / top-p are refused.
+#[test]
+fn requests_with_different_rules_and_draws_share_a_batch() {
+    let srv = Server::start(&["--max-batch", "16"]);
+    let p = srv.port;
+    let reqs = [
+        json!({"prompt": "Hello world", "threshold": 0.9}),
+        json!({"prompt": "Hello world", "threshold": 0.6, "gen_length": 64}),
+        json!({"prompt": "Count: 1, 2,", "factor": 1.0}),
+        json!({"prompt": "Count: 1, 2,", "quota": true, "steps": 128}),
+        json!({"prompt": "Hi", "temperature": 0.9, "seed": 3}),
+        json!({"prompt": "Hi", "temperature": 0.9, "seed": 4, "top_k": 5}),
+        json!({"prompt": "Hi", "temperature": 1.2, "seed": 3, "top_p": 0.7}),
+        json!({"prompt": "Once upon", "temperature": 0.7, "seed": 9, "top_k": 20, "top_p": 0.9, "factor": 0.5}),
+    ];
+    let alone: Vec<Value> = reqs.iter().map(|r| post(p, "/v1/completions", r).1).collect();
+    for (a, r) in alone.iter().zip(&reqs) {
+        assert_eq!(a["dllm"]["batch"], 1, "{r}: {a}");
+    }
+    let together: Vec<Value> = std::thread::scope(|s| {
+        let hs: Vec<_> = reqs.iter().map(|r| s.spawn(move || post(p, "/v1/completions", r).1)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut shared = 0;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"], "request {i}: {}", reqs[i]);
+        assert_eq!(a["dllm"]["nfe"], t["dllm"]["nfe"], "request {i}");
+        shared += (t["dllm"]["batch"].as_u64().unwrap() >= 4) as usize;
+    }
+    assert!(shared >= 4, "requests of different rules were decoded together ({shared} in batches of 4+)");
+    for (body, param) in [
+        (json!({"prompt": "x", "top_p": 0}), "top_p"),
+        (json!({"prompt": "x", "top_p": 1.5}), "top_p"),
+        (json!({"prompt": "x", "top_k": -3}), "top_k"),
+        (json!({"prompt": "x", "top_k": "many"}), "top_k"),
+    ] {
+        let (st, e) = post(p, "/v1/completions", &body);
+        assert_eq!((st, &e["error"]["param"]), (400, &json!(param)), "{body}: {e}");
+    }
 }

@@ -61,11 +61,12 @@ impl Heads {
     }
 }
 
-/// How the argmax token of a masked position is drawn (spec §4.1, §4.3).
+/// How the argmax token of a masked position is drawn (spec §4.1, §4.3), per batch row.
 #[derive(Clone, Copy, Debug)]
 pub struct Sampling<'a> {
-    /// 0 = greedy (no random numbers drawn).
-    pub temperature: f64,
+    /// `[batch]`: each row's temperature, top-k / nucleus and score (rows of one batch may
+    /// differ: issue 19).
+    pub draws: &'a [Draw],
     /// Per batch row: the row's seed and how many forwards the row has taken part in. With the
     /// token's position inside the row and its id they key a counter-based RNG, so a row's
     /// noise is the same in any batch and on any backend.
@@ -74,12 +75,40 @@ pub struct Sampling<'a> {
     /// Never drawn: committing the mask token would leave its position masked
     /// (docs/spec-notes.md).
     pub mask_id: u32,
-    /// What the candidate's score (the value ranked and compared with a threshold) is.
-    pub score: Score,
     /// Dream with bf16 activations (spec §3): the softmax is taken in bf16, so the token is the
     /// argmax of the bf16-rounded probabilities (lowest id among equal ones) and the score is
     /// rounded to bf16.
     pub bf16_probs: bool,
+}
+
+/// One batch row's draw: greedy or Gumbel-max at a temperature, restricted to the top-k and the
+/// nucleus (issue 19), and what its candidates are scored by.
+///
+/// The allowed set (only with temperature > 0; the greedy argmax is always in it) is every
+/// non-mask token whose logit is at least a cut: the k-th highest non-mask logit (ties at the cut
+/// all stay), and the lowest logit whose non-mask tokens strictly above it carry softmax mass
+/// (at the temperature, over the whole vocabulary) below `top_p`. The sample is the argmax of
+/// `l / T + Gumbel` over the allowed set; the score stays that of the unperturbed softmax.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    /// 0 = greedy (no random numbers drawn).
+    pub temperature: f64,
+    /// Draw among the k highest logits only (0: no limit).
+    pub top_k: u32,
+    /// Draw among the nucleus of this mass only, in (0, 1] (1: no limit).
+    pub top_p: f64,
+    /// What the candidate's score (the value ranked and compared with a threshold) is.
+    pub score: Score,
+}
+
+impl Draw {
+    /// Greedy, scored by confidence.
+    pub const GREEDY: Draw = Draw { temperature: 0.0, top_k: 0, top_p: 1.0, score: Score::Confidence };
+
+    /// Whether the sample is restricted (sampling with a top-k or a nucleus).
+    pub fn restricted(&self) -> bool {
+        self.temperature > 0.0 && (self.top_k > 0 || self.top_p < 1.0)
+    }
 }
 
 /// The per-candidate score a step ranks by (spec §4.2; Dream's entropy rule, spec §3; d3LLM's
@@ -143,7 +172,8 @@ pub const NON_FINITE: u32 = u32::MAX;
 /// Per-step arguments of [`Backend::select`].
 #[derive(Clone, Copy, Debug)]
 pub struct Select<'a> {
-    pub rule: SelectRule,
+    /// `[batch]`: each row's rule (rows of one batch may differ: issue 19).
+    pub rules: &'a [SelectRule],
     /// Per batch row: false for rows that must not change (their block is done).
     pub active: &'a [bool],
     /// Per batch row: how many to commit under [`SelectRule::Quota`].
@@ -286,8 +316,9 @@ pub trait Backend {
 
     // ---- decoding (spec §4)
     /// Per logits row: the token (argmax, lowest id on ties; with temperature, argmax of the
-    /// Gumbel-perturbed logits) and its score (`sampling.score` of the unperturbed softmax, wide;
-    /// NaN when the row holds any non-finite logit).
+    /// Gumbel-perturbed logits over the row's allowed set, [`Draw`]) and its score (the row's
+    /// [`Draw::score`] of the unperturbed softmax, wide; NaN when the row holds any non-finite
+    /// logit).
     /// Rows are `[batch × block.len]`; `pads` give each row's positions for the noise keys.
     fn argmax_confidence(
         &self,
@@ -298,7 +329,7 @@ pub trait Backend {
         sampling: Sampling<'_>,
         out: &mut Self::Cands,
     ) -> Result<()>;
-    /// Commit tokens into the canvas by `sel.rule` among each active row's masked block
+    /// Commit tokens into the canvas by each row's `sel.rules[b]` among its masked block
     /// positions; returns how many each row committed (the one small read-back of a step), or
     /// [`NON_FINITE`] for a row with a NaN score among its candidates (nothing committed).
     fn select(

@@ -180,6 +180,12 @@ pub(crate) struct DecodeArgs {
     /// Sampling temperature; 0 is greedy (the only choice for Dream so far).
     #[arg(long, default_value_t = DecodeOptions::default().temperature)]
     pub(crate) temperature: f64,
+    /// With --temperature > 0: draw among the K highest logits only (0: no limit).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub(crate) top_k: u32,
+    /// With --temperature > 0: draw within the nucleus of mass P only, in (0, 1] (1: no limit).
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    pub(crate) top_p: f64,
     /// Seed of the sampling noise (with --temperature > 0). Default: a fresh one, printed so
     /// that the run can be reproduced.
     #[arg(long)]
@@ -381,6 +387,8 @@ impl DecodeArgs {
             block_length: self.block_length,
             steps: self.steps.unwrap_or(gen_length),
             temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
             // greedy decoding draws no noise: a seed only matters (and is only drawn) when sampling
             seed: self.seed.unwrap_or_else(|| if self.temperature > 0.0 { fresh_seed() } else { 0 }),
             early_exit: self.early_exit,

@@ -147,7 +147,8 @@ fn json_report(
         "options": {
             "gen_length": opts.gen_length, "block_length": opts.block_length,
             "steps": opts.steps, "cache": opts.cache.name(), "rule": opts.rule.to_string(),
-            "temperature": opts.temperature, "seed": opts.seed, "early_exit": opts.early_exit,
+            "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
+            "seed": opts.seed, "early_exit": opts.early_exit,
             "decoder": opts.decoder.to_string(),
         },
         "trace": trace,

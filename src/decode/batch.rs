@@ -3,7 +3,7 @@
 //! a row with fewer positions left ends before the canvas does (spec §1, §6). An infilling row's
 //! fixed suffix follows its masked middle: a key of every forward, never a block position.
 
-use super::options::DecodeOptions;
+use super::options::{DecodeOptions, RowRule};
 use super::output::{RowOutput, RowStart};
 use crate::error::{Error, Result};
 use crate::model::SpecialIds;
@@ -118,6 +118,8 @@ pub struct RowState {
     pub committed: usize,
     /// Steps taken in the current block.
     pub step_in_block: usize,
+    /// The row's rule and draw (its own, or the options').
+    pub rule: RowRule,
     /// The sampling seed and the forwards the row took part in before this call.
     pub seed: u64,
     pub forwards_before: u64,
@@ -125,13 +127,14 @@ pub struct RowState {
 }
 
 impl RowState {
-    pub fn new(start: &RowStart, seed: u64) -> Self {
+    pub fn new(start: &RowStart, opts: &DecodeOptions) -> Self {
         RowState {
+            rule: start.rule.unwrap_or_else(|| opts.row_rule()),
             finished: false,
             masks_left: 0,
             committed: 0,
             step_in_block: 0,
-            seed,
+            seed: start.seed.unwrap_or(opts.seed),
             forwards_before: start.forwards,
             out: RowOutput {
                 prompt: start.prompt.clone(),

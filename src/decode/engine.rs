@@ -120,7 +120,7 @@ impl<B: Backend> Engine<B> {
         let bf16_probs = self.config.arch == Arch::Dream && be.dtype() == DType::Bf16;
         let policy = StepPolicy::new(opts, self.config.arch, plan.window, plan.steps_per_block, bf16_probs);
         let bufs = Buffers::new(be, &self.config, &plan)?;
-        let rows = starts.iter().map(|r| RowState::new(r, r.seed.unwrap_or(opts.seed))).collect();
+        let rows = starts.iter().map(|r| RowState::new(r, opts)).collect();
         let mut call = Call {
             engine: self,
             opts,
@@ -155,6 +155,17 @@ impl<B: Backend> Engine<B> {
         let gens: Vec<usize> = starts.iter().map(|r| r.gen_length.unwrap_or(opts.gen_length)).collect();
         opts.validate_prompts(&self.config, &prompts, &gens)?;
         self.check_suffixes(starts, opts, &gens)?;
+        for (i, r) in starts.iter().enumerate() {
+            if let Some(rr) = &r.rule {
+                let own = opts.with_row(rr);
+                own.validate_options(&self.config).map_err(|e| Error::options(format!("row {i}: {e}")))?;
+                if opts.decoder != Decoder::Blocks && own != *opts {
+                    return Err(Error::options(format!(
+                        "row {i}: rows of a multi-block batch share the batch's rule and draw"
+                    )));
+                }
+            }
+        }
         let window = opts.window_len(self.config.arch);
         let plan = BatchPlan::new(starts, opts, window, &self.special, max_blocks)?;
         let be = &self.backend;

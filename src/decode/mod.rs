@@ -12,6 +12,7 @@ pub mod step;
 
 pub use engine::Engine;
 pub use options::{
-    fresh_seed, DecodeOptions, Decoder, DelayedCache, MultiBlock, MultiBlockKnobs, Rule, RunOptions, PRESETS,
+    fresh_seed, DecodeOptions, Decoder, DelayedCache, MultiBlock, MultiBlockKnobs, RowRule, Rule, RunOptions,
+    PRESETS,
 };
 pub use output::{DecodeObserver, ForwardTime, Output, Quiet, RowOutput, RowStart, TraceStep};

@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::engine::Engine;
 use super::options::{DecodeOptions, DelayedCache, MultiBlock, Rule, RunOptions};
 use super::output::{DecodeObserver, ForwardTime, Output, RowOutput, RowStart, TraceStep};
-use crate::backend::{Backend, GraphUse, Sampling, Score, Step, Window};
+use crate::backend::{Backend, Draw, GraphUse, Sampling, Score, Step, Window};
 use crate::cache::{ForwardKind, KvCache};
 use crate::error::{Error, Result};
 use crate::transformer::{self, Workspace};
@@ -101,7 +101,8 @@ struct Row<'a, B: Backend> {
     engine: &'a Engine<B>,
     mb: MultiBlock,
     threshold: f64,
-    temperature: f64,
+    /// The draw (temperature, top-k, nucleus), scored by d3LLM's f64 entropy.
+    draw: Draw,
     seed: u64,
     run: RunOptions,
     prompt_len: usize,
@@ -176,7 +177,7 @@ impl<'a, B: Backend> Row<'a, B> {
             engine,
             mb,
             threshold,
-            temperature: opts.temperature,
+            draw: DecodeOptions::draw(&opts.row_rule(), Score::NegEntropyF64),
             seed: opts.seed,
             run,
             prompt_len: p,
@@ -467,11 +468,10 @@ impl<'a, B: Backend> Row<'a, B> {
             fwd()?;
         }
         let sampling = Sampling {
-            temperature: self.temperature,
+            draws: &[self.draw],
             seeds: &[self.seed],
             counters: &[self.calls as u64],
             mask_id: e.special.mask,
-            score: Score::NegEntropyF64,
             bf16_probs: false,
         };
         be.argmax_confidence(&d.ws.logits, &d.bounds, rows, 1, sampling, &mut d.cands)?;

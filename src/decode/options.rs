@@ -57,6 +57,10 @@ pub struct DecodeOptions {
     pub rule: Rule,
     /// 0 = greedy. Above 0: Gumbel-max sampling with a counter-based RNG keyed by `seed`.
     pub temperature: f64,
+    /// With temperature > 0: draw among the k highest logits only (0: no limit; issue 19).
+    pub top_k: u32,
+    /// With temperature > 0: draw within the nucleus of this mass only, in (0, 1] (1: no limit).
+    pub top_p: f64,
     pub seed: u64,
     /// Stop a row once a whole block of it is end-of-sequence tokens (spec §5 EOS). Off by
     /// default: the reference decodes every block.
@@ -129,10 +133,46 @@ impl Default for DecodeOptions {
             cache: CacheMode::Dual,
             rule: Rule::Threshold(0.9),
             temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
             seed: 0,
             early_exit: false,
             decoder: Decoder::Blocks,
         }
+    }
+}
+
+/// What the rows of one batch may choose each for themselves (issue 19): the commit rule and the
+/// draw. The rest of [`DecodeOptions`] (cache, block, steps per block, decoder) shapes the
+/// forward and is the batch's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowRule {
+    pub rule: Rule,
+    pub temperature: f64,
+    pub top_k: u32,
+    pub top_p: f64,
+}
+
+impl DecodeOptions {
+    /// The options' own rule and draw.
+    pub fn row_rule(&self) -> RowRule {
+        RowRule { rule: self.rule, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+    }
+
+    /// These options with a row's rule and draw (what that row decodes as when alone).
+    pub fn with_row(&self, r: &RowRule) -> DecodeOptions {
+        DecodeOptions {
+            rule: r.rule,
+            temperature: r.temperature,
+            top_k: r.top_k,
+            top_p: r.top_p,
+            ..self.clone()
+        }
+    }
+
+    /// The device draw of a row with rule and draw `r`, whose candidates are scored by `score`.
+    pub fn draw(r: &RowRule, score: crate::backend::Score) -> crate::backend::Draw {
+        crate::backend::Draw { temperature: r.temperature, top_k: r.top_k, top_p: r.top_p, score }
     }
 }
 
@@ -243,6 +283,9 @@ impl DecodeOptions {
         }
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return fail(format!("temperature {} must be a finite number ≥ 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return fail(format!("top_p {} is outside (0, 1]", self.top_p));
         }
         if let Decoder::MultiBlock(mb) = self.decoder {
             self.validate_multi_block(&mb)?;

@@ -24,6 +24,9 @@ pub struct RowStart {
     /// like the prompt (PrefixCache runs them in each window, DualCache keeps their block-start
     /// K/V); no block covers them, so they never change. Empty: plain generation.
     pub suffix: Vec<u32>,
+    /// The row's own rule and draw (default: the options'): rows of one batch may differ in
+    /// them and each still decodes as it would alone (issue 19).
+    pub rule: Option<super::options::RowRule>,
 }
 
 /// What one batch row produced.

@@ -1,5 +1,6 @@
-//! Decoding policy: what each step of a block runs — the device rule, what candidates are ranked
-//! by, each row's quota — from the user's rule, the family and the cache mode (spec §3, §4.4).
+//! Decoding policy: what each step of a block runs for each row — the device rule, what its
+//! candidates are ranked by, its quota — from the row's rule, the family and the cache mode
+//! (spec §3, §4.4).
 
 use super::batch::RowState;
 use super::options::{DecodeOptions, Rule};
@@ -8,11 +9,10 @@ use crate::cache::CacheMode;
 use crate::error::{Error, Result};
 use crate::model::Arch;
 
-/// The policy of one decode call.
+/// The policy of one decode call (each row brings its own rule).
 pub struct StepPolicy {
     dream: bool,
     cached: bool,
-    rule: Rule,
     steps: usize,
     gen_length: usize,
     steps_per_block: usize,
@@ -33,7 +33,6 @@ impl StepPolicy {
         StepPolicy {
             dream: arch == Arch::Dream,
             cached: opts.cache != CacheMode::None,
-            rule: opts.rule,
             steps: opts.steps,
             gen_length: opts.gen_length,
             steps_per_block,
@@ -51,16 +50,16 @@ impl StepPolicy {
         }
     }
 
-    /// The step's rule and score, the same for every row: LLaDA's rule as chosen; Dream's own
-    /// (spec §3): the block's first mask at a cached block start, the entropy schedule for the
-    /// quota rule, a threshold within the step's budget when uncached.
-    pub fn rule(&self, block_start: bool) -> Result<(SelectRule, Score)> {
+    /// A row's rule and score at this step: LLaDA's rule as chosen; Dream's own (spec §3): the
+    /// block's first mask at a cached block start, the entropy schedule for the quota rule, a
+    /// threshold within the step's budget when uncached.
+    pub fn rule(&self, block_start: bool, row: &RowState) -> Result<(SelectRule, Score)> {
+        let rule = row.rule.rule;
         if !self.dream {
-            let score =
-                if let Rule::Entropy(_) = self.rule { Score::NegEntropyF64 } else { Score::Confidence };
-            return Ok((self.rule.into(), score));
+            let score = if let Rule::Entropy(_) = rule { Score::NegEntropyF64 } else { Score::Confidence };
+            return Ok((rule.into(), score));
         }
-        Ok(match self.rule {
+        Ok(match rule {
             _ if block_start && self.cached => (SelectRule::First, Score::Confidence),
             Rule::Quota => (SelectRule::Quota, Score::NegEntropy),
             Rule::Threshold(t) if !self.cached => {
@@ -74,7 +73,7 @@ impl StepPolicy {
     /// A row's quota at this step (what the quota and capped-threshold rules commit).
     pub fn quota(&self, block_start: bool, row: &RowState) -> u32 {
         let step = row.step_in_block;
-        match self.rule {
+        match row.rule.rule {
             _ if !self.dream => self.schedule.get(step).copied().unwrap_or(1),
             _ if block_start && self.cached => 1,
             Rule::Quota => dream_step_count(row.masks_left, step, self.steps_per_block),

@@ -164,14 +164,19 @@ impl<B: Backend> Call<'_, B> {
         let active: Vec<bool> = self.rows.iter().map(RowState::active).collect();
         let counters: Vec<u64> = self.rows.iter().map(RowState::counter).collect();
         let seeds: Vec<u64> = self.rows.iter().map(|r| r.seed).collect();
-        let (rule, score) = self.policy.rule(block_start)?;
+        let mut rules = Vec::with_capacity(self.rows.len());
+        let mut draws = Vec::with_capacity(self.rows.len());
+        for r in &self.rows {
+            let (rule, score) = self.policy.rule(block_start, r)?;
+            rules.push(rule);
+            draws.push(DecodeOptions::draw(&r.rule, score));
+        }
         let quota: Vec<u32> = self.rows.iter().map(|r| self.policy.quota(block_start, r)).collect();
         let sampling = Sampling {
-            temperature: self.opts.temperature,
+            draws: &draws,
             seeds: &seeds,
             counters: &counters,
             mask_id: sp.mask,
-            score,
             bf16_probs: self.bf16_probs,
         };
         let batch = self.plan.batch;
@@ -181,7 +186,7 @@ impl<B: Backend> Call<'_, B> {
         profile::op(be, &mut p, "argmax + confidence", vocab_bytes, 0.0, || {
             be.argmax_confidence(&bufs.ws.logits, &bufs.bounds, block, batch, sampling, &mut bufs.cands)
         })?;
-        let sel = Select { rule, active: &active, quota: &quota, mask_id: sp.mask, block };
+        let sel = Select { rules: &rules, active: &active, quota: &quota, mask_id: sp.mask, block };
         let mut counts = vec![];
         profile::op(be, &mut p, "select", 0.0, 0.0, || {
             counts = be.select(&mut bufs.cands, &mut bufs.canvas, self.plan.canvas_len, sel)?;

@@ -127,6 +127,8 @@ const FIELDS: &[&str] = &[
     "suffix",
     "n",
     "best_of",
+    "top_k",
+    "top_p",
 ];
 
 /// OpenAI fields dllm accepts only at a value that asks for nothing (the value a client sends by
@@ -136,7 +138,6 @@ fn neutral(field: &str) -> Option<&'static [&'static str]> {
         "logprobs" => &["null", "false"],
         "top_logprobs" => &["null", "0"],
         "echo" | "store" => &["null", "false"],
-        "top_p" => &["null", "1"],
         "presence_penalty" | "frequency_penalty" => &["null", "0"],
         "logit_bias" => &["null", "{}"],
         "response_format" => &["null", r#"{"type":"text"}"#],
@@ -374,7 +375,13 @@ fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOpti
             .as_u64()
             .ok_or_else(|| ApiError::bad("seed", format!("expected a non-negative integer, got {v}")))?,
     };
+    let top_p = num(body, "top_p")?.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad("top_p", format!("{top_p} is outside (0, 1]")));
+    }
     let mut opts = DecodeOptions {
+        top_k: top_k(body)?,
+        top_p,
         gen_length,
         block_length: uint(body, "block_length")?.unwrap_or(DecodeOptions::default().block_length),
         steps: steps.unwrap_or(gen_length),
@@ -406,6 +413,17 @@ fn decode_options(ctx: &Context, body: &Map<String, Value>) -> Parsed<DecodeOpti
         return Err(ApiError::bad("steps", why));
     }
     Ok(opts)
+}
+
+/// `top_k`: a count of tokens to draw among (0, or vLLM's -1: no limit).
+fn top_k(body: &Map<String, Value>) -> Parsed<u32> {
+    match body.get("top_k") {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) if v.as_i64() == Some(-1) => Ok(0),
+        Some(v) => v.as_u64().and_then(|k| u32::try_from(k).ok()).ok_or_else(|| {
+            ApiError::bad("top_k", format!("expected a count ≥ 0 (or -1: no limit), got {v}"))
+        }),
+    }
 }
 
 /// The rule: one of `threshold`, `factor`, `quota: true`, `entropy` (else `default`).

@@ -1,6 +1,7 @@
 //! The engine side of `dllm serve`: a continuous batch. Before every block, rows whose answer is
 //! complete (end token, `max_tokens`, a stop string, the canvas) leave and waiting requests with
-//! the batch's decoding options join (up to `--max-batch`); then every row decodes its next block
+//! the batch's forward shape ([`batch_key`]: rules, draws and seeds may differ) join (up to
+//! `--max-batch`); then every row decodes its next block
 //! ([`Engine::generate_rows`]). Per-row padding masks, positions and progress (spec §6) make each
 //! answer token-identical to running it alone. A row whose client went away is freed at the next
 //! step; a waiting request whose client left is dropped before it runs.
@@ -15,7 +16,7 @@ use tokio::sync::mpsc as tmpsc;
 use super::text::{answer, delta};
 use super::Shared;
 use crate::backend::Backend;
-use crate::decode::{DecodeObserver, DecodeOptions, Engine, RowStart, RunOptions};
+use crate::decode::{DecodeObserver, DecodeOptions, Decoder, Engine, RowStart, RunOptions};
 use crate::model::Tokenizer;
 
 /// What a request asks of the engine.
@@ -158,6 +159,7 @@ impl<B: Backend> Scheduler<'_, B> {
                 prompt: job.prompt.clone(),
                 suffix: job.suffix.clone(),
                 seed: Some(job.opts.seed),
+                rule: Some(job.opts.row_rule()),
                 gen_length: Some(job.opts.gen_length),
                 ..RowStart::default()
             };
@@ -261,16 +263,23 @@ impl<B: Backend> Scheduler<'_, B> {
     }
 }
 
-/// What requests must share to decode in one batch: every option but the seed (rows keep their
-/// own) and the generation length (rows end where they end), with the steps as steps per block —
-/// unless the whole generation is one window (Dream's uncached baseline), where the length
-/// stays part of it.
+/// What requests must share to decode in one batch: what shapes the forward (cache, block, steps
+/// per block, decoder, early exit). Rows keep their own seed, rule, threshold or factor,
+/// temperature, top-k and top-p (issue 19) and their own generation length (rows end where
+/// they end) — unless the whole generation is one window (Dream's uncached baseline), where the
+/// length stays part of it. Multi-block rows decode one after another with the batch's rule,
+/// which then stays part of it too.
 fn batch_key<B: Backend>(engine: &Engine<B>, o: &DecodeOptions) -> DecodeOptions {
     let window = o.window_len(engine.config.arch);
-    if window == o.gen_length {
-        return DecodeOptions { seed: 0, ..o.clone() };
+    let mut key = o.clone();
+    key.seed = 0;
+    if o.decoder == Decoder::Blocks {
+        key = key.with_row(&DecodeOptions::default().row_rule());
     }
-    DecodeOptions { seed: 0, gen_length: 0, steps: o.steps / (o.gen_length / window), ..o.clone() }
+    if window == o.gen_length {
+        return key;
+    }
+    DecodeOptions { gen_length: 0, steps: o.steps / (o.gen_length / window), ..key }
 }
 
 /// The options of one call for a batch of `key`'s rows, the longest generating `longest`.

@@ -19,6 +19,7 @@ use memmap2::Mmap;
 use std::sync::Arc;
 
 use super::{Backend, DType, Heads, Sampling, Score, Select, SelectRule, Step, Window, NON_FINITE};
+pub mod nucleus;
 pub mod select;
 
 use super::rng;
@@ -682,10 +683,14 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let rows = batch * block.len;
         check(logits.rows >= rows && out.tokens.len() >= rows, "argmax_confidence: shapes")?;
-        let greedy = sampling.temperature == 0.0;
+        check(sampling.draws.len() >= batch, "argmax_confidence: draws")?;
         for r in 0..rows {
             let b = r / block.len;
+            let draw = sampling.draws[b];
+            let greedy = draw.temperature == 0.0;
             let l = logits.row(r);
+            // the allowed set of a top-k / nucleus draw (issue 19); 0: every token
+            let cut = nucleus::cut(l, sampling.mask_id, &draw);
             let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             // spec §4.2: the softmax denominator in float64, over the whole vocabulary; a
             // non-finite logit (broken checkpoint, overflow) makes it NaN, so every probability
@@ -702,13 +707,13 @@ impl Backend for Cpu {
             let first = usize::from(sampling.mask_id == 0);
             let mut best = (f64::NEG_INFINITY, first.min(l.len() - 1));
             for (v, &x) in l.iter().enumerate() {
-                if v == sampling.mask_id as usize {
+                if v == sampling.mask_id as usize || (cut != 0 && nucleus::order_key(x) < cut) {
                     continue;
                 }
                 let score = if greedy {
                     x as f64
                 } else {
-                    x as f64 / sampling.temperature
+                    x as f64 / draw.temperature
                         + rng::gumbel(sampling.seeds[b], sampling.counters[b], pos, v as u64)
                 };
                 if score > best.0 {
@@ -733,7 +738,7 @@ impl Backend for Cpu {
                 }
             }
             out.tokens[r] = best.1 as u32;
-            out.conf[r] = match sampling.score {
+            out.conf[r] = match draw.score {
                 Score::Confidence => prob(l[best.1]),
                 Score::NegEntropy if sampling.bf16_probs => {
                     // Dream on bf16 tensors (spec §3): torch rounds the output of every op of
@@ -783,7 +788,7 @@ impl Backend for Cpu {
                 counts[b] = NON_FINITE;
                 continue;
             }
-            if sel.rule == SelectRule::First {
+            if sel.rules[b] == SelectRule::First {
                 // `row` is in position order: its first entry is the block's first mask.
                 if let Some(c) = row.first() {
                     canvas[b * canvas_len + c.pos] = c.token;
@@ -794,7 +799,7 @@ impl Backend for Cpu {
             select::rank(&mut row);
             confs.clear();
             confs.extend(row.iter().map(|c| c.conf));
-            let k = select::commit_count(sel.rule, &confs, sel.quota[b]);
+            let k = select::commit_count(sel.rules[b], &confs, sel.quota[b]);
             for c in &row[..k] {
                 canvas[b * canvas_len + c.pos] = c.token;
             }
@@ -869,6 +874,7 @@ impl Backend for Cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Draw;
 
     /// Degenerate logits behave the same on every backend (the CUDA kernels have the same rules):
     /// NaN never wins, all -inf draws the lowest non-mask id, the mask id is never drawn, ties go
@@ -887,14 +893,8 @@ mod tests {
         ];
         let logits = CpuTensor::new(5, 4, rows.concat());
         let mut out = cpu.cands(5).unwrap();
-        let s = Sampling {
-            temperature: 0.0,
-            seeds: &[0],
-            counters: &[0],
-            mask_id: 0,
-            score: Score::Confidence,
-            bf16_probs: false,
-        };
+        let s =
+            Sampling { draws: &[Draw::GREEDY], seeds: &[0], counters: &[0], mask_id: 0, bf16_probs: false };
         cpu.argmax_confidence(&logits, &vec![0], Window { start: 0, len: 5 }, 1, s, &mut out).unwrap();
         assert_eq!(out.tokens, vec![1, 2, 1, 1, 2]);
         let want = 1.0 / ((-3.0f64).exp() + (-2.0f64).exp() + 2.0);
@@ -908,7 +908,7 @@ mod tests {
             // every position masked (id 0): NaN candidates, nothing committed
             let mut canvas = vec![0u32; 5];
             let block = Window { start: 0, len: 5 };
-            let sel = Select { rule, active: &[true], quota: &[2], mask_id: 0, block };
+            let sel = Select { rules: &[rule], active: &[true], quota: &[2], mask_id: 0, block };
             assert_eq!(cpu.select(&mut out, &mut canvas, 5, sel).unwrap(), vec![NON_FINITE], "{rule:?}");
             assert_eq!(canvas, vec![0; 5], "{rule:?}");
             // only the finite row masked: it is committed
@@ -945,14 +945,8 @@ mod tests {
         ];
         let logits = CpuTensor::new(1, 16, row);
         let mut out = cpu.cands(1).unwrap();
-        let s = Sampling {
-            temperature: 0.0,
-            seeds: &[0],
-            counters: &[0],
-            mask_id: 99,
-            score: Score::NegEntropy,
-            bf16_probs: true,
-        };
+        let draws = [Draw { score: Score::NegEntropy, ..Draw::GREEDY }];
+        let s = Sampling { draws: &draws, seeds: &[0], counters: &[0], mask_id: 99, bf16_probs: true };
         cpu.argmax_confidence(&logits, &vec![0], Window { start: 0, len: 1 }, 1, s, &mut out).unwrap();
         assert_eq!(out.conf[0], -0.2294921875);
     }
@@ -968,8 +962,8 @@ mod tests {
         let pads = vec![0u32];
         let block = Window { start: 0, len: 2 };
         let run = |score, bf16_probs, out: &mut CpuCands| {
-            let s =
-                Sampling { temperature: 0.0, seeds: &[0], counters: &[0], mask_id: 99, score, bf16_probs };
+            let draws = [Draw { score, ..Draw::GREEDY }];
+            let s = Sampling { draws: &draws, seeds: &[0], counters: &[0], mask_id: 99, bf16_probs };
             cpu.argmax_confidence(&logits, &pads, block, 1, s, out).unwrap();
         };
         run(Score::Confidence, false, &mut out);

@@ -113,6 +113,10 @@ pub struct CudaCands {
     counts: CudaSlice<u32>,
     seeds: CudaSlice<u64>,
     counters: CudaSlice<u64>,
+    /// `[batch]` ArgmaxDraw as 3 u64 words each (temperature bits, top_p bits, top_k | score << 32).
+    draws: CudaSlice<u64>,
+    rules: CudaSlice<u32>,
+    params: CudaSlice<f64>,
 }
 
 impl Cuda {
@@ -300,6 +304,9 @@ impl Backend for Cuda {
             counts: self.alloc(len, "candidates")?,
             seeds: self.alloc(len, "candidates")?,
             counters: self.alloc(len, "candidates")?,
+            draws: self.alloc(3 * len, "candidates")?,
+            rules: self.alloc(len, "candidates")?,
+            params: self.alloc(len, "candidates")?,
         })
     }
 
@@ -556,7 +563,20 @@ impl Backend for Cuda {
         let rows = batch * block.len;
         check(block.len > 0 && batch > 0, "argmax_confidence: empty block")?;
         check(logits.rows >= rows && out.len >= rows && pads.len() >= batch, "argmax_confidence: shapes")?;
-        if sampling.temperature != 0.0 {
+        check(sampling.draws.len() >= batch, "argmax_confidence: draws")?;
+        let score = |s: Score| match s {
+            Score::Confidence => DLLM_SCORE_CONFIDENCE,
+            Score::NegEntropy => DLLM_SCORE_NEG_ENTROPY,
+            Score::NegEntropyF64 => DLLM_SCORE_NEG_ENTROPY_F64,
+        };
+        let words: Vec<u64> = sampling.draws[..batch]
+            .iter()
+            .flat_map(|d| {
+                [d.temperature.to_bits(), d.top_p.to_bits(), d.top_k as u64 | (score(d.score) as u64) << 32]
+            })
+            .collect();
+        self.stream.memcpy_htod(&words[..], &mut out.draws).map_err(drv("draws"))?;
+        if sampling.draws[..batch].iter().any(|d| d.temperature != 0.0) {
             check(
                 sampling.seeds.len() >= batch && sampling.counters.len() >= batch,
                 "argmax_confidence: seeds",
@@ -571,6 +591,7 @@ impl Backend for Cuda {
             pads: self.ptr(pads),
             seeds: self.ptr(&out.seeds),
             counters: self.ptr(&out.counters),
+            draws: self.ptr(&out.draws),
             tokens: self.ptr_mut(&mut out.tokens),
             conf: self.ptr_mut(&mut out.conf),
             rows: rows as u32,
@@ -578,14 +599,7 @@ impl Backend for Cuda {
             block_start: block.start as u32,
             block_len: block.len as u32,
             mask_id: sampling.mask_id,
-            score: match sampling.score {
-                Score::Confidence => DLLM_SCORE_CONFIDENCE,
-                Score::NegEntropy => DLLM_SCORE_NEG_ENTROPY,
-                Score::NegEntropyF64 => DLLM_SCORE_NEG_ENTROPY_F64,
-            },
             bf16_probs: sampling.bf16_probs as u32,
-            pad_: 0,
-            temperature: sampling.temperature,
         };
         self.launch(&self.k.argmax, Self::grid1(rows), DLLM_ARGMAX_THREADS, 0, &p)
     }
@@ -606,13 +620,19 @@ impl Backend for Cuda {
         let active: Vec<u32> = sel.active.iter().map(|&a| a as u32).collect();
         self.stream.memcpy_htod(&active[..], &mut cands.active).map_err(drv("active"))?;
         self.stream.memcpy_htod(&sel.quota[..batch], &mut cands.quota).map_err(drv("quota"))?;
-        let (rule, param) = match sel.rule {
-            SelectRule::Quota => (DLLM_RULE_QUOTA, 0.0),
-            SelectRule::Threshold(t) => (DLLM_RULE_THRESHOLD, t),
-            SelectRule::Factor(f) => (DLLM_RULE_FACTOR, f),
-            SelectRule::First => (DLLM_RULE_FIRST, 0.0),
-            SelectRule::CappedThreshold(t) => (DLLM_RULE_CAPPED_THRESHOLD, t),
-        };
+        check(sel.rules.len() >= batch, "select: rules")?;
+        let (rules, params): (Vec<u32>, Vec<f64>) = sel.rules[..batch]
+            .iter()
+            .map(|r| match *r {
+                SelectRule::Quota => (DLLM_RULE_QUOTA, 0.0),
+                SelectRule::Threshold(t) => (DLLM_RULE_THRESHOLD, t),
+                SelectRule::Factor(f) => (DLLM_RULE_FACTOR, f),
+                SelectRule::First => (DLLM_RULE_FIRST, 0.0),
+                SelectRule::CappedThreshold(t) => (DLLM_RULE_CAPPED_THRESHOLD, t),
+            })
+            .unzip();
+        self.stream.memcpy_htod(&rules[..], &mut cands.rules).map_err(drv("rules"))?;
+        self.stream.memcpy_htod(&params[..], &mut cands.params).map_err(drv("params"))?;
         let p = SelectParams {
             tokens: self.ptr(&cands.tokens),
             conf: self.ptr(&cands.conf),
@@ -620,13 +640,14 @@ impl Backend for Cuda {
             active: self.ptr(&cands.active),
             quota: self.ptr(&cands.quota),
             counts: self.ptr_mut(&mut cands.counts),
+            rules: self.ptr(&cands.rules),
+            params: self.ptr(&cands.params),
             batch: batch as u32,
             canvas_len: canvas_len as u32,
             block_start: sel.block.start as u32,
             block_len: bl as u32,
             mask_id: sel.mask_id,
-            rule,
-            param,
+            pad_: 0,
         };
         self.launch(&self.k.select, Self::grid1(batch), bl.div_ceil(32) as u32 * 32, 0, &p)?;
         let mut counts = vec![0u32; batch];
