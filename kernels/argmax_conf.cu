@@ -34,38 +34,6 @@
 // CPU twin: Cpu::argmax_confidence.
 #include "common.cuh"
 
-#define AM_NONE 0xffffffffu
-
-// (score, id) reduction: the higher score wins, the lower id on equal scores; NaN scores arrive
-// as -inf; AM_NONE is "no candidate seen".
-__device__ __forceinline__ void better(double& s, unsigned int& a, double s2, unsigned int a2) {
-    if (a2 == AM_NONE) return;
-    if (a == AM_NONE || s2 > s || (s2 == s && a2 < a)) {
-        s = s2;
-        a = a2;
-    }
-}
-
-// Visit every logit of a row once as f(v, x), the block's threads striding over it: 16-byte loads
-// (8 bf16 / 4 f32 values, several in flight a thread) when the row starts 16-byte aligned, the
-// rest of the row (or an unaligned row) one element at a time. 2-byte loads alone leave an
-// in-block step's 32 rows latency-bound: 160 µs a call at 512 threads on an H100, 75 µs with these
-// (eager profile; docs/perf.md, runs 3 and 4).
-template <typename T, typename F>
-__device__ __forceinline__ void for_each_logit(const T* l, unsigned int vocab, F f) {
-    constexpr unsigned int N = 16 / sizeof(T);
-    const unsigned int chunks = (size_t)l % 16 == 0 ? vocab / N : 0;
-    const uint4* l4 = (const uint4*)l;
-#pragma unroll 4
-    for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
-        float x[N];
-        unpack16(__ldg(l4 + c), x, T());
-#pragma unroll
-        for (unsigned int k = 0; k < N; ++k) f(c * N + k, x[k]);
-    }
-    for (unsigned int v = chunks * N + threadIdx.x; v < vocab; v += blockDim.x) f(v, to_f(l[v]));
-}
-
 // f32 → u32 in the order of the values (backend::cpu::nucleus::order_key).
 __device__ __forceinline__ unsigned int order_key(float x) {
     const unsigned int b = __float_as_uint(x);

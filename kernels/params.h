@@ -142,6 +142,17 @@ typedef struct {
     unsigned int mask_id;
     unsigned int bf16_probs;  /* 1: Dream's bf16 softmax (spec §3) */
 } ArgmaxParams;
+typedef struct {
+    dptr_t logits;  /* [rows, vocab] activation dtype */
+    dptr_t drawn;   /* [rows] u32: argmax_conf's tokens */
+    dptr_t ids;     /* out: [rows x (1 + n)] u32: the drawn token, then the n most likely */
+    dptr_t lps;     /* out: [rows x (1 + n)] f64 log-probabilities */
+    unsigned int rows;
+    unsigned int vocab;
+    unsigned int n;
+    unsigned int mask_id;
+} LogprobParams;
+
 /* Threads of an argmax_conf block (one block per logits row). */
 #define DLLM_ARGMAX_THREADS 512
 

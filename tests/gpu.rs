@@ -481,6 +481,41 @@ fn select(v: Variant) {
 
 // ---- ops beyond the shared inputs, and end to end
 
+/// top_logprobs (issue 19) against its CPU twin on the awkward logits, f32 and bf16: the same ids
+/// (the drawn token, then the 6 most likely non-mask ones), log-probabilities by relative error,
+/// NaN for the rows with non-finite logits.
+#[test]
+fn top_logprobs_match_the_cpu() {
+    for dtype in [DType::F32, DType::Bf16] {
+        let Some(twins) = twins(dtype) else { return };
+        let rows = BATCH * BLOCK.len;
+        let ((a_ids, a_lp), (b_ids, b_lp)) = on_both!(twins, |be| {
+            let mut drawn = be.cands(rows).unwrap();
+            let sampling = Sampling {
+                draws: &[Draw::GREEDY; BATCH],
+                seeds: &[0; BATCH],
+                counters: &[0; BATCH],
+                mask_id: MASK_ID,
+                bf16_probs: false,
+            };
+            let logits = logits_in(be);
+            be.argmax_confidence(&logits, &pads(be), BLOCK, BATCH, sampling, &mut drawn).unwrap();
+            let mut out = be.cands(rows * 7).unwrap();
+            be.top_logprobs(&logits, &drawn, rows, 6, MASK_ID, &mut out).unwrap();
+            be.read_cands(&out, rows * 7).unwrap()
+        });
+        assert_eq!(a_ids, b_ids, "{dtype:?}");
+        assert!(a_ids.chunks(7).all(|c| !c[1..].contains(&MASK_ID)), "the mask is never listed");
+        for (x, y) in a_lp.iter().zip(&b_lp) {
+            assert!(
+                (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-9 * y.abs() + 1e-12,
+                "{dtype:?}: {x} vs {y}"
+            );
+        }
+        assert!(a_lp[5 * 7].is_nan() && a_lp[6 * 7].is_nan(), "non-finite rows");
+    }
+}
+
 /// Rows with their own draws (greedy; top-k 5 at T 0.8; nucleus 0.6 at T 1.3) and rules
 /// (threshold, quota, factor) in one argmax_conf + select_commit (issue 19): the greedy row's
 /// tokens and every score as the CPU twin; every sampled token inside the twin's allowed set

@@ -329,6 +329,21 @@ pub trait Backend {
         sampling: Sampling<'_>,
         out: &mut Self::Cands,
     ) -> Result<()>;
+    /// Reveal-time log-probabilities (issue 19): per logits row `r` of `rows`, the drawn token
+    /// (`drawn`'s token r) and the `n` most likely non-mask tokens (logit descending, lower id
+    /// first on ties), each with its log-softmax over the whole vocabulary in f64. `out` holds
+    /// `[rows × (1 + n)]` (ids, log-probabilities), the drawn token first; read it with
+    /// [`Backend::read_cands`]. Fewer than n non-mask tokens: the rest is (u32::MAX, −inf). A
+    /// row holding a non-finite logit gets NaN. Errors: shapes.
+    fn top_logprobs(
+        &self,
+        logits: &Self::Tensor,
+        drawn: &Self::Cands,
+        rows: usize,
+        n: usize,
+        mask_id: u32,
+        out: &mut Self::Cands,
+    ) -> Result<()>;
     /// Commit tokens into the canvas by each row's `sel.rules[b]` among its masked block
     /// positions; returns how many each row committed (the one small read-back of a step), or
     /// [`NON_FINITE`] for a row with a NaN score among its candidates (nothing committed).

@@ -64,7 +64,7 @@ pub fn run<B: Backend>(be: B, args: &BenchArgs, big: bool) -> Result<Value> {
     let engine = Engine::from_parts(be, cfg.clone(), synthetic_special(&cfg), weights);
     let s1_runs = args.variants.iter().any(|n| VARIANTS.iter().any(|v| v.name == n));
     print_header(args, &cfg, dtype, &engine.backend.name(), &ceil, load_s, s1_runs.then_some(work));
-    let run = RunOptions { trace: false, cuda_graphs: args.cuda_graphs, profile: args.profile };
+    let run = RunOptions { cuda_graphs: args.cuda_graphs, profile: args.profile, ..RunOptions::default() };
     // One quiet run first: one-time costs (module loading, GEMM heuristics) stay out of the table.
     let warm = DecodeOptions {
         gen_length: 32,

@@ -43,7 +43,7 @@ pub fn run<B: Backend>(
     println!();
     println!("| variant | NFE | forwards (kinds) | TPF | wall s | tok/s | forward ms, total (floor, ×) |");
     println!("|---|---|---|---|---|---|---|");
-    let run = RunOptions { trace: true, cuda_graphs: args.cuda_graphs, profile: false };
+    let run = RunOptions { trace: true, cuda_graphs: args.cuda_graphs, ..RunOptions::default() };
     let prompt = vec![synthetic_prompt(p, engine.config.n_logits, args.seed + 200)];
     let mut out = vec![];
     for &name in names {

@@ -4,7 +4,7 @@
 //! fixed suffix follows its masked middle: a key of every forward, never a block position.
 
 use super::options::{DecodeOptions, RowRule};
-use super::output::{RowOutput, RowStart};
+use super::output::{RowOutput, RowStart, TokenLogprobs};
 use crate::error::{Error, Result};
 use crate::model::SpecialIds;
 
@@ -123,6 +123,8 @@ pub struct RowState {
     /// The sampling seed and the forwards the row took part in before this call.
     pub seed: u64,
     pub forwards_before: u64,
+    /// Reveal-time log-probabilities recorded this call: (generated position, record).
+    pub logprobs: Vec<(usize, TokenLogprobs)>,
     pub out: RowOutput,
 }
 
@@ -136,10 +138,12 @@ impl RowState {
             step_in_block: 0,
             seed: start.seed.unwrap_or(opts.seed),
             forwards_before: start.forwards,
+            logprobs: vec![],
             out: RowOutput {
                 prompt: start.prompt.clone(),
                 tokens: vec![],
                 suffix: vec![],
+                logprobs: vec![],
                 nfe: 0,
                 kinds: String::new(),
                 commits: vec![],

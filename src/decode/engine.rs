@@ -112,14 +112,19 @@ impl<B: Backend> Engine<B> {
         let t0 = Instant::now();
         let plan = self.plan(starts, opts, max_blocks)?;
         // a per-forward observer reads what each forward committed from the trace
-        let run = RunOptions { trace: run.trace || observer.wants_forwards(), ..run };
+        // reveal-time logprobs find each forward's commits in the trace too
+        let run =
+            RunOptions { trace: run.trace || observer.wants_forwards() || run.logprobs.is_some(), ..run };
         if let Decoder::MultiBlock(mb) = opts.decoder {
+            if run.logprobs.is_some() {
+                return Err(Error::options("logprobs need the block loop, not multi-block decoding"));
+            }
             return multiblock::generate_rows(self, starts, opts, mb, run, observer);
         }
         let be = &self.backend;
         let bf16_probs = self.config.arch == Arch::Dream && be.dtype() == DType::Bf16;
         let policy = StepPolicy::new(opts, self.config.arch, plan.window, plan.steps_per_block, bf16_probs);
-        let bufs = Buffers::new(be, &self.config, &plan)?;
+        let bufs = Buffers::new(be, &self.config, &plan, run.logprobs)?;
         let rows = starts.iter().map(|r| RowState::new(r, opts)).collect();
         let mut call = Call {
             engine: self,

@@ -15,4 +15,4 @@ pub use options::{
     fresh_seed, DecodeOptions, Decoder, DelayedCache, MultiBlock, MultiBlockKnobs, RowRule, Rule, RunOptions,
     PRESETS,
 };
-pub use output::{DecodeObserver, ForwardTime, Output, Quiet, RowOutput, RowStart, TraceStep};
+pub use output::{DecodeObserver, ForwardTime, Output, Quiet, RowOutput, RowStart, TokenLogprobs, TraceStep};

@@ -168,6 +168,7 @@ impl<'a, B: Backend> Row<'a, B> {
             prompt: prompt.to_vec(),
             tokens: vec![],
             suffix: vec![],
+            logprobs: vec![],
             nfe: 0,
             kinds: String::new(),
             commits: vec![],

@@ -186,11 +186,15 @@ pub struct RunOptions {
     pub cuda_graphs: bool,
     /// Time every op (marks around each, resolved per step; disables graphs).
     pub profile: bool,
+    /// Reveal-time log-probabilities (issue 19): for every committed token, its log-probability
+    /// and this many alternatives at the forward that committed it ([`super::RowOutput::logprobs`];
+    /// traces every forward). None: off.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { trace: false, cuda_graphs: true, profile: false }
+        RunOptions { trace: false, cuda_graphs: true, profile: false, logprobs: None }
     }
 }
 

@@ -37,6 +37,10 @@ pub struct RowOutput {
     pub tokens: Vec<u32>,
     /// The row's suffix as the canvas holds it after the call (infilling; empty without one).
     pub suffix: Vec<u32>,
+    /// With [`super::RunOptions::logprobs`]: per generated position (as `tokens`), what the
+    /// forward that committed it gave (None: committed by an earlier call, or never); empty
+    /// otherwise.
+    pub logprobs: Vec<Option<TokenLogprobs>>,
     /// Forwards this row took part in: what it costs when run alone.
     pub nfe: usize,
     /// Per forward: F (full canvas), P (prefix step) or D (dual step).
@@ -46,6 +50,17 @@ pub struct RowOutput {
     /// Why the row stopped without an answer: its logits were not finite (NaN or ±inf) at a
     /// forward; its tokens are then not an answer.
     pub error: Option<String>,
+}
+
+/// A committed token's log-probability and the most likely alternatives, from the logits of the
+/// forward that committed it (issue 19): conditional on every token committed before that
+/// forward, as a diffusion model's probabilities are. Log-softmax over the whole vocabulary, f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f64,
+    /// The most likely non-mask tokens at that forward, most likely first (lower id on ties).
+    pub top: Vec<(u32, f64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

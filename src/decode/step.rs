@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::batch::{BatchPlan, RowState};
 use super::engine::Engine;
 use super::options::{DecodeOptions, RunOptions};
-use super::output::{DecodeObserver, ForwardTime, Output, TraceStep};
+use super::output::{DecodeObserver, ForwardTime, Output, TokenLogprobs, TraceStep};
 use super::policy::StepPolicy;
 use crate::backend::{Backend, GraphUse, Sampling, Select, Step, Window, NON_FINITE};
 use crate::cache::{ForwardKind, KvCache};
@@ -25,10 +25,12 @@ pub struct Buffers<B: Backend> {
     ws: Workspace<B::Tensor>,
     cache: KvCache<B::Tensor>,
     cands: B::Cands,
+    /// Reveal-time logprobs: `[batch × block × (1 + n)]` (ids, log-probabilities).
+    logprobs: Option<B::Cands>,
 }
 
 impl<B: Backend> Buffers<B> {
-    pub fn new(be: &B, cfg: &ModelConfig, plan: &BatchPlan) -> Result<Self> {
+    pub fn new(be: &B, cfg: &ModelConfig, plan: &BatchPlan, logprobs: Option<usize>) -> Result<Self> {
         let mut canvas = be.ids(plan.batch * plan.canvas_len)?;
         let mut bounds = be.ids(2 * plan.batch)?;
         be.write_ids(&mut canvas, &plan.canvas)?;
@@ -39,6 +41,7 @@ impl<B: Backend> Buffers<B> {
             ws: Workspace::new(be, cfg, plan.batch, plan.canvas_len, plan.window)?,
             cache: KvCache::new(be, cfg, plan.batch, plan.canvas_len)?,
             cands: be.cands(plan.batch * plan.window)?,
+            logprobs: logprobs.map(|n| be.cands(plan.batch * plan.window * (n + 1))).transpose()?,
         })
     }
 }
@@ -120,6 +123,25 @@ impl<B: Backend> Call<'_, B> {
         if self.run.trace {
             self.trace_step(k, kind, win, block)?;
         }
+        if let Some(n) = self.run.logprobs {
+            self.record_logprobs(n, block)?;
+        }
+        Ok(())
+    }
+
+    /// What this forward's logits gave each token it committed (the trace's last step).
+    fn record_logprobs(&mut self, n: usize, block: Window) -> Result<()> {
+        let (Some(lp), Some(step)) = (&self.bufs.logprobs, self.trace.last()) else { return Ok(()) };
+        let (ids, lps) = self.engine.backend.read_cands(lp, self.plan.batch * block.len * (n + 1))?;
+        for (b, committed) in step.committed.iter().enumerate() {
+            for &(pos, token) in committed {
+                let o = (b * block.len + pos + self.plan.gen_start[b] - block.start) * (n + 1);
+                let top = (1..=n).map(|j| (ids[o + j], lps[o + j])).filter(|t| t.0 != u32::MAX).collect();
+                let rec = TokenLogprobs { token, logprob: lps[o], top };
+                debug_assert_eq!(ids[o], token, "the committed token is the drawn one");
+                self.rows[b].logprobs.push((pos, rec));
+            }
+        }
         Ok(())
     }
 
@@ -186,6 +208,11 @@ impl<B: Backend> Call<'_, B> {
         profile::op(be, &mut p, "argmax + confidence", vocab_bytes, 0.0, || {
             be.argmax_confidence(&bufs.ws.logits, &bufs.bounds, block, batch, sampling, &mut bufs.cands)
         })?;
+        if let (Some(n), Some(lp)) = (self.run.logprobs, bufs.logprobs.as_mut()) {
+            profile::op(be, &mut p, "top logprobs", vocab_bytes, 0.0, || {
+                be.top_logprobs(&bufs.ws.logits, &bufs.cands, batch * block.len, n, sp.mask, lp)
+            })?;
+        }
         let sel = Select { rules: &rules, active: &active, quota: &quota, mask_id: sp.mask, block };
         let mut counts = vec![];
         profile::op(be, &mut p, "select", 0.0, 0.0, || {
@@ -283,6 +310,14 @@ impl<B: Backend> Call<'_, B> {
                 .map(|&t| if t == sp.mask { sp.eos } else { t })
                 .collect();
             row.out.suffix = self.plan.suffix(&host, b).to_vec();
+            if self.run.logprobs.is_some() {
+                row.out.logprobs = vec![None; row.out.tokens.len()];
+                for (pos, rec) in row.logprobs.drain(..) {
+                    if let Some(slot) = row.out.logprobs.get_mut(pos) {
+                        *slot = Some(rec);
+                    }
+                }
+            }
         }
         Ok(Output {
             rows: self.rows.into_iter().map(|r| r.out).collect(),

@@ -761,6 +761,44 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn top_logprobs(
+        &self,
+        logits: &CpuTensor,
+        drawn: &CpuCands,
+        rows: usize,
+        n: usize,
+        mask_id: u32,
+        out: &mut CpuCands,
+    ) -> Result<()> {
+        check(logits.rows >= rows && drawn.tokens.len() >= rows, "top_logprobs: shapes")?;
+        check(out.tokens.len() >= rows * (n + 1), "top_logprobs: output too small")?;
+        for r in 0..rows {
+            let l = logits.row(r);
+            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = if l.iter().all(|x| x.is_finite()) {
+                l.iter().map(|&x| (x as f64 - max).exp()).sum()
+            } else {
+                f64::NAN
+            };
+            let lse = max + sum.ln();
+            let tok = drawn.tokens[r];
+            let o = r * (n + 1);
+            out.tokens[o] = tok;
+            out.conf[o] = l.get(tok as usize).map_or(f64::NAN, |&x| x as f64 - lse);
+            // NaN sorts as -inf (the kernel's reduction never prefers it)
+            let key = |v: usize| if l[v].is_nan() { f64::NEG_INFINITY } else { l[v] as f64 };
+            let mut order: Vec<usize> = (0..l.len()).filter(|&v| v != mask_id as usize).collect();
+            order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+            for j in 0..n {
+                let (id, lp) =
+                    order.get(j).map_or((u32::MAX, f64::NEG_INFINITY), |&v| (v as u32, l[v] as f64 - lse));
+                out.tokens[o + 1 + j] = id;
+                out.conf[o + 1 + j] = lp;
+            }
+        }
+        Ok(())
+    }
+
     fn select(
         &self,
         cands: &mut CpuCands,
@@ -916,6 +954,29 @@ mod tests {
             assert_eq!(cpu.select(&mut out, &mut canvas, 5, sel).unwrap(), vec![1], "{rule:?}");
             assert_eq!(canvas, vec![7, 2, 7, 7, 7], "{rule:?}");
         }
+    }
+
+    /// top_logprobs against a direct log-softmax: the drawn token first, then the n most likely
+    /// non-mask ids (ties: lower id first), a short vocabulary padded with (u32::MAX, -inf), NaN
+    /// for a row with a non-finite logit.
+    #[test]
+    fn top_logprobs_rank_and_normalise() {
+        let cpu = Cpu::new(DType::F32, Some(1));
+        let rows = [vec![1.0f32, 3.0, 3.0, 0.5, 2.0], vec![0.0, f32::NAN, 1.0, 2.0, 3.0]];
+        let logits = CpuTensor::new(2, 5, rows.concat());
+        let mut drawn = cpu.cands(2).unwrap();
+        drawn.tokens = vec![4, 2];
+        let mut out = cpu.cands(2 * 7).unwrap();
+        // mask id 2: never listed
+        cpu.top_logprobs(&logits, &drawn, 2, 6, 2, &mut out).unwrap();
+        let lse = rows[0].iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        assert_eq!(&out.tokens[..7], &[4, 1, 4, 0, 3, u32::MAX, u32::MAX]);
+        for (j, &v) in [4usize, 1, 4, 0, 3].iter().enumerate() {
+            assert!((out.conf[j] - (rows[0][v] as f64 - lse)).abs() < 1e-12, "{j}: {}", out.conf[j]);
+        }
+        assert_eq!(out.conf[5], f64::NEG_INFINITY);
+        assert!(out.conf[7..].iter().all(|x| x.is_nan() || *x == f64::NEG_INFINITY), "{:?}", &out.conf[7..]);
+        assert!(out.conf[7].is_nan());
     }
 
     /// Dream's bf16 entropy as torch computes `torch.sum(probs * torch.log(probs + 1e-10), -1)`

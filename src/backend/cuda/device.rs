@@ -29,6 +29,7 @@ unsafe impl DeviceRepr for AddParams {}
 unsafe impl DeviceRepr for BiasParams {}
 unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for ArgmaxParams {}
+unsafe impl DeviceRepr for LogprobParams {}
 unsafe impl DeviceRepr for SelectParams {}
 unsafe impl DeviceRepr for FillParams {}
 unsafe impl DeviceRepr for QuantizeFp8Params {}
@@ -49,6 +50,7 @@ pub(super) struct Kernels {
     pub add_bias: CudaFunction,
     pub gather: CudaFunction,
     pub argmax: CudaFunction,
+    pub logprobs: CudaFunction,
     pub select: CudaFunction,
     pub fill: CudaFunction,
     /// FP8 W8A8 linears (issue 17): kernels/quantize_fp8.cu and the SIMT kernels/linear_fp8.cu.
@@ -79,6 +81,7 @@ impl Kernels {
             add_bias: f(&format!("add_bias_{sfx}"))?,
             gather: f(&format!("gather_{sfx}"))?,
             argmax: f(&format!("argmax_conf_{sfx}"))?,
+            logprobs: f(&format!("top_logprobs_{sfx}"))?,
             select: f("select_commit")?,
             fill: f(&format!("fill_random_{sfx}"))?,
             quantize_fp8: f(&format!("quantize_fp8_{sfx}"))?,

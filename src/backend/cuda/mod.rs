@@ -604,6 +604,30 @@ impl Backend for Cuda {
         self.launch(&self.k.argmax, Self::grid1(rows), DLLM_ARGMAX_THREADS, 0, &p)
     }
 
+    fn top_logprobs(
+        &self,
+        logits: &CudaTensor,
+        drawn: &CudaCands,
+        rows: usize,
+        n: usize,
+        mask_id: u32,
+        out: &mut CudaCands,
+    ) -> Result<()> {
+        check(rows > 0 && logits.rows >= rows && drawn.len >= rows, "top_logprobs: shapes")?;
+        check(out.len >= rows * (n + 1), "top_logprobs: output too small")?;
+        let p = LogprobParams {
+            logits: self.ptr(&logits.buf),
+            drawn: self.ptr(&drawn.tokens),
+            ids: self.ptr_mut(&mut out.tokens),
+            lps: self.ptr_mut(&mut out.conf),
+            rows: rows as u32,
+            vocab: logits.cols as u32,
+            n: n as u32,
+            mask_id,
+        };
+        self.launch(&self.k.logprobs, Self::grid1(rows), DLLM_ARGMAX_THREADS, 0, &p)
+    }
+
     fn select(
         &self,
         cands: &mut CudaCands,
