@@ -79,6 +79,17 @@ for chunk in client.completions.create(n=2, seed=7, stream=True, **sampled):
         texts[c.index] = texts.get(c.index, "") + c.text
 assert texts == {0: many.choices[0].text, 1: many.choices[1].text}, texts
 
+# reveal-time logprobs: one entry per answer token, the alternatives asked for
+lp = client.chat.completions.create(
+    model=model, messages=question, max_tokens=64, logprobs=True, top_logprobs=2,
+    extra_body={"cache": "prefix", "threshold": 0.8})
+entries = lp.choices[0].logprobs.content
+assert len(entries) == lp.usage.completion_tokens, lp
+assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries), entries
+c = client.completions.create(model=model, prompt="Hello world", max_tokens=40, logprobs=3)
+assert len(c.choices[0].logprobs.token_logprobs) == c.usage.completion_tokens, c
+assert all(len(t) <= 3 for t in c.choices[0].logprobs.top_logprobs), c
+
 # infilling: the answer is the middle
 fill = client.completions.create(model=model, prompt="Hello world", suffix=" and goodbye.",
                                  max_tokens=64, extra_body={"gen_length": 64})

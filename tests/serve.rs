@@ -305,7 +305,7 @@ fn bad_requests_get_4xx_naming_the_problem() {
     expect(r#"{"max_tokens": 5}"#, 400, "`prompt`: required");
     expect(r#"{"prompt": ["a", "b"]}"#, 400, "one request per prompt");
     expect(r#"{"prompt": "x", "n": 65}"#, 400, "`n`: 65 samples asked; at most 64");
-    expect(r#"{"prompt": "x", "logprobs": 5}"#, 400, "`logprobs`");
+    expect(r#"{"prompt": "x", "logprobs": 25}"#, 400, "`logprobs`: expected a count from 0 to 20");
     expect(r#"{"prompt": "x", "best_of": 3}"#, 400, "`best_of`");
     expect(r#"{"prompt": "x", "top_p": 2}"#, 400, "`top_p`: 2 is outside (0, 1]");
     expect(r#"{"prompt": "x", "suffix": 7}"#, 400, "`suffix`: expected a string");
@@ -908,5 +908,74 @@ fn requests_with_different_rules_and_draws_share_a_batch() {
     ] {
         let (st, e) = post(p, "/v1/completions", &body);
         assert_eq!((st, &e["error"]["param"]), (400, &json!(param)), "{body}: {e}");
+    }
+}
+
+/// Reveal-time logprobs over HTTP (issue 19 part 2): completions `logprobs: k` carry each answer
+/// token's log-probability at the forward that committed it — the engine's own records for that
+/// prompt, across the block-by-block continuous batch — also while other requests share the
+/// batch; chat `logprobs` + `top_logprobs` on the shipped model spell the answer token by token;
+/// what cannot be honoured is refused by name.
+#[test]
+fn logprobs_over_http_are_the_engines_records() {
+    let (files, engine) = cpu_engine(&fixture("tiny-gqa").join("checkpoint"));
+    let prompt = files.tokenizer.encode("Hello world").unwrap();
+    let opts = dllm::decode::DecodeOptions::default();
+    let run = dllm::decode::RunOptions { logprobs: Some(3), ..Default::default() };
+    let row = dllm::decode::RowStart { prompt, ..Default::default() };
+    let want = engine.decode_rows(&[row], &opts, run, &mut dllm::decode::Quiet).unwrap().rows.remove(0);
+    let srv = Server::start(&["--max-batch", "8"]);
+    let p = srv.port;
+    let body = json!({"prompt": "Hello world", "logprobs": 3, "max_tokens": 100});
+    let check = |got: &Value| {
+        let lp = &got["choices"][0]["logprobs"];
+        let n = got["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+        let token_lps = lp["token_logprobs"].as_array().unwrap();
+        assert_eq!(token_lps.len(), n, "{got}");
+        assert!(n > 32, "the answer spans several blocks: {n}");
+        for (i, x) in token_lps.iter().enumerate() {
+            // serde_json's default float parsing may move the last bit
+            let (x, w) = (x.as_f64().unwrap(), want.logprobs[i].as_ref().unwrap().logprob);
+            assert!((x - w).abs() <= 1e-14 * w.abs().max(1e-300), "token {i}: {x} vs {w}");
+            assert!(lp["top_logprobs"][i].as_object().unwrap().len() <= 3);
+        }
+        assert_eq!(lp["text_offset"][0], 0);
+    };
+    let (st, alone) = post(p, "/v1/completions", &body);
+    assert_eq!(st, 200, "{alone}");
+    check(&alone);
+    let others: Vec<Value> =
+        (0..4).map(|i| json!({"prompt": format!("Count: {i}"), "threshold": 0.7})).collect();
+    let together = std::thread::scope(|s| {
+        let hs: Vec<_> = others.iter().map(|r| s.spawn(move || post(p, "/v1/completions", r))).collect();
+        let mine = post(p, "/v1/completions", &body).1;
+        for h in hs {
+            assert_eq!(h.join().unwrap().0, 200);
+        }
+        mine
+    });
+    check(&together);
+    let refused = |path: &str, body: Value, param: &str| {
+        let (st, e) = post(p, path, &body);
+        assert_eq!((st, &e["error"]["param"]), (400, &json!(param)), "{body}: {e}");
+    };
+    refused("/v1/completions", json!({"prompt": "x", "logprobs": 21}), "logprobs");
+    refused("/v1/completions", json!({"prompt": "x", "logprobs": 2, "stream": true}), "logprobs");
+    refused("/v1/completions", json!({"prompt": "x", "top_logprobs": 2}), "top_logprobs");
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    refused("/v1/chat/completions", json!({"messages": msgs, "top_logprobs": 2}), "top_logprobs");
+    drop(srv);
+    let srv = Server::start_with(&[], &[]);
+    let q = json!({"messages": [{"role": "user", "content": "What is 47 + 38?"}], "logprobs": true, "top_logprobs": 2});
+    let (st, chat) = post(srv.port, "/v1/chat/completions", &q);
+    assert_eq!(st, 200, "{chat}");
+    let content = chat["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let spelled: String = content.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(spelled, chat["choices"][0]["message"]["content"].as_str().unwrap());
+    for e in content {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
     }
 }

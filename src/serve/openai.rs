@@ -92,7 +92,12 @@ pub struct Request {
     pub include_usage: bool,
     /// Samples (`n`): rows of the batch, row i sampling with `opts.seed + i`.
     pub n: usize,
+    /// Reveal-time logprobs with this many alternatives per token (None: not asked).
+    pub logprobs: Option<usize>,
 }
+
+/// Most alternatives per token (`logprobs`, `top_logprobs`), as OpenAI.
+pub const MAX_LOGPROBS: usize = 20;
 
 /// Most samples one request may ask for (`n`).
 pub const MAX_N: usize = 64;
@@ -129,14 +134,14 @@ const FIELDS: &[&str] = &[
     "best_of",
     "top_k",
     "top_p",
+    "logprobs",
+    "top_logprobs",
 ];
 
 /// OpenAI fields dllm accepts only at a value that asks for nothing (the value a client sends by
 /// default); any other value is refused naming the field.
 fn neutral(field: &str) -> Option<&'static [&'static str]> {
     Some(match field {
-        "logprobs" => &["null", "false"],
-        "top_logprobs" => &["null", "0"],
         "echo" | "store" => &["null", "false"],
         "presence_penalty" | "frequency_penalty" => &["null", "0"],
         "logit_bias" => &["null", "{}"],
@@ -239,8 +244,19 @@ pub fn parse(ctx: &Context, body: &[u8], chat: bool) -> Parsed<Request> {
     validate(ctx, &opts, &prompt, suffix.len(), main)?;
     let stream = flag(&body, "stream")?;
     let n = samples(&body)?;
+    let logprobs = logprobs(&body, chat)?;
+    if logprobs.is_some() && stream {
+        return Err(ApiError::bad(
+            "logprobs",
+            "not supported with `stream: true` yet: ask without streaming",
+        ));
+    }
+    if logprobs.is_some() && opts.decoder != Decoder::Blocks {
+        return Err(ApiError::bad("logprobs", "needs the block loop, not multi-block decoding"));
+    }
     Ok(Request {
         n,
+        logprobs,
         prompt,
         suffix,
         opts,
@@ -526,6 +542,37 @@ fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], suffix: usize, 
         });
         ApiError::bad(param, m)
     })
+}
+
+/// A count from 0 to [`MAX_LOGPROBS`] (null: None).
+fn count_upto(body: &Map<String, Value>, k: &str) -> Parsed<Option<usize>> {
+    match body.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(c) if c as usize <= MAX_LOGPROBS => Ok(Some(c as usize)),
+            _ => Err(ApiError::bad(k, format!("expected a count from 0 to {MAX_LOGPROBS}, got {v}"))),
+        },
+    }
+}
+
+/// Reveal-time logprobs: completions `logprobs: k` (alternatives per token; false or null: none);
+/// chat `logprobs: true` with `top_logprobs: k` (0 when not given; only with `logprobs`).
+fn logprobs(body: &Map<String, Value>, chat: bool) -> Parsed<Option<usize>> {
+    if !chat {
+        if count_upto(body, "top_logprobs")?.is_some_and(|k| k > 0) {
+            return Err(ApiError::bad("top_logprobs", "a chat field: completions take `logprobs: k`"));
+        }
+        if body.get("logprobs") == Some(&Value::Bool(false)) {
+            return Ok(None);
+        }
+        return count_upto(body, "logprobs");
+    }
+    let top = count_upto(body, "top_logprobs")?;
+    match (flag(body, "logprobs")?, top) {
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, Some(_)) => Err(ApiError::bad("top_logprobs", "needs `logprobs: true`")),
+        (false, None) => Ok(None),
+    }
 }
 
 /// `n` (1 to [`MAX_N`]) and `best_of`, which must equal it: every sample is returned (a

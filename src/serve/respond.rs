@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc as tmpsc;
 
 use super::openai::ApiError;
-use super::scheduler::{Finished, JobEvent};
+use super::scheduler::{AnswerLogprob, Finished, JobEvent};
 
 /// One engine row's events.
 pub type Events = tmpsc::UnboundedReceiver<JobEvent>;
@@ -99,16 +99,52 @@ pub async fn json(meta: Meta, mut rxs: Vec<Events>) -> Response {
         .iter()
         .enumerate()
         .map(|(i, f)| {
+            let lp = f.logprobs.as_deref().map_or(Value::Null, |l| logprobs_json(meta.chat, l));
             if meta.chat {
-                json!({"index": i, "message": {"role": "assistant", "content": f.text}, "finish_reason": f.finish_reason})
+                json!({"index": i, "message": {"role": "assistant", "content": f.text}, "logprobs": lp,
+                       "finish_reason": f.finish_reason})
             } else {
-                json!({"index": i, "text": f.text, "logprobs": Value::Null, "finish_reason": f.finish_reason})
+                json!({"index": i, "text": f.text, "logprobs": lp, "finish_reason": f.finish_reason})
             }
         })
         .collect();
     Json(json!({"id": meta.id, "object": meta.object(false), "created": meta.created, "model": meta.model,
                 "choices": choices, "usage": usage(&meta, &done), "dllm": extra_all(&done)}))
     .into_response()
+}
+
+/// A choice's `logprobs` in OpenAI's shapes: chat `{"content": [{token, logprob, bytes,
+/// top_logprobs}]}`; completions `{tokens, token_logprobs, top_logprobs: [{token: logprob}],
+/// text_offset}` (offsets in characters of the answer).
+fn logprobs_json(chat: bool, lps: &[AnswerLogprob]) -> Value {
+    if chat {
+        let entry = |t: &str, lp: f64| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
+        let content: Vec<Value> = lps
+            .iter()
+            .map(|a| {
+                let mut e = entry(&a.token, a.logprob);
+                e["top_logprobs"] = a.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+                e
+            })
+            .collect();
+        return json!({"content": content, "refusal": Value::Null});
+    }
+    let mut offset = 0;
+    let offsets: Vec<usize> = lps
+        .iter()
+        .map(|a| {
+            let o = offset;
+            offset += a.token.chars().count();
+            o
+        })
+        .collect();
+    let tops: Vec<Value> = lps
+        .iter()
+        .map(|a| Value::Object(a.top.iter().map(|(t, lp)| (t.clone(), json!(lp))).collect()))
+        .collect();
+    json!({"tokens": lps.iter().map(|a| &a.token).collect::<Vec<_>>(),
+           "token_logprobs": lps.iter().map(|a| a.logprob).collect::<Vec<_>>(),
+           "top_logprobs": tops, "text_offset": offsets})
 }
 
 /// One choice of a stream chunk: new text, or (`finish`) the end with its reason.

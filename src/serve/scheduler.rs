@@ -16,7 +16,7 @@ use tokio::sync::mpsc as tmpsc;
 use super::text::{answer, delta};
 use super::Shared;
 use crate::backend::Backend;
-use crate::decode::{DecodeObserver, DecodeOptions, Decoder, Engine, RowStart, RunOptions};
+use crate::decode::{DecodeObserver, DecodeOptions, Decoder, Engine, RowStart, RunOptions, TokenLogprobs};
 use crate::model::Tokenizer;
 
 /// What a request asks of the engine.
@@ -30,6 +30,17 @@ pub struct Job {
     pub events: tmpsc::UnboundedSender<JobEvent>,
     /// When the HTTP side queued it (the queue-wait metric).
     pub queued_at: Instant,
+    /// Reveal-time logprobs with this many alternatives (None: not asked).
+    pub logprobs: Option<usize>,
+}
+
+/// One answer token's reveal-time log-probability, as text (the HTTP side's JSON).
+#[derive(Debug, Clone)]
+pub struct AnswerLogprob {
+    pub token: String,
+    pub logprob: f64,
+    /// The most likely tokens at the forward that committed it, most likely first.
+    pub top: Vec<(String, f64)>,
 }
 
 #[derive(Debug)]
@@ -54,6 +65,8 @@ pub struct Finished {
     pub seed: u64,
     /// The canvas it decoded (generated positions).
     pub gen_length: usize,
+    /// Per answer token (with `logprobs`), from the forward that committed it.
+    pub logprobs: Option<Vec<AnswerLogprob>>,
 }
 
 /// A request in the running batch.
@@ -65,6 +78,8 @@ struct Active {
     admitted: Instant,
     batch: usize,
     gone: bool,
+    /// Per generated position, its reveal-time record (with `logprobs`).
+    logprobs: Vec<Option<TokenLogprobs>>,
 }
 
 /// Frees, at the next step, the rows whose client went away.
@@ -170,6 +185,7 @@ impl<B: Backend> Scheduler<'_, B> {
                 admitted: Instant::now(),
                 batch: 1,
                 gone: false,
+                logprobs: vec![],
             });
         }
         let n = self.running.len();
@@ -186,8 +202,11 @@ impl<B: Backend> Scheduler<'_, B> {
         let starts: Vec<RowStart> = self.running.iter().map(|a| a.row.clone()).collect();
         let longest = self.running.iter().map(|a| a.job.opts.gen_length).max().unwrap_or(0);
         let opts = call_options(key, longest);
+        // one top-n for the batch: the most any row asks (rows keep what they asked)
+        let logprobs = self.running.iter().filter_map(|a| a.job.logprobs).max();
+        let run = RunOptions { logprobs, ..RunOptions::default() };
         let mut abandon = Abandon { rows: &mut self.running, shared: self.shared };
-        let out = match self.engine.generate_rows(&starts, &opts, RunOptions::default(), 1, &mut abandon) {
+        let out = match self.engine.generate_rows(&starts, &opts, run, 1, &mut abandon) {
             Ok(out) => out,
             Err(e) => {
                 for a in self.running.drain(..) {
@@ -209,6 +228,14 @@ impl<B: Backend> Scheduler<'_, B> {
         for (mut a, o) in running.into_iter().zip(&out.rows) {
             let upto = (a.row.done.len() + window).min(o.tokens.len());
             m.generated_tokens.increment((upto - a.row.done.len()) as u64);
+            if a.job.logprobs.is_some() {
+                a.logprobs.resize(upto, None);
+                for (slot, rec) in a.logprobs.iter_mut().zip(&o.logprobs) {
+                    if rec.is_some() {
+                        slot.clone_from(rec);
+                    }
+                }
+            }
             a.row.done = o.tokens[..upto].to_vec();
             a.row.forwards += o.nfe as u64;
             if a.gone {
@@ -257,9 +284,28 @@ impl<B: Backend> Scheduler<'_, B> {
                 batch: a.batch,
                 seed: a.job.opts.seed,
                 gen_length: a.job.opts.gen_length,
+                logprobs: a
+                    .job
+                    .logprobs
+                    .map(|n| self.answer_logprobs(&a.logprobs[..tokens.min(a.logprobs.len())], n)),
             }));
         }
         finished
+    }
+}
+
+impl<B: Backend> Scheduler<'_, B> {
+    /// The answer tokens' records as text, with the `n` alternatives the request asked for.
+    fn answer_logprobs(&self, recs: &[Option<TokenLogprobs>], n: usize) -> Vec<AnswerLogprob> {
+        let text = |id: u32| self.tok.decode(&[id]);
+        recs.iter()
+            .flatten()
+            .map(|r| AnswerLogprob {
+                token: text(r.token),
+                logprob: r.logprob,
+                top: r.top.iter().take(n).map(|&(id, lp)| (text(id), lp)).collect(),
+            })
+            .collect()
     }
 }
 
