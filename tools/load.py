@@ -6,8 +6,13 @@ modes) and records latency and generated tokens. At the end it prints throughput
 generated tokens/s), p50/p99 latency, the error count, and — with --pid — the server's resident
 memory sampled every few seconds (first, last, max), to show it stays flat.
 
+With --diffusion-features the mix also holds issue 19's requests: n = 2 samples, top-k /
+nucleus sampling, reveal-time logprobs, and infilling (a suffix), with rules and draws mixed in
+one batch.
+
 Usage:
     python3 tools/load.py --url http://127.0.0.1:8000 --clients 16 --seconds 300 [--pid PID]
+                          [--diffusion-features]
 Needs only the standard library.
 """
 
@@ -25,6 +30,8 @@ PROMPTS = ["What is 47 + 38?", "What is 12 + 9?", "Tom has 11 cards. He loses 7.
            "How many cards does Tom have now?", "What is 90 + 19?", "Hi", "Mia has 4 apples. She buys 5 more. "
            "Then she gives away 2. How many apples does Mia have now?"]
 MODES = [{}, {"cache": "prefix"}, {"threshold": 0.7}, {"cache": "none", "threshold": 0.9}, {"factor": 1.0}]
+FEATURES = [{"n": 2, "temperature": 0.7, "seed": 5}, {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 9},
+            {"logprobs": 3}, {"suffix": " So the answer is"}, {"logprobs": 2, "threshold": 0.7, "top_p": 0.5}]
 
 
 def rss_kib(pid):
@@ -47,7 +54,10 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--pid", type=int, help="server process to sample memory of")
     ap.add_argument("--api-key")
+    ap.add_argument("--diffusion-features", action="store_true",
+                    help="mix in n, top_k/top_p, logprobs and suffix requests")
     a = ap.parse_args()
+    modes = MODES + FEATURES if a.diffusion_features else MODES
     u = urllib.parse.urlparse(a.url)
     if u.hostname not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"load.py only targets loopback, not {u.hostname}")
@@ -68,7 +78,7 @@ def main():
                 if count[0] >= a.max_requests:
                     return
                 count[0] += 1
-            body = {"prompt": rng.choice(PROMPTS), "max_tokens": a.max_tokens, **rng.choice(MODES)}
+            body = {"prompt": rng.choice(PROMPTS), "max_tokens": a.max_tokens, **rng.choice(modes)}
             t0 = time.time()
             try:
                 conn.request("POST", "/v1/completions", json.dumps(body), headers)
