@@ -388,20 +388,20 @@ fn logits_in<B: Backend>(be: &B) -> B::Tensor {
     upload(be, &logits, lrows, VOCAB)
 }
 
-/// argmax_confidence over the block's logits: the candidates.
-fn drawn<B: Backend>(be: &B, v: Variant, temperature: f64, rule: SelectRule) -> B::Cands {
+/// argmax_confidence over the block's logits with one draw per batch row (seeds 11–13, forward
+/// counters 3, 0, 7): the candidates.
+fn drawn_by<B: Backend>(be: &B, draws: &[Draw], bf16_probs: bool) -> B::Cands {
     let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
-    let score = if v.dream && rule == SelectRule::Quota { Score::NegEntropy } else { Score::Confidence };
-    let draws = [Draw { temperature, score, ..Draw::GREEDY }; BATCH];
-    let sampling = Sampling {
-        draws: &draws,
-        seeds: &[11, 12, 13],
-        counters: &[3, 0, 7],
-        mask_id: MASK_ID,
-        bf16_probs: v.dream && be.dtype() == DType::Bf16,
-    };
+    let sampling =
+        Sampling { draws, seeds: &[11, 12, 13], counters: &[3, 0, 7], mask_id: MASK_ID, bf16_probs };
     be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();
     cands
+}
+
+/// argmax_confidence of a variant's pass: every row with the pass's temperature and score.
+fn drawn<B: Backend>(be: &B, v: Variant, temperature: f64, rule: SelectRule) -> B::Cands {
+    let score = if v.dream && rule == SelectRule::Quota { Score::NegEntropy } else { Score::Confidence };
+    drawn_by(be, &[Draw { temperature, score, ..Draw::GREEDY }; BATCH], v.dream && be.dtype() == DType::Bf16)
 }
 
 fn argmax_confidence(v: Variant) {
@@ -490,18 +490,9 @@ fn top_logprobs_match_the_cpu() {
         let Some(twins) = twins(dtype) else { return };
         let rows = BATCH * BLOCK.len;
         let ((a_ids, a_lp), (b_ids, b_lp)) = on_both!(twins, |be| {
-            let mut drawn = be.cands(rows).unwrap();
-            let sampling = Sampling {
-                draws: &[Draw::GREEDY; BATCH],
-                seeds: &[0; BATCH],
-                counters: &[0; BATCH],
-                mask_id: MASK_ID,
-                bf16_probs: false,
-            };
-            let logits = logits_in(be);
-            be.argmax_confidence(&logits, &pads(be), BLOCK, BATCH, sampling, &mut drawn).unwrap();
+            let drawn = drawn_by(be, &[Draw::GREEDY; BATCH], false);
             let mut out = be.cands(rows * 7).unwrap();
-            be.top_logprobs(&logits, &drawn, rows, 6, MASK_ID, &mut out).unwrap();
+            be.top_logprobs(&logits_in(be), &drawn, rows, 6, MASK_ID, &mut out).unwrap();
             be.read_cands(&out, rows * 7).unwrap()
         });
         assert_eq!(a_ids, b_ids, "{dtype:?}");
@@ -531,15 +522,7 @@ fn mixed_draws_and_rules_match_the_cpu() {
     ];
     let rules = [SelectRule::Threshold(0.5), SelectRule::Quota, SelectRule::Factor(1.0)];
     let ((a_tok, a_conf, a_counts), (b_tok, b_conf, b_counts)) = on_both!(twins, |be| {
-        let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
-        let sampling = Sampling {
-            draws: &draws,
-            seeds: &[11, 12, 13],
-            counters: &[3, 0, 7],
-            mask_id: MASK_ID,
-            bf16_probs: false,
-        };
-        be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();
+        let mut cands = drawn_by(be, &draws, false);
         let (tok, conf) = be.read_cands(&cands, BATCH * BLOCK.len).unwrap();
         let mut canvas = be.ids(BATCH * CANVAS).unwrap();
         be.write_ids(&mut canvas, &vec![MASK_ID; BATCH * CANVAS]).unwrap();
@@ -778,16 +761,7 @@ fn d3llm_reference_cases_on_gpu() {
 fn d3llm_entropy_score_matches_the_cpu() {
     let Some(twins) = twins(DType::F32) else { return };
     let ((a_tokens, a_score), (b_tokens, b_score)) = on_both!(twins, |be| {
-        let mut cands = be.cands(BATCH * BLOCK.len).unwrap();
-        let draws = [Draw { score: Score::NegEntropyF64, ..Draw::GREEDY }; BATCH];
-        let sampling = Sampling {
-            draws: &draws,
-            seeds: &[11, 12, 13],
-            counters: &[3, 0, 7],
-            mask_id: MASK_ID,
-            bf16_probs: false,
-        };
-        be.argmax_confidence(&logits_in(be), &pads(be), BLOCK, BATCH, sampling, &mut cands).unwrap();
+        let cands = drawn_by(be, &[Draw { score: Score::NegEntropyF64, ..Draw::GREEDY }; BATCH], false);
         be.read_cands(&cands, BATCH * BLOCK.len).unwrap()
     });
     assert_eq!(a_tokens, b_tokens);

@@ -157,6 +157,14 @@ fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// The `data:` payloads of a server-sent-events body.
+/// Post every completions request at once (one thread each); the answers in request order.
+fn concurrently(port: u16, reqs: &[Value]) -> Vec<Value> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = reqs.iter().map(|r| s.spawn(move || post(port, "/v1/completions", r).1)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn sse(body: &str) -> Vec<String> {
     body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
 }
@@ -248,10 +256,7 @@ fn concurrent_requests_answer_as_if_alone() {
     let alone: Vec<Value> = reqs.iter().map(|r| post(srv.port, "/v1/completions", r).1).collect();
     assert!(alone.iter().all(|a| a["dllm"]["batch"] == 1));
     let port = srv.port;
-    let together: Vec<Value> = std::thread::scope(|s| {
-        let hs: Vec<_> = reqs.iter().map(|r| s.spawn(move || post(port, "/v1/completions", r).1)).collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let together = concurrently(port, &reqs);
     let mut batched = 0;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"], "request {i}: {}", reqs[i]);
@@ -725,10 +730,7 @@ fn infilling_over_http_matches_the_reference() {
     }
     assert_eq!(reqs.len(), 12, "2 raw prompts x 3 caches, with and without the suffix");
     let alone: Vec<Value> = reqs.iter().map(|r| post(p, "/v1/completions", r).1).collect();
-    let together: Vec<Value> = std::thread::scope(|s| {
-        let hs: Vec<_> = reqs.iter().map(|r| s.spawn(move || post(p, "/v1/completions", r).1)).collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let together = concurrently(p, &reqs);
     let mut batched = 0;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"], "request {i}: {}", reqs[i]);
@@ -889,10 +891,7 @@ fn requests_with_different_rules_and_draws_share_a_batch() {
     for (a, r) in alone.iter().zip(&reqs) {
         assert_eq!(a["dllm"]["batch"], 1, "{r}: {a}");
     }
-    let together: Vec<Value> = std::thread::scope(|s| {
-        let hs: Vec<_> = reqs.iter().map(|r| s.spawn(move || post(p, "/v1/completions", r).1)).collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let together = concurrently(p, &reqs);
     let mut shared = 0;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"], "request {i}: {}", reqs[i]);
