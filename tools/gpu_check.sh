@@ -145,7 +145,8 @@ run() {
   }
   if [ -x "$san" ]; then
     for tool in memcheck racecheck initcheck; do
-      sanitize "$tool" "$tool" stage/bin/test-gpu kernels_match_cpu_twins_f32 attention_splits fp8 --test-threads=1
+      sanitize "$tool" "$tool" stage/bin/test-gpu kernels_match_cpu_twins_f32 attention_splits fp8 \
+        top_logprobs mixed_draws --test-threads=1
     done
     # the whole binary too: a real decode (graphs, every op) under memcheck
     sanitize "memcheck of \`dllm generate --device cuda\` (dual cache, graphs)" memcheck "$DLLM_BIN" generate \
