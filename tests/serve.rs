@@ -777,6 +777,8 @@ fn metrics_in_the_prometheus_text_format() {
     }
     let (st, _) = http(p, "POST", "/v1/completions", Some(r#"{"prompt": "x", "n": 0}"#), &auth);
     assert_eq!(st, 400);
+    // the engine updates its gauges after the answers are sent: scrape once the batch is empty
+    wait_for_health(p, Duration::from_secs(10), |h| h["running"] == 0);
     let (st, text) = http(p, "GET", "/metrics", None, &[]);
     assert_eq!(st, 200, "open like /health: {text}");
     for help in
