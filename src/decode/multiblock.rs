@@ -178,7 +178,7 @@ impl<'a, B: Backend> Row<'a, B> {
             engine,
             mb,
             threshold,
-            draw: DecodeOptions::draw(&opts.row_rule(), Score::NegEntropyF64),
+            draw: opts.row_rule().draw(Score::NegEntropyF64),
             seed: opts.seed,
             run,
             prompt_len: p,

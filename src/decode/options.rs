@@ -169,10 +169,12 @@ impl DecodeOptions {
             ..self.clone()
         }
     }
+}
 
-    /// The device draw of a row with rule and draw `r`, whose candidates are scored by `score`.
-    pub fn draw(r: &RowRule, score: crate::backend::Score) -> crate::backend::Draw {
-        crate::backend::Draw { temperature: r.temperature, top_k: r.top_k, top_p: r.top_p, score }
+impl RowRule {
+    /// The device draw of this rule's row, its candidates scored by `score`.
+    pub fn draw(&self, score: crate::backend::Score) -> crate::backend::Draw {
+        crate::backend::Draw { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, score }
     }
 }
 

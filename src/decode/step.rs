@@ -191,7 +191,7 @@ impl<B: Backend> Call<'_, B> {
         for r in &self.rows {
             let (rule, score) = self.policy.rule(block_start, r)?;
             rules.push(rule);
-            draws.push(DecodeOptions::draw(&r.rule, score));
+            draws.push(r.rule.draw(score));
         }
         let quota: Vec<u32> = self.rows.iter().map(|r| self.policy.quota(block_start, r)).collect();
         let sampling = Sampling {

@@ -55,7 +55,6 @@ pub enum JobEvent {
 pub struct Finished {
     pub text: String,
     pub finish_reason: &'static str,
-    pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub nfe: usize,
     pub ms: f64,
@@ -277,7 +276,6 @@ impl<B: Backend> Scheduler<'_, B> {
             let _ = a.job.events.send(JobEvent::Done(Finished {
                 text,
                 finish_reason: why.unwrap_or("length"),
-                prompt_tokens: a.job.prompt.len(),
                 completion_tokens: tokens,
                 nfe: a.row.forwards as usize,
                 ms: a.admitted.elapsed().as_secs_f64() * 1e3,

@@ -691,15 +691,7 @@ impl Backend for Cpu {
             let l = logits.row(r);
             // the allowed set of a top-k / nucleus draw (issue 19); 0: every token
             let cut = nucleus::cut(l, sampling.mask_id, &draw);
-            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            // spec §4.2: the softmax denominator in float64, over the whole vocabulary; a
-            // non-finite logit (broken checkpoint, overflow) makes it NaN, so every probability
-            // and score of the row is NaN (as in the kernel)
-            let sum: f64 = if l.iter().all(|x| x.is_finite()) {
-                l.iter().map(|&x| (x as f64 - max).exp()).sum()
-            } else {
-                f64::NAN
-            };
+            let (max, sum) = softmax_sum(l);
             let pos = row_position(block.start + r % block.len, pads[b]) as u64;
             // The first non-mask id with the highest score (lowest id on ties); NaN scores
             // never win; when nothing beats -inf, the lowest non-mask id. The mask token is never
@@ -774,12 +766,7 @@ impl Backend for Cpu {
         check(out.tokens.len() >= rows * (n + 1), "top_logprobs: output too small")?;
         for r in 0..rows {
             let l = logits.row(r);
-            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let sum: f64 = if l.iter().all(|x| x.is_finite()) {
-                l.iter().map(|&x| (x as f64 - max).exp()).sum()
-            } else {
-                f64::NAN
-            };
+            let (max, sum) = softmax_sum(l);
             let lse = max + sum.ln();
             let tok = drawn.tokens[r];
             let o = r * (n + 1);
@@ -907,6 +894,20 @@ impl Backend for Cpu {
         check(len <= c.tokens.len(), "read_cands: too many")?;
         Ok((c.tokens[..len].to_vec(), c.conf[..len].to_vec()))
     }
+}
+
+/// A logits row's max and softmax denominator `Σ_v exp(l_v − max)`, both f64 (spec §4.2: the
+/// denominator in float64, over the whole vocabulary). A non-finite logit (broken checkpoint,
+/// overflow) makes the sum NaN, so every probability and score of the row is NaN (as in the
+/// kernels).
+fn softmax_sum(l: &[f32]) -> (f64, f64) {
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum = if l.iter().all(|x| x.is_finite()) {
+        l.iter().map(|&x| (x as f64 - max).exp()).sum()
+    } else {
+        f64::NAN
+    };
+    (max, sum)
 }
 
 #[cfg(test)]
