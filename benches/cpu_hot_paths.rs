@@ -1,7 +1,8 @@
 //! Criterion benches of the CPU-side hot paths, so regressions show without a GPU:
 //! selection (rank + rule), the confidence reduction over an LLaDA-8B-wide vocabulary, an
 //! in-block step's linear at LLaDA-8B's width (weights owned f32 or read in place as mapped
-//! bf16), and one forward of the tiny fixture (full canvas and DualCache window).
+//! bf16), one forward of the tiny fixture (full canvas and DualCache window), and a continuous
+//! batch decoded block by block with and without a reused session.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -13,7 +14,7 @@ use dllm::backend::cpu::{Cpu, CpuTensor};
 use dllm::backend::{Backend, DType, Draw, Sampling, SelectRule, Step, Window};
 use dllm::cache::KvCache;
 use dllm::decode::policy::quota_schedule;
-use dllm::decode::{DecodeOptions, Engine};
+use dllm::decode::{Capacity, DecodeOptions, Engine, Quiet, RowStart, RunOptions, Session};
 use dllm::model::ModelFiles;
 use dllm::transformer::{self, Workspace};
 
@@ -147,5 +148,41 @@ fn tiny_forward(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, selection, confidence, linear_8b_width, tiny_forward);
+/// The server's continuous batch over three blocks of 4 rows: a fresh call per block (buffers
+/// allocated and the canvas laid out every block) against one session reused for every block
+/// (issue 19). The difference is the per-block overhead a session removes.
+fn continuous_batch(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-mha/checkpoint");
+    let files = ModelFiles::open(&dir).unwrap();
+    let engine = Engine::new(Cpu::new(files.dtype, None), &files).unwrap();
+    let opts = DecodeOptions { gen_length: 96, steps: 96, ..DecodeOptions::default() };
+    let rows: Vec<RowStart> = [vec![72, 105], vec![72, 105, 33, 33], vec![65; 9], vec![66; 5]]
+        .into_iter()
+        .map(|prompt| RowStart { prompt, ..RowStart::default() })
+        .collect();
+    let blocks = |decode: &mut dyn FnMut(&[RowStart]) -> Vec<Vec<u32>>| {
+        let mut rows = rows.clone();
+        for _ in 0..opts.gen_length / opts.block_length {
+            let tokens = decode(&rows);
+            for (r, t) in rows.iter_mut().zip(tokens) {
+                r.done = t[..r.done.len() + opts.block_length].to_vec();
+            }
+        }
+        rows
+    };
+    let tokens = |o: dllm::decode::Output| o.rows.into_iter().map(|r| r.tokens).collect();
+    let run = RunOptions::default();
+    c.bench_function("tiny-mha continuous batch/4 rows × 3 blocks, a fresh call per block", |b| {
+        b.iter(|| {
+            black_box(blocks(&mut |r| tokens(engine.generate_rows(r, &opts, run, 1, &mut Quiet).unwrap())))
+        })
+    });
+    let cap = Capacity { batch: 4, canvas: 9 + 96, window: 32, logprobs: None };
+    let mut session = Session::new(&engine, cap).unwrap();
+    c.bench_function("tiny-mha continuous batch/4 rows × 3 blocks, one session", |b| {
+        b.iter(|| black_box(blocks(&mut |r| tokens(session.decode(r, &opts, run, 1, &mut Quiet).unwrap()))))
+    });
+}
+
+criterion_group!(benches, selection, confidence, linear_8b_width, tiny_forward, continuous_batch);
 criterion_main!(benches);

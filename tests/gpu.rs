@@ -746,6 +746,46 @@ fn official_and_golden_cases_token_for_token_on_gpu() {
     }
 }
 
+/// The decode session on the GPU (issue 19): the infilling and plain goldens of tiny-gqa in every
+/// mode, three passes in turn on one session's buffers (every batch of one row, canvases of
+/// different lengths laid over the same allocation), token for token each pass; graphs keyed by
+/// the session's buffers and the step's shape live across calls, so the third pass captures
+/// nothing new and replays every step it ran before.
+#[test]
+fn one_session_reuses_its_buffers_and_graphs_across_calls_on_gpu() {
+    let Some((_, engine)) = gpu_engine(&fixture("tiny-gqa/checkpoint")) else { return };
+    let mut cases = cases(&fixture("tiny-gqa/goldens.json"), "nfe");
+    cases.extend(common::cases(&fixture("tiny-gqa/goldens_infill.json"), "nfe"));
+    // a handful, so that their step shapes stay under the graph cache's bound
+    let cases: Vec<Case> = cases.into_iter().step_by(6).collect();
+    let cap = dllm::decode::Capacity {
+        batch: 1,
+        canvas: cases.iter().map(|c| c.prompt.len() + c.opts.gen_length + c.suffix.len()).max().unwrap(),
+        window: cases.iter().map(|c| c.opts.block_length).max().unwrap(),
+        logprobs: None,
+    };
+    let mut session = dllm::decode::Session::new(&engine, cap).unwrap();
+    let mut counts = vec![];
+    for pass in 0..3 {
+        for c in &cases {
+            let run = dllm::decode::RunOptions::default();
+            let out = session.decode(&[c.row()], &c.opts, run, usize::MAX, &mut dllm::decode::Quiet).unwrap();
+            let r = &out.rows[0];
+            assert_eq!(
+                (&r.tokens, r.nfe, &r.suffix),
+                (&c.tokens, c.nfe, &c.suffix),
+                "pass {pass}: {}",
+                c.name
+            );
+        }
+        counts.push(engine.backend.graph_counts());
+    }
+    let ((c1, _), (c2, r2)) = (counts[1], counts[2]);
+    assert_eq!(c2, c1, "the third pass captured new graphs: {counts:?}");
+    assert!(r2 > counts[1].1, "the third pass replayed nothing: {counts:?}");
+    drop(session);
+}
+
 /// d3LLM's decoders on the GPU in f32 (the entropy score in argmax_conf, the multi-block loop,
 /// the delayed cache as windows over the canvas cache): all 76 cases of d3LLM's own code, as on
 /// the CPU.

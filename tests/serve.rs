@@ -980,3 +980,88 @@ fn logprobs_over_http_are_the_engines_records() {
         assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
     }
 }
+
+/// The decode session (issue 19): allocated once at start for `--max-batch` × `--max-context`
+/// (block `--max-block`); `/health` reports its size, which is `Capacity::bytes` of those limits;
+/// requests beyond them are refused by name; flags that cannot work stop the server at start.
+#[test]
+fn the_session_limits_are_reported_enforced_and_checked_at_start() {
+    let srv = Server::start(&["--max-batch", "3", "--max-context", "300", "--max-block", "64"]);
+    let p = srv.port;
+    let (_, h) = http(p, "GET", "/health", None, &[]);
+    let h: Value = serde_json::from_str(&h).unwrap();
+    let m = &h["memory"];
+    assert_eq!(
+        (m["max_batch"].as_u64(), m["max_context"].as_u64(), m["max_block"].as_u64()),
+        (Some(3), Some(300), Some(64)),
+        "{h}"
+    );
+    let (_, engine) = cpu_engine(&fixture("tiny-gqa").join("checkpoint"));
+    let cap = dllm::decode::Capacity { batch: 3, canvas: 300, window: 64, logprobs: Some(20) };
+    assert_eq!(m["session_bytes"].as_u64(), Some(cap.bytes(&engine.config, 4, 12)), "{h}");
+    assert!(m["device_used_bytes"].is_null(), "the CPU backend reports no device memory: {h}");
+    let (st, r) = post(p, "/v1/completions", &json!({"prompt": vec![72; 250], "gen_length": 64}));
+    assert_eq!(st, 400, "{r}");
+    assert_eq!(r["error"]["code"], "context_length_exceeded", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("--max-context"), "{r}");
+    let (st, r) =
+        post(p, "/v1/completions", &json!({"prompt": "Hi", "gen_length": 128, "block_length": 128}));
+    assert_eq!(st, 400, "{r}");
+    assert_eq!(r["error"]["param"], "block_length", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("--max-block"), "{r}");
+    let (st, r) =
+        post(p, "/v1/completions", &json!({"prompt": vec![72; 200], "gen_length": 64, "block_length": 64}));
+    assert_eq!(st, 200, "what fits is served: {r}");
+    let model = fixture("tiny-gqa").join("checkpoint").display().to_string();
+    let bin = std::env::var("DLLM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dllm").to_string());
+    for (flags, mention) in [
+        (vec!["--max-context", "100000"], "--max-context 100000"),
+        (vec!["--max-context", "0"], "--max-context 0"),
+        (vec!["--max-block", "16"], "--max-block 16"),
+        (vec!["--max-context", "100", "--max-block", "128"], "--max-block 128"),
+    ] {
+        let out = Command::new(&bin)
+            .args(["serve", "--port", "0", "--device", "cpu", "--model", &model])
+            .args(&flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(mention), "{flags:?}: {err}");
+        assert!(!err.contains("panicked"), "{flags:?}: {err}");
+    }
+}
+
+/// A waiting request joins the running batch only while the batch's canvas (longest prompt and
+/// done blocks + longest rest of a generation and suffix) fits `--max-context`: with the model's
+/// whole context it joins a long request mid-way, with a tighter limit it waits until that one
+/// is done; both times it answers exactly as alone.
+#[test]
+fn a_request_that_would_widen_the_canvas_past_max_context_waits() {
+    let tok = dllm::model::ModelFiles::open(&fixture("tiny-gqa").join("checkpoint")).unwrap().tokenizer;
+    let suffix = "The end of the story, as it was told. ".repeat(6);
+    let (s, p_long) = (tok.encode(&suffix).unwrap().len(), tok.encode("Once").unwrap().len());
+    // long: p_long + 448 positions (its answer runs past block 6, as in the joining test above);
+    // short: p + 64 + s = 432 positions (two blocks: a one-block generation is a batch shape
+    // of its own)
+    let (p_short, tight) = (368 - s, (p_long + 448).to_string());
+    let canvas = |k: usize| (p_long + 32 * k).max(p_short) + (448 - 32 * k).max(64 + s);
+    assert!((1..14).all(|k| canvas(k) > p_long + 448), "never joins under the tight limit (s = {s})");
+    assert!((1..=6).any(|k| canvas(k) <= 512), "joins under 512 by block 6 (s = {s})");
+    let long = json!({"prompt": "Once", "gen_length": 448, "stream": true, "threshold": 1.0});
+    let short = json!({"prompt": vec![72; p_short], "suffix": suffix, "gen_length": 64, "threshold": 1.0});
+    let mut answers = vec![];
+    for (limit, batch) in [("512", 2), (tight.as_str(), 1)] {
+        let srv = Server::start(&["--max-context", limit]);
+        let (st, alone) = post(srv.port, "/v1/completions", &short);
+        assert_eq!(st, 200, "{alone}");
+        let mut s = open_request(srv.port, &long);
+        await_first_chunk(&mut s);
+        let (st, joined) = post(srv.port, "/v1/completions", &short);
+        assert_eq!(st, 200, "{joined}");
+        assert_eq!(joined["dllm"]["batch"], batch, "--max-context {limit}: {joined}");
+        assert_eq!(joined["choices"][0]["text"], alone["choices"][0]["text"], "--max-context {limit}");
+        assert_eq!(joined["dllm"]["nfe"], alone["dllm"]["nfe"]);
+        answers.push(joined["choices"][0]["text"].clone());
+    }
+    assert_eq!(answers[0], answers[1]);
+}

@@ -23,7 +23,7 @@ use crate::error::Result;
 use crate::model::checkpoint::TensorView;
 
 /// The canvas rows a forward computes: queries at positions `[start, start + len)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Window {
     pub start: usize,
     pub len: usize,
@@ -41,6 +41,34 @@ impl Step {
     /// Activation rows of this step.
     pub fn rows(&self) -> usize {
         self.batch * self.win.len
+    }
+}
+
+/// What identifies a captured decode step ([`Backend::graph_step`]): the buffers it runs over
+/// (`owner`, unique per allocation of a decode's buffers: [`GraphKey::new_owner`]) and its
+/// shape: batch rows, canvas length, query window and the rows whose logits it computes. Two
+/// steps with equal keys queue the same work, so a graph captured for one replays the other,
+/// in a later block or a later batch of the same shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphKey {
+    pub owner: u64,
+    pub batch: usize,
+    pub canvas: usize,
+    pub win: Window,
+    pub logits: Window,
+}
+
+impl GraphKey {
+    /// The key of `step` over `owner`'s buffers, computing the logits of the canvas rows
+    /// `logits`.
+    pub fn new(owner: u64, step: Step, logits: Window) -> Self {
+        GraphKey { owner, batch: step.batch, canvas: step.canvas, win: step.win, logits }
+    }
+
+    /// A fresh owner id: graphs keyed by it never replay over another allocation's buffers.
+    pub fn new_owner() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -368,6 +396,9 @@ pub trait Backend {
     fn stored_size(&self) -> usize {
         self.dtype().size()
     }
+    /// Bytes one entry of [`Backend::cands`] occupies (the drawn token, its score, and the
+    /// per-row arguments the selection kernels read).
+    fn cand_bytes(&self) -> usize;
     /// Fill with seeded uniform values in `[offset − scale, offset + scale]`, generated on the
     /// device (synthetic weights without a file). Element i is a pure function of (seed, i),
     /// identical on every backend.
@@ -387,11 +418,11 @@ pub trait Backend {
     /// Run `step`, which queues the same work every time it is called with the same `key`
     /// (same buffers, same shapes), through a captured CUDA graph on backends that have them:
     /// captured on first use, replayed after. The default just runs it.
-    fn graph_step(&self, _key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<GraphUse> {
+    fn graph_step(&self, _key: GraphKey, step: &mut dyn FnMut() -> Result<()>) -> Result<GraphUse> {
         step()?;
         Ok(GraphUse::Eager)
     }
-    /// Forget captured graphs (their buffers are about to change).
+    /// Forget captured graphs (an owner's buffers are about to be freed).
     fn reset_graphs(&self) {}
 
     // ---- host views, for tests and debugging (they synchronise)

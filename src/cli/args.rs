@@ -67,6 +67,15 @@ pub(crate) struct ServeArgs {
     /// Largest request body in bytes (larger: 413).
     #[arg(long, default_value_t = 1 << 20)]
     pub(crate) body_limit: usize,
+    /// Most tokens of one request (prompt + gen_length + suffix); with --max-batch and
+    /// --max-block it sizes the decode buffers allocated at start (README: the formula).
+    /// Default: the model's context, at most 4096.
+    #[arg(long)]
+    pub(crate) max_context: Option<usize>,
+    /// Longest decoding window a request may use (its block_length; its gen_length where the
+    /// whole generation is one window). Default: 256, or the default request's window if longer.
+    #[arg(long)]
+    pub(crate) max_block: Option<usize>,
     /// The canvas every request decodes (generated positions; a request may ask for another with
     /// `gen_length`). `max_tokens` only cuts the answer. Default: the checkpoint's
     /// generation_config.json `max_new_tokens` rounded up to whole blocks, else 128.

@@ -40,6 +40,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             None => dllm::model::embedded::NAME.to_string(),
         },
         body_limit: a.body_limit,
+        max_context: a.max_context,
+        max_block: a.max_block,
         gen_length: a
             .gen_length
             .unwrap_or_else(|| default_gen_length(&files, DecodeOptions::default().block_length)),

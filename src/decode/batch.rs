@@ -139,16 +139,7 @@ impl RowState {
             seed: start.seed.unwrap_or(opts.seed),
             forwards_before: start.forwards,
             logprobs: vec![],
-            out: RowOutput {
-                prompt: start.prompt.clone(),
-                tokens: vec![],
-                suffix: vec![],
-                logprobs: vec![],
-                nfe: 0,
-                kinds: String::new(),
-                commits: vec![],
-                error: None,
-            },
+            out: RowOutput::empty(start.prompt.clone()),
         }
     }
 

@@ -1,22 +1,21 @@
 //! The Fast-dLLM block loop (spec §5) over any backend: baseline, PrefixCache and DualCache; the
 //! quota, threshold and factor rules (spec §4); batches whose rows each decode exactly as they
 //! would alone (spec §6). Dream runs the same loop with its own rules (spec §3, [`StepPolicy`]).
-//! A call is: plan the batch ([`BatchPlan`]), allocate once, then for each block run steps until
-//! no row has a mask left in it ([`super::step`]), then read the canvas back.
+//! A call is: plan the batch ([`BatchPlan`]), allocate its buffers once ([`Session`]), then for
+//! each block run steps until no row has a mask left in it ([`super::step`]), then read the
+//! canvas back.
 
 use std::time::Instant;
 
-use super::batch::{BatchPlan, RowState};
+use super::batch::BatchPlan;
 use super::multiblock;
 use super::options::{DecodeOptions, Decoder, RunOptions};
 use super::output::{DecodeObserver, Output, Quiet, RowStart};
-use super::policy::StepPolicy;
-use super::step::{Buffers, Call};
-use crate::backend::{Backend, DType};
+use super::session::{Capacity, Session};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::quant::Fp8Scheme;
 use crate::model::{Arch, ModelConfig, ModelFiles, SpecialIds};
-use crate::profile::Profiler;
 use crate::transformer::{WeightFormat, Weights};
 
 /// A model on a backend, ready to decode.
@@ -110,48 +109,25 @@ impl<B: Backend> Engine<B> {
         observer: &mut dyn DecodeObserver,
     ) -> Result<Output> {
         let t0 = Instant::now();
+        let run = run.for_observer(observer);
         let plan = self.plan(starts, opts, max_blocks)?;
-        // a per-forward observer reads what each forward committed from the trace
-        // reveal-time logprobs find each forward's commits in the trace too
-        let run =
-            RunOptions { trace: run.trace || observer.wants_forwards() || run.logprobs.is_some(), ..run };
         if let Decoder::MultiBlock(mb) = opts.decoder {
             if run.logprobs.is_some() {
                 return Err(Error::options("logprobs need the block loop, not multi-block decoding"));
             }
             return multiblock::generate_rows(self, starts, opts, mb, run, observer);
         }
-        let be = &self.backend;
-        let bf16_probs = self.config.arch == Arch::Dream && be.dtype() == DType::Bf16;
-        let policy = StepPolicy::new(opts, self.config.arch, plan.window, plan.steps_per_block, bf16_probs);
-        let bufs = Buffers::new(be, &self.config, &plan, run.logprobs)?;
-        let rows = starts.iter().map(|r| RowState::new(r, opts)).collect();
-        let mut call = Call {
-            engine: self,
-            opts,
-            run,
-            policy,
-            bufs,
-            rows,
-            bf16_probs,
-            before: plan.canvas.clone(),
-            plan,
-            prof: Profiler::default(),
-            forwards: 0,
-            trace: vec![],
-            forward_ms: vec![],
-        };
-        for k in 0..call.plan.blocks {
-            call.run_block(k, observer)?;
-            if call.rows.iter().all(|r| r.finished) {
-                break;
-            }
-        }
-        call.finish(t0)
+        let mut session = Session::new(self, Capacity::of(&plan, run.logprobs))?;
+        session.run(plan, starts, opts, run, observer, t0)
     }
 
     /// Validate the options and rows and lay the batch out (errors name the problem).
-    fn plan(&self, starts: &[RowStart], opts: &DecodeOptions, max_blocks: usize) -> Result<BatchPlan> {
+    pub(super) fn plan(
+        &self,
+        starts: &[RowStart],
+        opts: &DecodeOptions,
+        max_blocks: usize,
+    ) -> Result<BatchPlan> {
         opts.validate_options(&self.config)?;
         if starts.is_empty() {
             return Err(Error::options("no prompt given"));

@@ -1,6 +1,6 @@
 //! Fast-dLLM decoding (spec §4, §5): what to decode ([`options`]), each step's rule, score and
 //! quota ([`policy`]), the batch's layout and row states ([`batch`]), the engine and its block
-//! loop ([`engine`]), one step ([`step`]) and what a call returns ([`output`]).
+//! loop ([`engine`]), the buffers calls reuse ([`session`]), one step ([`step`]) and what a call returns ([`output`]).
 
 pub mod batch;
 pub mod engine;
@@ -8,6 +8,7 @@ pub mod multiblock;
 pub mod options;
 pub mod output;
 pub mod policy;
+pub mod session;
 pub mod step;
 
 pub use engine::Engine;
@@ -16,3 +17,4 @@ pub use options::{
     PRESETS,
 };
 pub use output::{DecodeObserver, ForwardTime, Output, Quiet, RowOutput, RowStart, TokenLogprobs, TraceStep};
+pub use session::{Capacity, Session};

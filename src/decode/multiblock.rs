@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::engine::Engine;
 use super::options::{DecodeOptions, DelayedCache, MultiBlock, Rule, RunOptions};
 use super::output::{DecodeObserver, ForwardTime, Output, RowOutput, RowStart, TraceStep};
-use crate::backend::{Backend, Draw, GraphUse, Sampling, Score, Step, Window};
+use crate::backend::{Backend, Draw, GraphKey, GraphUse, Sampling, Score, Step, Window};
 use crate::cache::{ForwardKind, KvCache};
 use crate::error::{Error, Result};
 use crate::transformer::{self, Workspace};
@@ -122,8 +122,10 @@ struct Row<'a, B: Backend> {
     forward_ms: Vec<ForwardTime>,
 }
 
-/// The device side of a row: canvas, bounds, activations, KV cache, candidates.
+/// The device side of a row: canvas, bounds, activations, KV cache, candidates, and the id its
+/// captured graphs are keyed by.
 struct Device<B: Backend> {
+    owner: u64,
     canvas: B::Ids,
     bounds: B::Ids,
     ws: Workspace<B::Tensor>,
@@ -148,6 +150,7 @@ impl<'a, B: Backend> Row<'a, B> {
         let mut bounds = be.ids(2)?;
         be.write_ids(&mut bounds, &[0, l as u32])?;
         let dev = Device {
+            owner: GraphKey::new_owner(),
             canvas: be.ids(l)?,
             bounds,
             ws: Workspace::new(be, cfg, 1, l, g)?,
@@ -164,16 +167,7 @@ impl<'a, B: Backend> Row<'a, B> {
             completed_at: None,
             cached: false,
         };
-        let out = RowOutput {
-            prompt: prompt.to_vec(),
-            tokens: vec![],
-            suffix: vec![],
-            logprobs: vec![],
-            nfe: 0,
-            kinds: String::new(),
-            commits: vec![],
-            error: None,
-        };
+        let out = RowOutput::empty(prompt.to_vec());
         Ok(Row {
             engine,
             mb,
@@ -202,7 +196,6 @@ impl<'a, B: Backend> Row<'a, B> {
 
     /// The loop of d3llm spec §5.3 (and §6 with the cache), iteration by iteration.
     fn decode(&mut self) -> Result<()> {
-        self.engine.backend.reset_graphs();
         loop {
             let mask = self.engine.special.mask;
             let snapshot: Vec<bool> = self.canvas.iter().map(|&t| t == mask).collect();
@@ -448,7 +441,7 @@ impl<'a, B: Backend> Row<'a, B> {
         be.range_push(kind.range_name());
         let d = &mut self.dev;
         let graphs = self.run.cuda_graphs && !self.run.profile;
-        let key = ((fed as u64) << 40) ^ ((rows.start as u64) << 20) ^ rows.len as u64;
+        let key = GraphKey::new(d.owner, step, rows);
         let mut fwd = || {
             transformer::forward(
                 be,
@@ -487,6 +480,13 @@ impl<'a, B: Backend> Row<'a, B> {
         self.out.tokens =
             self.canvas[self.prompt_len..].iter().map(|&t| if t == sp.mask { sp.eos } else { t }).collect();
         self.out.nfe = self.nfe;
-        self.out
+        std::mem::replace(&mut self.out, RowOutput::empty(vec![]))
+    }
+}
+
+impl<B: Backend> Drop for Row<'_, B> {
+    /// Its graphs replay over its buffers only: dropped with them.
+    fn drop(&mut self) {
+        self.engine.backend.reset_graphs();
     }
 }

@@ -200,6 +200,14 @@ impl Default for RunOptions {
     }
 }
 
+impl RunOptions {
+    /// With the trace on where it is read: by an observer of every forward (what each forward
+    /// committed) and by reveal-time logprobs (each forward's commits).
+    pub fn for_observer(self, observer: &dyn super::DecodeObserver) -> Self {
+        RunOptions { trace: self.trace || observer.wants_forwards() || self.logprobs.is_some(), ..self }
+    }
+}
+
 /// A seed nobody chose, for a sampling run that gives none: OS randomness (the keys of std's
 /// hasher) mixed with the clock, 53 bits so that it survives a JSON number in any client. Report
 /// it, so the run can be reproduced.

@@ -52,6 +52,22 @@ pub struct RowOutput {
     pub error: Option<String>,
 }
 
+impl RowOutput {
+    /// A row of `prompt` that has produced nothing yet.
+    pub fn empty(prompt: Vec<u32>) -> Self {
+        RowOutput {
+            prompt,
+            tokens: vec![],
+            suffix: vec![],
+            logprobs: vec![],
+            nfe: 0,
+            kinds: String::new(),
+            commits: vec![],
+            error: None,
+        }
+    }
+}
+
 /// A committed token's log-probability and the most likely alternatives, from the logits of the
 /// forward that committed it (issue 19): conditional on every token committed before that
 /// forward, as a diffusion model's probabilities are. Log-softmax over the whole vocabulary, f64.

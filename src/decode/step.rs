@@ -10,47 +10,12 @@ use super::engine::Engine;
 use super::options::{DecodeOptions, RunOptions};
 use super::output::{DecodeObserver, ForwardTime, Output, TokenLogprobs, TraceStep};
 use super::policy::StepPolicy;
-use crate::backend::{Backend, GraphUse, Sampling, Select, Step, Window, NON_FINITE};
-use crate::cache::{ForwardKind, KvCache};
+use super::session::Buffers;
+use crate::backend::{Backend, GraphKey, GraphUse, Sampling, Select, Step, Window, NON_FINITE};
+use crate::cache::ForwardKind;
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
 use crate::profile::{self, Profiler};
-use crate::transformer::{self, Workspace};
-
-/// Everything a step touches on the device, allocated once per call.
-pub struct Buffers<B: Backend> {
-    canvas: B::Ids,
-    /// The kernels' `pads`: left pads, then row ends ([`BatchPlan::bounds`]).
-    bounds: B::Ids,
-    ws: Workspace<B::Tensor>,
-    cache: KvCache<B::Tensor>,
-    cands: B::Cands,
-    /// Reveal-time logprobs: `[batch × block × (1 + n)]` (ids, log-probabilities).
-    logprobs: Option<B::Cands>,
-}
-
-impl<B: Backend> Buffers<B> {
-    pub fn new(be: &B, cfg: &ModelConfig, plan: &BatchPlan, logprobs: Option<usize>) -> Result<Self> {
-        let mut canvas = be.ids(plan.batch * plan.canvas_len)?;
-        let mut bounds = be.ids(2 * plan.batch)?;
-        be.write_ids(&mut canvas, &plan.canvas)?;
-        be.write_ids(&mut bounds, &plan.bounds)?;
-        Ok(Buffers {
-            canvas,
-            bounds,
-            ws: Workspace::new(be, cfg, plan.batch, plan.canvas_len, plan.window)?,
-            cache: KvCache::new(be, cfg, plan.batch, plan.canvas_len)?,
-            cands: be.cands(plan.batch * plan.window)?,
-            logprobs: logprobs.map(|n| be.cands(plan.batch * plan.window * (n + 1))).transpose()?,
-        })
-    }
-}
-
-/// The key of a captured step: graphs are dropped at every block, and within a block a step's
-/// work is fixed by its window, so (block index, window start, window length), 21 bits each.
-fn graph_key(block: usize, win: Window) -> u64 {
-    ((block as u64) << 42) ^ ((win.start as u64) << 21) ^ win.len as u64
-}
+use crate::transformer;
 
 /// One decode call in progress.
 pub struct Call<'a, B: Backend> {
@@ -59,7 +24,8 @@ pub struct Call<'a, B: Backend> {
     pub run: RunOptions,
     pub plan: BatchPlan,
     pub policy: StepPolicy,
-    pub bufs: Buffers<B>,
+    /// The session's buffers: the plan's canvas and bounds are written, the rest is scratch.
+    pub bufs: &'a mut Buffers<B>,
     pub rows: Vec<RowState>,
     pub bf16_probs: bool,
     /// The host canvas as the last trace saw it.
@@ -82,8 +48,6 @@ impl<B: Backend> Call<'_, B> {
             row.masks_left = if row.finished { 0 } else { window };
             row.step_in_block = 0;
         }
-        // Graphs bake in this call's buffers and this block's window: none is reused later.
-        self.engine.backend.reset_graphs();
         let mut block_start = true;
         loop {
             for (b, row) in self.rows.iter_mut().enumerate() {
@@ -110,7 +74,7 @@ impl<B: Backend> Call<'_, B> {
         let t_step = Instant::now();
         let kind = self.opts.cache.kind(block_start);
         be.range_push(kind.range_name());
-        let (win, graph) = self.forward(k, block, block_start)?;
+        let (win, graph) = self.forward(block, block_start)?;
         let counts = self.select(block, block_start)?;
         be.range_pop();
         if self.run.profile {
@@ -145,17 +109,17 @@ impl<B: Backend> Call<'_, B> {
         Ok(())
     }
 
-    /// The forward and the block's logits: replayed from a captured graph in steps that repeat
-    /// (a cached mode's block start runs once per block: nothing to replay), else eagerly.
-    fn forward(&mut self, k: usize, block: Window, block_start: bool) -> Result<(Window, GraphUse)> {
+    /// The forward and the block's logits, through the backend's graphs: a step shape seen
+    /// before over these buffers (the in-block steps of a cached mode; in a session, a block of
+    /// an earlier batch of the same shape) is replayed from a captured graph.
+    fn forward(&mut self, block: Window, block_start: bool) -> Result<(Window, GraphUse)> {
         let (e, cfg, be) = (self.engine, &self.engine.config, &self.engine.backend);
         let win =
             self.opts.cache.window(block_start, block.start, block.start + block.len, self.plan.canvas_len);
         let step = Step { batch: self.plan.batch, canvas: self.plan.canvas_len, win };
-        let bufs = &mut self.bufs;
-        let replayable = !(block_start && self.opts.cache != crate::cache::CacheMode::None);
-        if self.run.cuda_graphs && !self.run.profile && replayable {
-            let graph = be.graph_step(graph_key(k, win), &mut || {
+        let bufs = &mut *self.bufs;
+        if self.run.cuda_graphs && !self.run.profile {
+            let graph = be.graph_step(GraphKey::new(bufs.owner, step, block), &mut || {
                 let (ws, cache) = (&mut bufs.ws, &mut bufs.cache);
                 transformer::forward(be, cfg, &e.weights, ws, cache, &bufs.canvas, &bufs.bounds, step, None)?;
                 transformer::block_logits(be, cfg, &e.weights, ws, step, block, None)
@@ -203,7 +167,7 @@ impl<B: Backend> Call<'_, B> {
         };
         let batch = self.plan.batch;
         let vocab_bytes = (batch * block.len * cfg.n_logits * be.dtype().size()) as f64;
-        let bufs = &mut self.bufs;
+        let bufs = &mut *self.bufs;
         let mut p = self.run.profile.then_some(&mut self.prof);
         profile::op(be, &mut p, "argmax + confidence", vocab_bytes, 0.0, || {
             be.argmax_confidence(&bufs.ws.logits, &bufs.bounds, block, batch, sampling, &mut bufs.cands)

@@ -42,10 +42,18 @@ fn now_s() -> u64 {
 }
 
 pub async fn health(State(sh): State<Arc<Shared>>) -> Response {
+    let l = &sh.limits;
+    let device = match sh.device_memory.load(Ordering::SeqCst) {
+        0 => Value::Null,
+        b => json!(b),
+    };
     Json(json!({"status": "ok", "queued": sh.queued.load(Ordering::SeqCst),
                 "running": sh.running.load(Ordering::SeqCst),
                 "completed": sh.completed.load(Ordering::SeqCst),
-                "abandoned": sh.abandoned.load(Ordering::SeqCst)}))
+                "abandoned": sh.abandoned.load(Ordering::SeqCst),
+                "memory": {"max_batch": l.max_batch, "max_context": l.max_context,
+                           "max_block": l.max_block, "session_bytes": l.session_bytes,
+                           "device_used_bytes": device}}))
     .into_response()
 }
 
@@ -121,7 +129,13 @@ async fn complete(
         Ok(b) => b,
         Err(r) => return ApiError::of_status(r.status()).into_response(),
     };
-    let ctx = openai::Context { tok: &sh.tok, model: &sh.model, gen_length: sh.cfg.gen_length };
+    let ctx = openai::Context {
+        tok: &sh.tok,
+        model: &sh.model,
+        gen_length: sh.cfg.gen_length,
+        max_context: sh.limits.max_context,
+        max_block: sh.limits.max_block,
+    };
     let req = match openai::parse(&ctx, &body, chat) {
         Ok(r) => r,
         Err(r) => return r.into_response(),

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 
 use crate::backend::Backend;
-use crate::decode::Engine;
+use crate::decode::{Capacity, DecodeOptions, Engine, Session};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, Tokenizer};
 use scheduler::Job;
@@ -47,6 +47,62 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// The canvas (generated positions) a request decodes when it gives no `gen_length`.
     pub gen_length: usize,
+    /// Most tokens of one request: prompt + generation + suffix (None: the model's context, at
+    /// most [`DEFAULT_MAX_CONTEXT`]). Sizes the session's buffers: see [`Limits`].
+    pub max_context: Option<usize>,
+    /// Longest decoding window a request may use: its block, or its whole generation where
+    /// that is one window (None: the larger of [`DEFAULT_MAX_BLOCK`] and the default request's).
+    pub max_block: Option<usize>,
+}
+
+/// The default `--max-context`'s cap (tokens).
+pub const DEFAULT_MAX_CONTEXT: usize = 4096;
+/// The default `--max-block` (tokens), unless the default request's window is longer.
+pub const DEFAULT_MAX_BLOCK: usize = 256;
+
+/// What the server's one decode session is sized for (allocated at start, never grown): every
+/// batch fits it, so device memory stays flat.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_batch: usize,
+    pub max_context: usize,
+    pub max_block: usize,
+    /// Bytes of the session's buffers ([`Capacity::bytes`]).
+    pub session_bytes: u64,
+}
+
+impl Limits {
+    /// The flags resolved against the model; errors name a flag that cannot work.
+    fn resolve(cfg: &ServeConfig, model: &ModelConfig) -> Result<(Self, Capacity)> {
+        if cfg.max_batch == 0 {
+            return Err(Error::options("--max-batch must be at least 1"));
+        }
+        let max_context = cfg.max_context.unwrap_or(model.max_seq_len.min(DEFAULT_MAX_CONTEXT));
+        if max_context == 0 || max_context > model.max_seq_len {
+            return Err(Error::options(format!(
+                "--max-context {max_context} must be from 1 to the model's context ({})",
+                model.max_seq_len
+            )));
+        }
+        let default =
+            DecodeOptions { gen_length: cfg.gen_length, steps: cfg.gen_length, ..Default::default() };
+        let window = default.window_len(model.arch);
+        let max_block = cfg.max_block.unwrap_or(DEFAULT_MAX_BLOCK.max(window).min(max_context));
+        if max_block == 0 || max_block > max_context || window > max_block {
+            return Err(Error::options(format!(
+                "--max-block {max_block} must be at least the default request's window ({window}: \
+                 --gen-length {} in blocks of {}) and at most --max-context {max_context}",
+                cfg.gen_length, default.block_length
+            )));
+        }
+        let cap = Capacity {
+            batch: cfg.max_batch,
+            canvas: max_context,
+            window: max_block,
+            logprobs: Some(openai::MAX_LOGPROBS),
+        };
+        Ok((Limits { max_batch: cfg.max_batch, max_context, max_block, session_bytes: 0 }, cap))
+    }
 }
 
 /// State shared by the HTTP handlers and the engine loop.
@@ -54,6 +110,9 @@ pub struct Shared {
     jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
     queued: AtomicUsize,
     cfg: ServeConfig,
+    limits: Limits,
+    /// Device memory in use after the last block, bytes (0: the backend does not say).
+    device_memory: AtomicU64,
     model: ModelConfig,
     tok: Tokenizer,
     ids: AtomicU64,
@@ -64,6 +123,32 @@ pub struct Shared {
     completed: AtomicU64,
     abandoned: AtomicU64,
     metrics: metrics::Metrics,
+}
+
+/// The server's one decode session, allocated for its limits (an allocation that fails names
+/// the flags to lower).
+fn open_session<'e, B: Backend>(
+    engine: &'e Engine<B>,
+    cfg: &ServeConfig,
+) -> Result<(Limits, Session<'e, B>)> {
+    let (mut limits, cap) = Limits::resolve(cfg, &engine.config)?;
+    let session = Session::new(engine, cap).map_err(|e| match e {
+        Error::Device(m) => Error::Device(format!(
+            "cannot allocate the decode buffers for --max-batch {} × --max-context {} (--max-block \
+             {}): {m}; lower one of them",
+            limits.max_batch, limits.max_context, limits.max_block
+        )),
+        other => other,
+    })?;
+    limits.session_bytes = session.bytes();
+    eprintln!(
+        "dllm serve: decode buffers for {} rows × {} tokens (block {}): {:.1} MiB",
+        limits.max_batch,
+        limits.max_context,
+        limits.max_block,
+        limits.session_bytes as f64 / (1 << 20) as f64
+    );
+    Ok((limits, session))
 }
 
 async fn shutdown_signal() {
@@ -95,9 +180,7 @@ pub fn serve<B: Backend>(
     engine_tok: Tokenizer,
     cfg: ServeConfig,
 ) -> Result<()> {
-    if cfg.max_batch == 0 {
-        return Err(Error::options("--max-batch must be at least 1"));
-    }
+    let (limits, session) = open_session(&engine, &cfg)?;
     let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port).parse().map_err(|e| {
         Error::options(format!("--host {} --port {}: not an address: {e}", cfg.host, cfg.port))
     })?;
@@ -114,6 +197,8 @@ pub fn serve<B: Backend>(
         abandoned: AtomicU64::new(0),
         metrics: metrics::Metrics::new()?,
         cfg,
+        limits,
+        device_memory: AtomicU64::new(engine.backend.memory_used().unwrap_or(0)),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -156,7 +241,7 @@ pub fn serve<B: Backend>(
         }
         r
     });
-    scheduler::run(&engine, &engine_tok, rx, &shared);
+    scheduler::run(&engine, session, &engine_tok, rx, &shared);
     match http.join() {
         Ok(Ok(())) => {
             eprintln!("dllm serve: stopped");

@@ -75,6 +75,10 @@ pub struct Context<'a> {
     pub model: &'a ModelConfig,
     /// The canvas a request decodes when it gives no `gen_length` (`dllm serve --gen-length`).
     pub gen_length: usize,
+    /// Most tokens of one request, prompt + generation + suffix (`--max-context`).
+    pub max_context: usize,
+    /// Longest decoding window (`--max-block`).
+    pub max_block: usize,
 }
 
 /// A request, parsed and validated.
@@ -506,7 +510,7 @@ fn string(body: &Map<String, Value>, k: &str) -> Parsed<Option<String>> {
 /// The options against the model and the prompt; a prompt that does not fit beside the canvas
 /// is OpenAI's `context_length_exceeded`.
 fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], suffix: usize, main: &str) -> Parsed<()> {
-    let room = ctx.model.max_seq_len;
+    let room = ctx.max_context;
     let need = prompt.len() + opts.gen_length + suffix;
     if need > room {
         let sfx = if suffix > 0 { format!(", the suffix's {suffix}") } else { String::new() };
@@ -516,13 +520,27 @@ fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], suffix: usize, 
                 main,
                 format!(
                     "the prompt's {} tokens{sfx} and the {}-token canvas (gen_length) need {need} \
-                     positions; the model's context is {room} tokens. `max_tokens` only cuts the \
-                     answer: shorten the prompt or ask for a smaller `gen_length`",
+                     positions; the server's context is {room} tokens ({}). `max_tokens` only cuts \
+                     the answer: shorten the prompt or ask for a smaller `gen_length`",
                     prompt.len(),
                     opts.gen_length,
+                    if room < ctx.model.max_seq_len { "--max-context" } else { "the model's" },
                 ),
             )
         });
+    }
+    // the multi-block decoder runs rows one at a time on buffers of their own
+    let window = opts.window_len(ctx.model.arch);
+    if window > ctx.max_block && opts.decoder == Decoder::Blocks {
+        let (param, what) = if window == opts.block_length {
+            ("block_length", format!("block_length {window}"))
+        } else {
+            ("gen_length", format!("gen_length {window} (decoded as one window)"))
+        };
+        return Err(ApiError::bad(
+            param,
+            format!("{what} is above the server's longest block window, {} (--max-block)", ctx.max_block),
+        ));
     }
     opts.validate(ctx.model, &[prompt.to_vec()]).map_err(|e| {
         let m = e.to_string();

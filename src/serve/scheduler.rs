@@ -1,8 +1,8 @@
 //! The engine side of `dllm serve`: a continuous batch. Before every block, rows whose answer is
 //! complete (end token, `max_tokens`, a stop string, the canvas) leave and waiting requests with
 //! the batch's forward shape ([`batch_key`]: rules, draws and seeds may differ) join (up to
-//! `--max-batch`); then every row decodes its next block
-//! ([`Engine::generate_rows`]). Per-row padding masks, positions and progress (spec §6) make each
+//! `--max-batch`, and while the batch's canvas fits `--max-context`); then every row decodes its
+//! next block on the server's one [`Session`], whose buffers and graphs outlive every batch. Per-row padding masks, positions and progress (spec §6) make each
 //! answer token-identical to running it alone. A row whose client went away is freed at the next
 //! step; a waiting request whose client left is dropped before it runs.
 
@@ -16,7 +16,9 @@ use tokio::sync::mpsc as tmpsc;
 use super::text::{answer, delta};
 use super::Shared;
 use crate::backend::Backend;
-use crate::decode::{DecodeObserver, DecodeOptions, Decoder, Engine, RowStart, RunOptions, TokenLogprobs};
+use crate::decode::{
+    DecodeObserver, DecodeOptions, Decoder, Engine, RowStart, RunOptions, Session, TokenLogprobs,
+};
 use crate::model::Tokenizer;
 
 /// What a request asks of the engine.
@@ -102,6 +104,7 @@ impl DecodeObserver for Abandon<'_> {
 /// The requests waiting and the batch running.
 struct Scheduler<'a, B: Backend> {
     engine: &'a Engine<B>,
+    session: Session<'a, B>,
     tok: &'a Tokenizer,
     shared: &'a Shared,
     pending: VecDeque<Job>,
@@ -109,8 +112,14 @@ struct Scheduler<'a, B: Backend> {
 }
 
 /// Run the continuous batch until every sender is gone and the work is drained.
-pub fn run<B: Backend>(engine: &Engine<B>, tok: &Tokenizer, jobs: mpsc::Receiver<Job>, shared: &Shared) {
-    let mut s = Scheduler { engine, tok, shared, pending: VecDeque::new(), running: Vec::new() };
+pub fn run<'a, B: Backend>(
+    engine: &'a Engine<B>,
+    session: Session<'a, B>,
+    tok: &'a Tokenizer,
+    jobs: mpsc::Receiver<Job>,
+    shared: &'a Shared,
+) {
+    let mut s = Scheduler { engine, session, tok, shared, pending: VecDeque::new(), running: Vec::new() };
     let mut open = true;
     loop {
         if s.running.is_empty() && s.pending.is_empty() {
@@ -152,7 +161,8 @@ impl<B: Backend> Scheduler<'_, B> {
     /// Admit waiting requests; returns the batch's key (None: nothing to run). The batch's
     /// options are the first row's. A new batch takes every waiting request of its mode, in
     /// arrival order; a running batch takes newcomers of its mode only until a request of another
-    /// mode is first in line (then it drains: no starvation).
+    /// mode is first in line (then it drains: no starvation). Admission stops at the first
+    /// request that would widen the batch's canvas past `--max-context`.
     fn admit(&mut self) -> Option<DecodeOptions> {
         let first = self.running.first().map(|a| &a.job.opts).or(self.pending.front().map(|j| &j.opts))?;
         let key = batch_key(self.engine, first);
@@ -165,6 +175,9 @@ impl<B: Backend> Scheduler<'_, B> {
                 }
                 i += 1;
                 continue;
+            }
+            if self.canvas_with(&self.pending[i]) > self.shared.limits.max_context {
+                break;
             }
             let job = self.pending.remove(i).expect("in range");
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -195,6 +208,19 @@ impl<B: Backend> Scheduler<'_, B> {
         Some(key)
     }
 
+    /// The canvas columns of the batch's next block with `job` joining ([`BatchPlan`]'s layout:
+    /// the longest prompt and done blocks, then the longest rest of a generation and suffix).
+    ///
+    /// [`BatchPlan`]: crate::decode::batch::BatchPlan
+    fn canvas_with(&self, job: &Job) -> usize {
+        let rows = self.running.iter().map(|a| (&a.row, a.job.opts.gen_length));
+        let lens = rows.map(|(r, g)| (r.prompt.len() + r.done.len(), g - r.done.len() + r.suffix.len()));
+        let (head, tail) = lens
+            .chain([(job.prompt.len(), job.opts.gen_length + job.suffix.len())])
+            .fold((0, 0), |(h, t), (a, b)| (h.max(a), t.max(b)));
+        head + tail
+    }
+
     /// Every running row decodes its next block; then each streams its new text, and rows whose
     /// answer is complete (or failed) leave.
     fn decode_block(&mut self, key: &DecodeOptions) {
@@ -205,7 +231,7 @@ impl<B: Backend> Scheduler<'_, B> {
         let logprobs = self.running.iter().filter_map(|a| a.job.logprobs).max();
         let run = RunOptions { logprobs, ..RunOptions::default() };
         let mut abandon = Abandon { rows: &mut self.running, shared: self.shared };
-        let out = match self.engine.generate_rows(&starts, &opts, run, 1, &mut abandon) {
+        let out = match self.session.decode(&starts, &opts, run, 1, &mut abandon) {
             Ok(out) => out,
             Err(e) => {
                 for a in self.running.drain(..) {
@@ -220,6 +246,7 @@ impl<B: Backend> Scheduler<'_, B> {
         m.forwards.increment(out.forwards as u64);
         if let Some(bytes) = self.engine.backend.memory_used() {
             m.device_memory.set(bytes as f64);
+            self.shared.device_memory.store(bytes, Ordering::SeqCst);
         }
         let window = opts.window_len(self.engine.config.arch);
         let running = std::mem::take(&mut self.running);

@@ -8,7 +8,8 @@ use dllm::backend::cpu::Cpu;
 use dllm::backend::Backend;
 use dllm::cache::CacheMode;
 use dllm::decode::{
-    DecodeOptions, Decoder, DelayedCache, Engine, MultiBlock, Quiet, RowOutput, RowStart, Rule, RunOptions,
+    Capacity, DecodeOptions, Decoder, DelayedCache, Engine, MultiBlock, Quiet, RowOutput, RowStart, Rule,
+    RunOptions, Session,
 };
 use dllm::model::Arch;
 
@@ -146,9 +147,10 @@ pub fn assert_batches_equal_alone(engine: &Engine<Cpu>, cases: &[Case], label: &
 }
 
 /// A continuous batch (how `dllm serve` runs) of every mode's three cases: one row joins at each
-/// block boundary and rows are resumed one block at a time ([`Engine::generate_rows`] with
-/// `max_blocks = 1`). Each row must equal its case alone: tokens, NFE, commits. Dream's uncached
-/// baseline (one window, nothing to join) is skipped. Returns the modes checked.
+/// block boundary and rows are resumed one block at a time on one [`Session`] (`max_blocks = 1`:
+/// the buffers of earlier blocks, laid out for other canvases, are reused). Each row must equal
+/// its case alone: tokens, NFE, commits; and nothing is allocated after the session is made.
+/// Dream's uncached baseline (one window, nothing to join) is skipped. Returns the modes checked.
 pub fn assert_joining_equals_alone(engine: &Engine<Cpu>, cases: &[Case], label: &str) -> usize {
     let dream_none = |c: &Case| engine.config.arch == Arch::Dream && c.opts.cache == CacheMode::None;
     let mut modes = 0;
@@ -159,13 +161,20 @@ pub fn assert_joining_equals_alone(engine: &Engine<Cpu>, cases: &[Case], label: 
         let (mut nfe, mut commits) = (vec![0usize; group.len()], vec![Vec::<u32>::new(); group.len()]);
         let mut done = vec![None; group.len()];
         let mut next = 0;
+        // a row's done blocks count towards the head: the longest whole row bounds it
+        let head = group.iter().map(|c| c.prompt.len() + c.opts.gen_length).max().unwrap_or(0);
+        let tail = group.iter().map(|c| c.opts.gen_length + c.suffix.len()).max().unwrap_or(0);
+        let cap = Capacity { batch: group.len(), canvas: head + tail, window: bl, logprobs: None };
+        let mut session = Session::new(engine, cap).unwrap();
+        let allocated = engine.backend.allocated();
         while done.iter().any(Option::is_none) {
             if next < group.len() {
                 rows.push((group[next].row(), next));
                 next += 1;
             }
             let starts: Vec<RowStart> = rows.iter().map(|(r, _)| r.clone()).collect();
-            let out = engine.generate_rows(&starts, &p0.opts, RunOptions::default(), 1, &mut Quiet).unwrap();
+            let out = session.decode(&starts, &p0.opts, RunOptions::default(), 1, &mut Quiet).unwrap();
+            assert_eq!(engine.backend.allocated(), allocated, "{label} {}: a block allocated", p0.name);
             let mut keep = vec![];
             for ((mut r, i), o) in rows.into_iter().zip(&out.rows) {
                 nfe[i] += o.nfe;

@@ -16,6 +16,7 @@ use std::thread;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{Backend, DType, Heads, Sampling, Score, Select, SelectRule, Step, Window, NON_FINITE};
@@ -32,6 +33,9 @@ use select::Candidate;
 pub struct Cpu {
     dtype: DType,
     threads: usize,
+    /// Set-up allocations so far: (count, bytes) of activation buffers, ids and candidates (not
+    /// weights), so tests can check that decoding allocates only where it should.
+    allocated: (AtomicU64, AtomicU64),
 }
 
 /// A row-major matrix: f32 values in `data` (rounded to the activation dtype where the dtype says
@@ -184,7 +188,17 @@ impl Cpu {
     pub fn new(dtype: DType, threads: Option<usize>) -> Self {
         let threads =
             threads.unwrap_or_else(|| thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
-        Cpu { dtype, threads }
+        Cpu { dtype, threads, allocated: (AtomicU64::new(0), AtomicU64::new(0)) }
+    }
+
+    /// (allocations, bytes) of activation buffers, ids and candidates since it was made.
+    pub fn allocated(&self) -> (u64, u64) {
+        (self.allocated.0.load(Ordering::Relaxed), self.allocated.1.load(Ordering::Relaxed))
+    }
+
+    fn tally(&self, bytes: usize) {
+        self.allocated.0.fetch_add(1, Ordering::Relaxed);
+        self.allocated.1.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Round one value to the activation dtype.
@@ -350,6 +364,7 @@ impl Backend for Cpu {
     }
 
     fn tensor(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
+        self.tally(rows * cols * 4);
         Ok(CpuTensor::new(rows, cols, vec![0.0; rows * cols]))
     }
 
@@ -391,6 +406,7 @@ impl Backend for Cpu {
     }
 
     fn tensor_fp8(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
+        self.tally(rows * cols + rows * 4);
         self.upload_fp8(&vec![0; rows * cols], &vec![0.0; rows], rows, cols)
     }
 
@@ -408,10 +424,12 @@ impl Backend for Cpu {
     }
 
     fn ids(&self, len: usize) -> Result<Vec<u32>> {
+        self.tally(len * 4);
         Ok(vec![0; len])
     }
 
     fn cands(&self, len: usize) -> Result<CpuCands> {
+        self.tally(len * self.cand_bytes());
         Ok(CpuCands { tokens: vec![0; len], conf: vec![0.0; len] })
     }
 
@@ -835,6 +853,10 @@ impl Backend for Cpu {
 
     fn stored_size(&self) -> usize {
         4
+    }
+
+    fn cand_bytes(&self) -> usize {
+        4 + 8
     }
 
     fn mark(&self) -> Result<std::time::Instant> {

@@ -1,6 +1,8 @@
 //! CUDA graphs of decode steps (`Backend::graph_step`): a step key runs eagerly on its first use,
 //! is captured on its second and replayed from then on; once a capture fails, every step runs
-//! eagerly.
+//! eagerly. Keys name their buffers' owner, so graphs live across blocks and batches of one
+//! decode session; at most [`MAX_GRAPHS`] are kept (then all are dropped and recaptured as
+//! needed), which bounds their device memory under a server's changing batch shapes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -10,15 +12,18 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaStream};
 
 use super::device::drv;
-use crate::backend::GraphUse;
+use crate::backend::{GraphKey, GraphUse};
 use crate::error::Result;
+
+/// Most graphs kept: a server's session sees a few step shapes per block and batch size.
+pub(super) const MAX_GRAPHS: usize = 256;
 
 /// The captured graphs by step key, and the state of the capture-on-second-use rule.
 pub(super) struct GraphCache {
-    graphs: RefCell<HashMap<u64, CudaGraph>>,
+    graphs: RefCell<HashMap<GraphKey, CudaGraph>>,
     /// Step keys run once eagerly: a key is captured on its second use, so that one-time work
     /// (GEMM tuning) happens outside any capture.
-    seen: RefCell<HashSet<u64>>,
+    seen: RefCell<HashSet<GraphKey>>,
     /// A capture is in progress (GEMM tuning must wait for an eager call).
     capturing: Cell<bool>,
     /// Off once a capture failed (then every step runs eagerly).
@@ -49,7 +54,7 @@ impl GraphCache {
         (self.captures.get(), self.replays.get())
     }
 
-    /// Forget every graph and every key seen (their buffers are about to change).
+    /// Forget every graph and every key seen (their buffers are about to be freed).
     pub fn clear(&self) {
         self.graphs.borrow_mut().clear();
         self.seen.borrow_mut().clear();
@@ -60,7 +65,7 @@ impl GraphCache {
     pub fn run(
         &self,
         stream: &Arc<CudaStream>,
-        key: u64,
+        key: GraphKey,
         step: &mut dyn FnMut() -> Result<()>,
     ) -> Result<GraphUse> {
         if !self.on.get() {
@@ -71,6 +76,9 @@ impl GraphCache {
             g.launch().map_err(drv("graph launch"))?;
             self.replays.set(self.replays.get() + 1);
             return Ok(GraphUse::Replayed);
+        }
+        if self.seen.borrow().len() >= 4 * MAX_GRAPHS {
+            self.seen.borrow_mut().clear();
         }
         if self.seen.borrow_mut().insert(key) {
             // first use: eagerly, so that one-time set-up (GEMM tuning) stays out of the graph
@@ -85,9 +93,12 @@ impl GraphCache {
     fn capture(
         &self,
         stream: &Arc<CudaStream>,
-        key: u64,
+        key: GraphKey,
         step: &mut dyn FnMut() -> Result<()>,
     ) -> Result<GraphUse> {
+        if self.graphs.borrow().len() >= MAX_GRAPHS {
+            self.graphs.borrow_mut().clear();
+        }
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("begin capture"))?;

@@ -28,7 +28,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream};
 use half::bf16;
 
-use super::{Backend, DType, GraphUse, Heads, Sampling, Score, Select, SelectRule, Step, Window};
+use super::{Backend, DType, GraphKey, GraphUse, Heads, Sampling, Score, Select, SelectRule, Step, Window};
 use crate::error::Result;
 use crate::model::checkpoint::TensorView;
 
@@ -715,6 +715,12 @@ impl Backend for Cuda {
         lines
     }
 
+    fn cand_bytes(&self) -> usize {
+        // tokens, conf, active, quota, counts, seeds, counters, draws (3 words), rules, params:
+        // the fields `cands` allocates, `len` entries each
+        4 + 8 + 4 + 4 + 4 + 8 + 8 + 3 * 8 + 4 + 8
+    }
+
     fn memory_used(&self) -> Option<u64> {
         self.ctx.mem_get_info().ok().map(|(free, total)| (total - free) as u64)
     }
@@ -731,7 +737,7 @@ impl Backend for Cuda {
         }
     }
 
-    fn graph_step(&self, key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<GraphUse> {
+    fn graph_step(&self, key: GraphKey, step: &mut dyn FnMut() -> Result<()>) -> Result<GraphUse> {
         self.graphs.run(&self.stream, key, step)
     }
 
