@@ -89,6 +89,12 @@ assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries), entrie
 c = client.completions.create(model=model, prompt="Hello world", max_tokens=40, logprobs=3)
 assert len(c.choices[0].logprobs.token_logprobs) == c.usage.completion_tokens, c
 assert all(len(t) <= 3 for t in c.choices[0].logprobs.top_logprobs), c
+# streamed: each chunk's entries are those of the tokens its text completes; together the answer's
+chunks = client.chat.completions.create(
+    model=model, messages=question, max_tokens=64, logprobs=True, top_logprobs=2, stream=True,
+    extra_body={"cache": "prefix", "threshold": 0.8})
+streamed = [e for ch in chunks for c in ch.choices if c.logprobs for e in (c.logprobs.content or [])]
+assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries], streamed
 
 # infilling: the answer is the middle
 fill = client.completions.create(model=model, prompt="Hello world", suffix=" and goodbye.",

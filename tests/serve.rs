@@ -961,12 +961,24 @@ fn logprobs_over_http_are_the_engines_records() {
         assert_eq!((st, &e["error"]["param"]), (400, &json!(param)), "{body}: {e}");
     };
     refused("/v1/completions", json!({"prompt": "x", "logprobs": 21}), "logprobs");
-    refused("/v1/completions", json!({"prompt": "x", "logprobs": 2, "stream": true}), "logprobs");
     refused("/v1/completions", json!({"prompt": "x", "top_logprobs": 2}), "top_logprobs");
     let msgs = json!([{"role": "user", "content": "Hi"}]);
     refused("/v1/chat/completions", json!({"messages": msgs, "top_logprobs": 2}), "top_logprobs");
+    let long = json!({"prompt": "Hello world", "logprobs": 2, "max_tokens": 100, "stop": ["zz"]});
+    let sampled =
+        json!({"prompt": "Once", "logprobs": 1, "n": 2, "temperature": 0.8, "top_p": 0.9, "seed": 4});
+    streamed_logprobs_add_up_to_the_answers(p, &[("/v1/completions", long), ("/v1/completions", sampled)], 2);
     drop(srv);
     let srv = Server::start_with(&[], &[]);
+    let msgs = json!([{"role": "user", "content": "Tom has 11 cards. He loses 7. How many now?"}]);
+    let chats = [
+        ("/v1/chat/completions", json!({"messages": msgs, "logprobs": true, "top_logprobs": 3})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "logprobs": true, "n": 2, "temperature": 0.8, "seed": 4}),
+        ),
+    ];
+    streamed_logprobs_add_up_to_the_answers(srv.port, &chats, 1);
     let q = json!({"messages": [{"role": "user", "content": "What is 47 + 38?"}], "logprobs": true, "top_logprobs": 2});
     let (st, chat) = post(srv.port, "/v1/chat/completions", &q);
     assert_eq!(st, 200, "{chat}");
@@ -978,6 +990,58 @@ fn logprobs_over_http_are_the_engines_records() {
         assert_eq!(top.len(), 2);
         assert!(e["logprob"].as_f64().unwrap() <= 0.0);
         assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+    }
+}
+
+/// Streamed, each chunk carries the logprobs of the tokens whose text it completes: over the
+/// chunks they add up to the non-streamed answer's (tokens, values, alternatives, completions'
+/// text offsets), for completions and chat, with n = 2 samples.
+fn streamed_logprobs_add_up_to_the_answers(p: u16, asks: &[(&str, Value)], min_chunks: usize) {
+    for (path, body) in asks {
+        let path = *path;
+        let (st, whole) = post(p, path, &body);
+        assert_eq!(st, 200, "{whole}");
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let (st, raw) = http(p, "POST", path, Some(&streamed.to_string()), &[]);
+        assert_eq!(st, 200, "{raw}");
+        let chunks: Vec<Value> =
+            sse(&raw).iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+        let n = whole["choices"].as_array().unwrap().len();
+        for i in 0..n {
+            let mine =
+                chunks.iter().flat_map(|c| c["choices"].as_array().unwrap()).filter(|c| c["index"] == i);
+            let (mut text, mut lp) = (String::new(), vec![]);
+            let (mut tokens, mut offsets) = (vec![], vec![]);
+            for c in mine {
+                let t = if path.contains("chat") { &c["delta"]["content"] } else { &c["text"] };
+                text.push_str(t.as_str().unwrap_or(""));
+                let l = &c["logprobs"];
+                if path.contains("chat") {
+                    lp.extend(l["content"].as_array().into_iter().flatten().cloned());
+                } else if !l.is_null() {
+                    tokens.extend(l["tokens"].as_array().unwrap().iter().cloned());
+                    lp.extend(l["token_logprobs"].as_array().unwrap().iter().cloned());
+                    offsets.extend(l["text_offset"].as_array().unwrap().iter().cloned());
+                }
+            }
+            let w = &whole["choices"][i];
+            if path.contains("chat") {
+                assert_eq!(text, w["message"]["content"].as_str().unwrap(), "{path} {i}");
+                assert_eq!(&Value::Array(lp), &w["logprobs"]["content"], "{path} {i}");
+            } else {
+                assert_eq!(text, w["text"].as_str().unwrap(), "{path}");
+                assert_eq!(Value::Array(tokens), w["logprobs"]["tokens"], "{path}");
+                assert_eq!(Value::Array(lp), w["logprobs"]["token_logprobs"], "{path}");
+                assert_eq!(Value::Array(offsets), w["logprobs"]["text_offset"], "{path}");
+            }
+        }
+        // (a long answer) the tokens arrive over several chunks, not all in the last
+        let with_lps = chunks.iter().filter(|c| {
+            let l = &c["choices"][0]["logprobs"];
+            !l.is_null() && (l["content"].as_array().is_some_and(|a| !a.is_empty()) || l["tokens"].is_array())
+        });
+        assert!(with_lps.count() >= min_chunks, "{path}: {raw}");
     }
 }
 

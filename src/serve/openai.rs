@@ -249,12 +249,6 @@ pub fn parse(ctx: &Context, body: &[u8], chat: bool) -> Parsed<Request> {
     let stream = flag(&body, "stream")?;
     let n = samples(&body)?;
     let logprobs = logprobs(&body, chat)?;
-    if logprobs.is_some() && stream {
-        return Err(ApiError::bad(
-            "logprobs",
-            "not supported with `stream: true` yet: ask without streaming",
-        ));
-    }
     if logprobs.is_some() && opts.decoder != Decoder::Blocks {
         return Err(ApiError::bad("logprobs", "needs the block loop, not multi-block decoding"));
     }

@@ -78,7 +78,7 @@ fn engine_stopped() -> ApiError {
 async fn finished(rx: &mut Events) -> Result<Finished, ApiError> {
     loop {
         match rx.recv().await {
-            Some(JobEvent::Delta(_)) => continue,
+            Some(JobEvent::Delta(..)) => continue,
             Some(JobEvent::Done(f)) => return Ok(f),
             Some(JobEvent::Failed(m)) => return Err(engine_error(m)),
             None => return Err(engine_stopped()),
@@ -99,7 +99,7 @@ pub async fn json(meta: Meta, mut rxs: Vec<Events>) -> Response {
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let lp = f.logprobs.as_deref().map_or(Value::Null, |l| logprobs_json(meta.chat, l));
+            let lp = f.logprobs.as_deref().map_or(Value::Null, |l| logprobs_json(meta.chat, l, 0));
             if meta.chat {
                 json!({"index": i, "message": {"role": "assistant", "content": f.text}, "logprobs": lp,
                        "finish_reason": f.finish_reason})
@@ -115,8 +115,8 @@ pub async fn json(meta: Meta, mut rxs: Vec<Events>) -> Response {
 
 /// A choice's `logprobs` in OpenAI's shapes: chat `{"content": [{token, logprob, bytes,
 /// top_logprobs}]}`; completions `{tokens, token_logprobs, top_logprobs: [{token: logprob}],
-/// text_offset}` (offsets in characters of the answer).
-fn logprobs_json(chat: bool, lps: &[AnswerLogprob]) -> Value {
+/// text_offset}` (offsets in characters of the answer; a stream's chunk starts at `offset`).
+fn logprobs_json(chat: bool, lps: &[AnswerLogprob], offset: usize) -> Value {
     if chat {
         let entry = |t: &str, lp: f64| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
         let content: Vec<Value> = lps
@@ -129,7 +129,7 @@ fn logprobs_json(chat: bool, lps: &[AnswerLogprob]) -> Value {
             .collect();
         return json!({"content": content, "refusal": Value::Null});
     }
-    let mut offset = 0;
+    let mut offset = offset;
     let offsets: Vec<usize> = lps
         .iter()
         .map(|a| {
@@ -147,13 +147,18 @@ fn logprobs_json(chat: bool, lps: &[AnswerLogprob]) -> Value {
            "top_logprobs": tops, "text_offset": offsets})
 }
 
-/// One choice of a stream chunk: new text, or (`finish`) the end with its reason.
-fn text_choice(meta: &Meta, i: usize, text: &str, finish: Option<&str>) -> Value {
+/// One choice of a stream chunk: new text (and its tokens' `logprobs`), or (`finish`) the end
+/// with its reason.
+fn text_choice(meta: &Meta, i: usize, text: &str, finish: Option<&str>, logprobs: Value) -> Value {
     if meta.chat {
         let delta = if finish.is_some() { json!({}) } else { json!({"content": text}) };
-        json!({"index": i, "delta": delta, "finish_reason": finish})
+        let mut c = json!({"index": i, "delta": delta, "finish_reason": finish});
+        if !logprobs.is_null() {
+            c["logprobs"] = logprobs;
+        }
+        c
     } else {
-        json!({"index": i, "text": text, "logprobs": Value::Null, "finish_reason": finish})
+        json!({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish})
     }
 }
 
@@ -178,6 +183,8 @@ struct Progress {
     meta: Arc<Meta>,
     include_usage: bool,
     done: Vec<Option<Finished>>,
+    /// Per choice: answer characters streamed so far (completions' `text_offset`).
+    offsets: Vec<usize>,
     closed: Arc<AtomicBool>,
 }
 
@@ -186,15 +193,17 @@ impl Progress {
     fn on(&mut self, i: usize, ev: JobEvent) -> Vec<Event> {
         let (meta, usage_null) = (&self.meta, self.include_usage.then_some(Value::Null));
         match ev {
-            JobEvent::Delta(d) => {
-                vec![chunk(meta, json!([text_choice(meta, i, &d, None)]), usage_null, None)]
+            JobEvent::Delta(d, lps) => {
+                let lp = lps.as_deref().map_or(Value::Null, |l| logprobs_json(meta.chat, l, self.offsets[i]));
+                self.offsets[i] += lps.iter().flatten().map(|a| a.token.chars().count()).sum::<usize>();
+                vec![chunk(meta, json!([text_choice(meta, i, &d, None, lp)]), usage_null, None)]
             }
             JobEvent::Failed(m) => {
                 self.closed.store(true, Ordering::SeqCst);
                 vec![Event::default().data(engine_error(m).body().to_string()), done_event()]
             }
             JobEvent::Done(f) => {
-                let fin = json!([text_choice(meta, i, "", Some(f.finish_reason))]);
+                let fin = json!([text_choice(meta, i, "", Some(f.finish_reason), Value::Null)]);
                 let mut out = vec![chunk(meta, fin, usage_null, Some(extra(&f)))];
                 self.done[i] = Some(f);
                 if self.done.iter().all(Option::is_some) {
@@ -233,8 +242,13 @@ pub fn sse(meta: Meta, rxs: Vec<Events>, include_usage: bool) -> Response {
         futures_util::stream::unfold(rx, move |mut rx| async move { rx.recv().await.map(|e| ((i, e), rx)) })
             .boxed()
     });
-    let mut progress =
-        Progress { meta, include_usage, done: (0..n).map(|_| None).collect(), closed: closed.clone() };
+    let mut progress = Progress {
+        meta,
+        include_usage,
+        done: (0..n).map(|_| None).collect(),
+        offsets: vec![0; n],
+        closed: closed.clone(),
+    };
     let closed_at_end = closed.clone();
     let body = futures_util::stream::select_all(rows)
         .take_while(move |_| futures_util::future::ready(!closed.load(Ordering::SeqCst)))

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc as tmpsc;
 
-use super::text::{answer, delta};
+use super::text::{answer, covered, delta};
 use super::Shared;
 use crate::backend::Backend;
 use crate::decode::{
@@ -47,8 +47,9 @@ pub struct AnswerLogprob {
 
 #[derive(Debug)]
 pub enum JobEvent {
-    /// New answer text (streaming).
-    Delta(String),
+    /// New answer text (streaming), with the logprobs of the answer tokens whose text it
+    /// completes (with `logprobs`; the last delta carries every token left).
+    Delta(String, Option<Vec<AnswerLogprob>>),
     Done(Finished),
     Failed(String),
 }
@@ -74,8 +75,9 @@ pub struct Finished {
 struct Active {
     job: Job,
     row: RowStart,
-    /// Answer text streamed so far.
+    /// Answer text streamed so far, and the answer tokens whose logprobs went with it.
     sent: String,
+    sent_tokens: usize,
     admitted: Instant,
     batch: usize,
     gone: bool,
@@ -194,6 +196,7 @@ impl<B: Backend> Scheduler<'_, B> {
                 job,
                 row,
                 sent: String::new(),
+                sent_tokens: 0,
                 admitted: Instant::now(),
                 batch: 1,
                 gone: false,
@@ -287,9 +290,17 @@ impl<B: Backend> Scheduler<'_, B> {
         let (text, tokens, why) = answer(self.tok, &a.row.done, a.job.max_tokens, &a.job.stop);
         let finished = why.is_some() || a.row.done.len() >= a.job.opts.gen_length;
         let hold = a.job.stop.iter().map(|s| s.chars().count()).max().unwrap_or(1).saturating_sub(1);
-        if let Some(d) = delta(&a.sent, &text, finished, hold) {
-            let _ = a.job.events.send(JobEvent::Delta(d.to_string()));
-            a.sent.push_str(d);
+        let d = delta(&a.sent, &text, finished, hold).unwrap_or("");
+        a.sent.push_str(d);
+        let lps = a.job.logprobs.and_then(|n| {
+            let ids = &a.row.done[..tokens.min(a.row.done.len())];
+            let upto = if finished { ids.len() } else { covered(self.tok, ids, a.sent.len(), a.sent_tokens) };
+            let recs = &a.logprobs[a.sent_tokens.min(a.logprobs.len())..upto.min(a.logprobs.len())];
+            a.sent_tokens = upto;
+            Some(self.answer_logprobs(recs, n)).filter(|l| !l.is_empty())
+        });
+        if !d.is_empty() || lps.is_some() {
+            let _ = a.job.events.send(JobEvent::Delta(d.to_string(), lps));
         }
         if finished {
             let m = &self.shared.metrics;

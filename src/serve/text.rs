@@ -47,6 +47,16 @@ pub fn delta<'a>(sent: &str, now: &'a str, done: bool, hold: usize) -> Option<&'
     now.strip_prefix(sent).filter(|d| !d.is_empty())
 }
 
+/// How many leading ids of `ids` (at least `from`) the first `sent` bytes of their text cover:
+/// a stream attaches a token's logprob to the chunk that completes its text.
+pub fn covered(tok: &Tokenizer, ids: &[u32], sent: usize, from: usize) -> usize {
+    let mut k = from.min(ids.len());
+    while k < ids.len() && tok.decode(&ids[..k + 1]).len() <= sent {
+        k += 1;
+    }
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +92,16 @@ mod tests {
         let im_end = tok.encode("<|im_end|>").unwrap()[0];
         let ids = [104, 105, im_end, 106, tok.special.eos, 107];
         assert_eq!(answer(&tok, &ids, None, &[]), ("hi".into(), 2, Some("stop")));
+    }
+
+    #[test]
+    fn a_token_is_covered_once_its_whole_text_is_sent() {
+        let tok = tok();
+        let ids: Vec<u32> = "hello".bytes().map(u32::from).collect();
+        assert_eq!(covered(&tok, &ids, 0, 0), 0);
+        assert_eq!(covered(&tok, &ids, 3, 0), 3);
+        assert_eq!(covered(&tok, &ids, 3, 4), 4, "never below `from`");
+        assert_eq!(covered(&tok, &ids, 99, 2), 5);
     }
 
     #[test]
