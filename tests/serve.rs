@@ -999,7 +999,7 @@ fn logprobs_over_http_are_the_engines_records() {
 fn streamed_logprobs_add_up_to_the_answers(p: u16, asks: &[(&str, Value)], min_chunks: usize) {
     for (path, body) in asks {
         let path = *path;
-        let (st, whole) = post(p, path, &body);
+        let (st, whole) = post(p, path, body);
         assert_eq!(st, 200, "{whole}");
         let mut streamed = body.clone();
         streamed["stream"] = json!(true);
