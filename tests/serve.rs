@@ -1073,6 +1073,10 @@ fn the_session_limits_are_reported_enforced_and_checked_at_start() {
     assert_eq!(st, 400, "{r}");
     assert_eq!(r["error"]["param"], "block_length", "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("--max-block"), "{r}");
+    let mb = json!({"prompt": "Hi", "gen_length": 128, "multi_block": true, "entropy": 0.5});
+    let (st, r) = post(p, "/v1/completions", &mb);
+    assert_eq!((st, &r["error"]["param"]), (400, &json!("gen_length")), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("multi-block"), "{r}");
     let (st, r) =
         post(p, "/v1/completions", &json!({"prompt": vec![72; 200], "gen_length": 64, "block_length": 64}));
     assert_eq!(st, 200, "what fits is served: {r}");

@@ -146,3 +146,46 @@ fn a_fresh_call_per_block_allocates_every_block_and_a_session_once() {
     });
     assert!(reused.iter().all(|&n| n == 0), "a session allocates no block: {reused:?}");
 }
+
+/// d3LLM's 76 reference cases (its block loop, multi-block decoding with and without the delayed
+/// cache) one after another on one session's buffers: token for token, NFE and model calls as
+/// its own code, nothing allocated after the session is made.
+#[test]
+fn the_d3llm_cases_in_turn_on_one_session_allocate_nothing() {
+    let (_, engine) = cpu_engine(&fixture("official/checkpoint"));
+    let cases = d3llm_cases();
+    let cap = Capacity {
+        batch: 1,
+        canvas: cases.iter().map(|c| c.prompt.len() + c.opts.gen_length).max().unwrap(),
+        window: cases.iter().map(|c| c.opts.gen_length).max().unwrap(),
+        logprobs: None,
+    };
+    let mut session = Session::new(&engine, cap).unwrap();
+    let allocated = engine.backend.allocated();
+    let mut bad = vec![];
+    for c in &cases {
+        let row = RowStart { prompt: c.prompt.clone(), ..RowStart::default() };
+        let out = session.decode(&[row], &c.opts, RunOptions::default(), usize::MAX, &mut Quiet).unwrap();
+        let r = &out.rows[0];
+        if (&r.tokens, r.nfe, out.forwards) != (&c.tokens, c.nfe, c.model_calls) {
+            bad.push(c.name.clone());
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} d3LLM cases differ on a reused session: {bad:?}",
+        bad.len(),
+        cases.len()
+    );
+    assert_eq!(engine.backend.allocated(), allocated, "a call on the session allocated");
+    let too_long = Capacity { window: cap.window - 1, ..cap };
+    let mut small = Session::new(&engine, too_long).unwrap();
+    let c = cases
+        .iter()
+        .find(|c| c.opts.gen_length == cap.window && c.opts.decoder != dllm::decode::Decoder::Blocks);
+    if let Some(c) = c {
+        let row = RowStart { prompt: c.prompt.clone(), ..RowStart::default() };
+        let e = small.decode(&[row], &c.opts, RunOptions::default(), usize::MAX, &mut Quiet).unwrap_err();
+        assert!(e.to_string().contains("block window"), "{e}");
+    }
+}

@@ -111,11 +111,10 @@ impl<B: Backend> Engine<B> {
         let t0 = Instant::now();
         let run = run.for_observer(observer);
         let plan = self.plan(starts, opts, max_blocks)?;
-        if let Decoder::MultiBlock(mb) = opts.decoder {
-            if run.logprobs.is_some() {
-                return Err(Error::options("logprobs need the block loop, not multi-block decoding"));
-            }
-            return multiblock::generate_rows(self, starts, opts, mb, run, observer);
+        if opts.decoder != Decoder::Blocks {
+            let longest = starts.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
+            let mut session = Session::new(self, multiblock::capacity(longest, opts))?;
+            return session.decode(starts, opts, run, max_blocks, observer);
         }
         let mut session = Session::new(self, Capacity::of(&plan, run.logprobs))?;
         session.run(plan, starts, opts, run, observer, t0)

@@ -16,10 +16,11 @@ use std::time::Instant;
 use super::engine::Engine;
 use super::options::{DecodeOptions, DelayedCache, MultiBlock, Rule, RunOptions};
 use super::output::{DecodeObserver, ForwardTime, Output, RowOutput, RowStart, TraceStep};
+use super::session::{Buffers, Capacity};
 use crate::backend::{Backend, Draw, GraphKey, GraphUse, Sampling, Score, Step, Window};
-use crate::cache::{ForwardKind, KvCache};
+use crate::cache::ForwardKind;
 use crate::error::{Error, Result};
-use crate::transformer::{self, Workspace};
+use crate::transformer;
 
 /// d3LLM's guard: a run stops after this many iterations (reached only when the generation is
 /// not whole blocks, which dllm refuses).
@@ -48,9 +49,16 @@ impl Block {
     }
 }
 
-/// Decode every row alone with the multi-block decoder.
+/// What one row of `prompt` tokens needs of a session's buffers.
+pub fn capacity(prompt: usize, opts: &DecodeOptions) -> Capacity {
+    Capacity { batch: 1, canvas: prompt + opts.gen_length, window: opts.gen_length, logprobs: None }
+}
+
+/// Decode every row alone with the multi-block decoder, one after another on a session's
+/// buffers (which must hold [`capacity`] of the longest prompt).
 pub fn generate_rows<B: Backend>(
     engine: &Engine<B>,
+    bufs: &mut Buffers<B>,
     starts: &[RowStart],
     opts: &DecodeOptions,
     mb: MultiBlock,
@@ -72,11 +80,11 @@ pub fn generate_rows<B: Backend>(
         forward_ms: vec![],
         profile: vec![],
     };
+    if starts.iter().any(|s| !s.done.is_empty() || s.gen_length.is_some_and(|g| g != opts.gen_length)) {
+        return Err(Error::options("multi-block decoding runs whole generations (no resumed rows)"));
+    }
     for (b, start) in starts.iter().enumerate() {
-        if !start.done.is_empty() || start.gen_length.is_some_and(|g| g != opts.gen_length) {
-            return Err(Error::options("multi-block decoding runs whole generations (no resumed rows)"));
-        }
-        let mut row = Row::new(engine, &start.prompt, opts, mb, threshold, run)?;
+        let mut row = Row::new(engine, &mut *bufs, &start.prompt, opts, mb, threshold, run)?;
         row.seed = start.seed.unwrap_or(opts.seed);
         row.decode()?;
         out.forwards += row.calls;
@@ -97,7 +105,7 @@ pub fn generate_rows<B: Backend>(
 }
 
 /// One row's decode in progress.
-struct Row<'a, B: Backend> {
+struct Row<'a, 'b, B: Backend> {
     engine: &'a Engine<B>,
     mb: MultiBlock,
     threshold: f64,
@@ -115,48 +123,30 @@ struct Row<'a, B: Backend> {
     nfe: usize,
     /// Positions `[0, cache_len)` whose K/V the cache holds (d3LLM's `manual_cache_length`).
     cache_len: usize,
-    dev: Device<B>,
+    /// Canvas, bounds, activations, KV cache and candidates (one row of them).
+    dev: &'b mut Buffers<B>,
     calls: usize,
     out: RowOutput,
     trace: Vec<TraceStep>,
     forward_ms: Vec<ForwardTime>,
 }
 
-/// The device side of a row: canvas, bounds, activations, KV cache, candidates, and the id its
-/// captured graphs are keyed by.
-struct Device<B: Backend> {
-    owner: u64,
-    canvas: B::Ids,
-    bounds: B::Ids,
-    ws: Workspace<B::Tensor>,
-    cache: KvCache<B::Tensor>,
-    cands: B::Cands,
-}
-
-impl<'a, B: Backend> Row<'a, B> {
+impl<'a, 'b, B: Backend> Row<'a, 'b, B> {
     fn new(
         engine: &'a Engine<B>,
+        dev: &'b mut Buffers<B>,
         prompt: &[u32],
         opts: &DecodeOptions,
         mb: MultiBlock,
         threshold: f64,
         run: RunOptions,
     ) -> Result<Self> {
-        let (be, cfg, sp) = (&engine.backend, &engine.config, &engine.special);
+        let (be, sp) = (&engine.backend, &engine.special);
         let (p, g, bl) = (prompt.len(), opts.gen_length, opts.block_length);
         let l = p + g;
         let mut canvas = prompt.to_vec();
         canvas.extend(std::iter::repeat_n(sp.mask, g));
-        let mut bounds = be.ids(2)?;
-        be.write_ids(&mut bounds, &[0, l as u32])?;
-        let dev = Device {
-            owner: GraphKey::new_owner(),
-            canvas: be.ids(l)?,
-            bounds,
-            ws: Workspace::new(be, cfg, 1, l, g)?,
-            cache: KvCache::new(be, cfg, 1, l)?,
-            cands: be.cands(g)?,
-        };
+        be.write_ids(&mut dev.bounds, &[0, l as u32])?;
         let prompt_block =
             Block { start: 0, end: p, mask_count: 0, active: true, completed_at: Some(0), cached: false };
         let first = Block {
@@ -481,12 +471,5 @@ impl<'a, B: Backend> Row<'a, B> {
             self.canvas[self.prompt_len..].iter().map(|&t| if t == sp.mask { sp.eos } else { t }).collect();
         self.out.nfe = self.nfe;
         std::mem::replace(&mut self.out, RowOutput::empty(vec![]))
-    }
-}
-
-impl<B: Backend> Drop for Row<'_, B> {
-    /// Its graphs replay over its buffers only: dropped with them.
-    fn drop(&mut self) {
-        self.engine.backend.reset_graphs();
     }
 }

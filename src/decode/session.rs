@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use super::batch::{BatchPlan, RowState};
 use super::engine::Engine;
+use super::multiblock;
 use super::options::{DecodeOptions, Decoder, RunOptions};
 use super::output::{DecodeObserver, Output, RowStart};
 use super::policy::StepPolicy;
@@ -76,11 +77,17 @@ impl Capacity {
     /// Whether `plan` (recording `logprobs` alternatives) fits; else the error names the first
     /// dimension it exceeds.
     fn check(&self, plan: &BatchPlan, logprobs: Option<usize>) -> Result<()> {
+        self.fits(Capacity::of(plan, logprobs))
+    }
+
+    /// Whether a batch needing `need` fits; else the error names the first dimension it exceeds.
+    fn fits(&self, need: Capacity) -> Result<()> {
+        let alts = |c: &Capacity| c.logprobs.map_or(0, |n| n + 1);
         let needs = [
-            ("batch rows", plan.batch, self.batch),
-            ("canvas columns", plan.canvas_len, self.canvas),
-            ("block window", plan.window, self.window),
-            ("logprob alternatives", logprobs.map_or(0, |n| n + 1), self.logprobs.map_or(0, |n| n + 1)),
+            ("batch rows", need.batch, self.batch),
+            ("canvas columns", need.canvas, self.canvas),
+            ("block window", need.window, self.window),
+            ("logprob alternatives", alts(&need), alts(self)),
         ];
         match needs.iter().find(|(_, need, have)| need > have) {
             Some((what, need, have)) => {
@@ -106,7 +113,7 @@ pub struct Buffers<B: Backend> {
 }
 
 impl<B: Backend> Buffers<B> {
-    fn new(be: &B, cfg: &ModelConfig, cap: Capacity) -> Result<Self> {
+    pub(super) fn new(be: &B, cfg: &ModelConfig, cap: Capacity) -> Result<Self> {
         let (rows, brows) = (cap.batch * cap.canvas, cap.batch * cap.window);
         Ok(Buffers {
             owner: GraphKey::new_owner(),
@@ -148,7 +155,8 @@ impl<'e, B: Backend> Session<'e, B> {
     /// [`Engine::generate_rows`] on this session's buffers: at most `max_blocks` more blocks of
     /// each row. Errors as it does, and with [`Error::Options`] naming the dimension (batch rows,
     /// canvas columns, block window, logprob alternatives) a batch needs beyond the capacity.
-    /// The multi-block decoder keeps its own per-row buffers (it decodes rows one at a time).
+    /// The multi-block decoder runs its rows one at a time, each a batch of one whose window is
+    /// its whole generation.
     pub fn decode(
         &mut self,
         starts: &[RowStart],
@@ -157,12 +165,17 @@ impl<'e, B: Backend> Session<'e, B> {
         max_blocks: usize,
         observer: &mut dyn DecodeObserver,
     ) -> Result<Output> {
-        if opts.decoder != Decoder::Blocks {
-            return self.engine.generate_rows(starts, opts, run, max_blocks, observer);
-        }
         let t0 = Instant::now();
         let run = run.for_observer(observer);
         let plan = self.engine.plan(starts, opts, max_blocks)?;
+        if let Decoder::MultiBlock(mb) = opts.decoder {
+            if run.logprobs.is_some() {
+                return Err(Error::options("logprobs need the block loop, not multi-block decoding"));
+            }
+            let longest = starts.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
+            self.cap.fits(multiblock::capacity(longest, opts))?;
+            return multiblock::generate_rows(self.engine, &mut self.bufs, starts, opts, mb, run, observer);
+        }
         self.cap.check(&plan, run.logprobs)?;
         self.run(plan, starts, opts, run, observer, t0)
     }

@@ -523,13 +523,12 @@ fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], suffix: usize, 
             )
         });
     }
-    // the multi-block decoder runs rows one at a time on buffers of their own
     let window = opts.window_len(ctx.model.arch);
-    if window > ctx.max_block && opts.decoder == Decoder::Blocks {
-        let (param, what) = if window == opts.block_length {
+    if window > ctx.max_block {
+        let (param, what) = if opts.decoder == Decoder::Blocks && !opts.blockless(ctx.model.arch) {
             ("block_length", format!("block_length {window}"))
         } else {
-            ("gen_length", format!("gen_length {window} (decoded as one window)"))
+            ("gen_length", format!("gen_length {window} (decoded as one window: {})", decoder_name(opts)))
         };
         return Err(ApiError::bad(
             param,
@@ -554,6 +553,15 @@ fn validate(ctx: &Context, opts: &DecodeOptions, prompt: &[u32], suffix: usize, 
         });
         ApiError::bad(param, m)
     })
+}
+
+/// Why a whole generation is one window: the multi-block decoder, or Dream without a cache.
+fn decoder_name(opts: &DecodeOptions) -> &'static str {
+    if opts.decoder == Decoder::Blocks {
+        "Dream without a cache"
+    } else {
+        "the multi-block decoder"
+    }
 }
 
 /// A count from 0 to [`MAX_LOGPROBS`] (null: None).
