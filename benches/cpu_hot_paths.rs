@@ -177,11 +177,19 @@ fn continuous_batch(c: &mut Criterion) {
             black_box(blocks(&mut |r| tokens(engine.generate_rows(r, &opts, run, 1, &mut Quiet).unwrap())))
         })
     });
-    let cap = Capacity { batch: 4, canvas: 9 + 96, window: 32, logprobs: None };
-    let mut session = Session::new(&engine, cap).unwrap();
-    c.bench_function("tiny-mha continuous batch/4 rows × 3 blocks, one session", |b| {
-        b.iter(|| black_box(blocks(&mut |r| tokens(session.decode(r, &opts, run, 1, &mut Quiet).unwrap()))))
-    });
+    // sized for the batch, and as `dllm serve` sizes it (8 rows of 512 tokens, blocks up to 256,
+    // 20 logprob alternatives)
+    for (name, cap) in [
+        ("one session", Capacity { batch: 4, canvas: 9 + 96, window: 32, logprobs: None }),
+        ("one server-sized session", Capacity { batch: 8, canvas: 512, window: 256, logprobs: Some(20) }),
+    ] {
+        let mut session = Session::new(&engine, cap).unwrap();
+        c.bench_function(&format!("tiny-mha continuous batch/4 rows × 3 blocks, {name}"), |b| {
+            b.iter(|| {
+                black_box(blocks(&mut |r| tokens(session.decode(r, &opts, run, 1, &mut Quiet).unwrap())))
+            })
+        });
+    }
 }
 
 criterion_group!(benches, selection, confidence, linear_8b_width, tiny_forward, continuous_batch);

@@ -973,6 +973,7 @@ fn logprobs_over_http_are_the_engines_records() {
     let msgs = json!([{"role": "user", "content": "Tom has 11 cards. He loses 7. How many now?"}]);
     let chats = [
         ("/v1/chat/completions", json!({"messages": msgs, "logprobs": true, "top_logprobs": 3})),
+        ("/v1/chat/completions", json!({"messages": msgs, "logprobs": true, "stop": ["= "]})),
         (
             "/v1/chat/completions",
             json!({"messages": msgs, "logprobs": true, "n": 2, "temperature": 0.8, "seed": 4}),

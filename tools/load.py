@@ -120,6 +120,8 @@ def main():
     if mem:
         print(f"  server RSS: first {mem[0] / 1024:.1f} MiB, last {mem[-1] / 1024:.1f} MiB, "
               f"max {max(mem) / 1024:.1f} MiB ({len(mem)} samples)")
+        # one sample a minute (every 30th, 2 s apart): flat once the decode buffers are touched
+        print("  server RSS each minute (MiB): " + " ".join(f"{m / 1024:.1f}" for m in mem[::30]))
     for e in errors[:5]:
         print("  error:", e)
     sys.exit(1 if errors else 0)

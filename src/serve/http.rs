@@ -190,6 +190,7 @@ fn enqueue(sh: &Shared, req: openai::Request) -> Result<Vec<Events>, ApiError> {
             events: tx,
             queued_at: std::time::Instant::now(),
             logprobs: req.logprobs,
+            stream: req.stream,
         };
         if jobs.as_ref().is_none_or(|s| s.send(job).is_err()) {
             // rows already sent see their receivers dropped and leave as abandoned

@@ -34,6 +34,8 @@ pub struct Job {
     pub queued_at: Instant,
     /// Reveal-time logprobs with this many alternatives (None: not asked).
     pub logprobs: Option<usize>,
+    /// Streamed: logprobs go with each text delta.
+    pub stream: bool,
 }
 
 /// One answer token's reveal-time log-probability, as text (the HTTP side's JSON).
@@ -292,10 +294,12 @@ impl<B: Backend> Scheduler<'_, B> {
         let hold = a.job.stop.iter().map(|s| s.chars().count()).max().unwrap_or(1).saturating_sub(1);
         let d = delta(&a.sent, &text, finished, hold).unwrap_or("");
         a.sent.push_str(d);
-        let lps = a.job.logprobs.and_then(|n| {
+        let lps = a.job.logprobs.filter(|_| a.job.stream).and_then(|n| {
             let ids = &a.row.done[..tokens.min(a.row.done.len())];
             let upto = if finished { ids.len() } else { covered(self.tok, ids, a.sent.len(), a.sent_tokens) };
-            let recs = &a.logprobs[a.sent_tokens.min(a.logprobs.len())..upto.min(a.logprobs.len())];
+            // a stop string's cut re-encodes the answer, which may count fewer tokens than sent
+            let upto = upto.clamp(a.sent_tokens, a.logprobs.len().max(a.sent_tokens));
+            let recs = &a.logprobs[a.sent_tokens.min(upto)..upto];
             a.sent_tokens = upto;
             Some(self.answer_logprobs(recs, n)).filter(|l| !l.is_empty())
         });

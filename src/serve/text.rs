@@ -48,13 +48,20 @@ pub fn delta<'a>(sent: &str, now: &'a str, done: bool, hold: usize) -> Option<&'
 }
 
 /// How many leading ids of `ids` (at least `from`) the first `sent` bytes of their text cover:
-/// a stream attaches a token's logprob to the chunk that completes its text.
+/// a stream attaches a token's logprob to the chunk that completes its text. A bisection (the
+/// decoded length grows with the ids, up to a split character's replacement mark), so a few
+/// decodes per block, not one per token.
 pub fn covered(tok: &Tokenizer, ids: &[u32], sent: usize, from: usize) -> usize {
-    let mut k = from.min(ids.len());
-    while k < ids.len() && tok.decode(&ids[..k + 1]).len() <= sent {
-        k += 1;
+    let (mut lo, mut hi) = (from.min(ids.len()), ids.len());
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if tok.decode(&ids[..mid]).len() <= sent {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
     }
-    k
+    lo
 }
 
 #[cfg(test)]
