@@ -1,11 +1,10 @@
 //! The Fast-dLLM block loop (spec §5) over any backend: baseline, PrefixCache and DualCache; the
 //! quota, threshold and factor rules (spec §4); batches whose rows each decode exactly as they
-//! would alone (spec §6). Dream runs the same loop with its own rules (spec §3, [`StepPolicy`]).
+//! would alone (spec §6). Dream runs the same loop with its own rules (spec §3,
+//! [`super::policy::StepPolicy`]).
 //! A call is: plan the batch ([`BatchPlan`]), allocate its buffers once ([`Session`]), then for
 //! each block run steps until no row has a mask left in it ([`super::step`]), then read the
 //! canvas back.
-
-use std::time::Instant;
 
 use super::batch::BatchPlan;
 use super::multiblock;
@@ -108,16 +107,14 @@ impl<B: Backend> Engine<B> {
         max_blocks: usize,
         observer: &mut dyn DecodeObserver,
     ) -> Result<Output> {
-        let t0 = Instant::now();
-        let run = run.for_observer(observer);
-        let plan = self.plan(starts, opts, max_blocks)?;
-        if opts.decoder != Decoder::Blocks {
-            let longest = starts.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
-            let mut session = Session::new(self, multiblock::capacity(longest, opts))?;
-            return session.decode(starts, opts, run, max_blocks, observer);
-        }
-        let mut session = Session::new(self, Capacity::of(&plan, run.logprobs))?;
-        session.run(plan, starts, opts, run, observer, t0)
+        // a session sized to this batch (the plan is laid out again by the session: host work)
+        let cap = match opts.decoder {
+            Decoder::Blocks => Capacity::of(&self.plan(starts, opts, max_blocks)?, run.logprobs),
+            Decoder::MultiBlock(_) => {
+                multiblock::capacity(starts.iter().map(|s| s.prompt.len()).max().unwrap_or(0), opts)
+            }
+        };
+        Session::new(self, cap)?.decode(starts, opts, run, max_blocks, observer)
     }
 
     /// Validate the options and rows and lay the batch out (errors name the problem).

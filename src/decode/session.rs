@@ -181,7 +181,7 @@ impl<'e, B: Backend> Session<'e, B> {
     }
 
     /// The block loop of a checked plan: write its canvas and bounds, then each block's steps.
-    pub(super) fn run(
+    fn run(
         &mut self,
         plan: BatchPlan,
         starts: &[RowStart],
