@@ -52,7 +52,7 @@ impl BatchPlan {
         let longest = remaining.iter().copied().max().unwrap_or(0);
         let gen_ends: Vec<usize> = remaining.iter().map(|&n| s0 + n).collect();
         let ends: Vec<usize> = starts.iter().zip(&gen_ends).map(|(r, &g)| g + r.suffix.len()).collect();
-        let canvas_len = ends.iter().copied().max().unwrap_or(s0);
+        let canvas_len = canvas_len(starts.iter().zip(gens.iter().copied()));
         let mut bounds: Vec<u32> = starts.iter().map(|r| (s0 - prefix(r)) as u32).collect();
         bounds.extend(ends.iter().map(|&e| e as u32));
         let mut canvas = Vec::with_capacity(starts.len() * canvas_len);
@@ -88,6 +88,16 @@ impl BatchPlan {
     pub fn suffix<'a>(&self, canvas: &'a [u32], b: usize) -> &'a [u32] {
         &canvas[b * self.canvas_len + self.gen_ends[b]..b * self.canvas_len + self.ends[b]]
     }
+}
+
+/// The canvas columns of a batch of `(row, its generation length)`: its current blocks aligned at
+/// one column, the longest prompt and done blocks, then the longest rest of a generation and
+/// suffix ([`BatchPlan`]'s layout; `dllm serve` admits a row only while this fits its session).
+pub fn canvas_len<'a>(rows: impl IntoIterator<Item = (&'a RowStart, usize)>) -> usize {
+    let (head, tail) = rows.into_iter().fold((0, 0), |(h, t), (r, g)| {
+        (h.max(r.prompt.len() + r.done.len()), t.max(g - r.done.len() + r.suffix.len()))
+    });
+    head + tail
 }
 
 /// A row's generation length must be whole windows, at most the batch's (all of it when the

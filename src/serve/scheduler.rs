@@ -2,8 +2,9 @@
 //! complete (end token, `max_tokens`, a stop string, the canvas) leave and waiting requests with
 //! the batch's forward shape ([`batch_key`]: rules, draws and seeds may differ) join (up to
 //! `--max-batch`, and while the batch's canvas fits `--max-context`); then every row decodes its
-//! next block on the server's one [`Session`], whose buffers and graphs outlive every batch. Per-row padding masks, positions and progress (spec §6) make each
-//! answer token-identical to running it alone. A row whose client went away is freed at the next
+//! next block on the server's one [`Session`], whose buffers and graphs outlive every batch.
+//! Per-row padding masks, positions and progress (spec §6) make each answer token-identical to
+//! running it alone. A row whose client went away is freed at the next
 //! step; a waiting request whose client left is dropped before it runs.
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc as tmpsc;
 use super::text::{answer, covered, delta};
 use super::Shared;
 use crate::backend::Backend;
+use crate::decode::batch::canvas_len;
 use crate::decode::{
     DecodeObserver, DecodeOptions, Decoder, Engine, RowStart, RunOptions, Session, TokenLogprobs,
 };
@@ -180,20 +182,14 @@ impl<B: Backend> Scheduler<'_, B> {
                 i += 1;
                 continue;
             }
-            if self.canvas_with(&self.pending[i]) > self.shared.limits.max_context {
+            let (row, gen) = (row_start(&self.pending[i]), self.pending[i].opts.gen_length);
+            let rows = self.running.iter().map(|a| (&a.row, a.job.opts.gen_length));
+            if canvas_len(rows.chain([(&row, gen)])) > self.shared.limits.max_context {
                 break;
             }
             let job = self.pending.remove(i).expect("in range");
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             self.shared.metrics.queue_seconds.record(job.queued_at.elapsed().as_secs_f64());
-            let row = RowStart {
-                prompt: job.prompt.clone(),
-                suffix: job.suffix.clone(),
-                seed: Some(job.opts.seed),
-                rule: Some(job.opts.row_rule()),
-                gen_length: Some(job.opts.gen_length),
-                ..RowStart::default()
-            };
             self.running.push(Active {
                 job,
                 row,
@@ -211,19 +207,6 @@ impl<B: Backend> Scheduler<'_, B> {
             a.batch = a.batch.max(n);
         }
         Some(key)
-    }
-
-    /// The canvas columns of the batch's next block with `job` joining ([`BatchPlan`]'s layout:
-    /// the longest prompt and done blocks, then the longest rest of a generation and suffix).
-    ///
-    /// [`BatchPlan`]: crate::decode::batch::BatchPlan
-    fn canvas_with(&self, job: &Job) -> usize {
-        let rows = self.running.iter().map(|a| (&a.row, a.job.opts.gen_length));
-        let lens = rows.map(|(r, g)| (r.prompt.len() + r.done.len(), g - r.done.len() + r.suffix.len()));
-        let (head, tail) = lens
-            .chain([(job.prompt.len(), job.opts.gen_length + job.suffix.len())])
-            .fold((0, 0), |(h, t), (a, b)| (h.max(a), t.max(b)));
-        head + tail
     }
 
     /// Every running row decodes its next block; then each streams its new text, and rows whose
@@ -346,6 +329,18 @@ impl<B: Backend> Scheduler<'_, B> {
                 top: r.top.iter().take(n).map(|&(id, lp)| (text(id), lp)).collect(),
             })
             .collect()
+    }
+}
+
+/// A job's row as it joins the batch: its own seed, rule, draw and length.
+fn row_start(job: &Job) -> RowStart {
+    RowStart {
+        prompt: job.prompt.clone(),
+        suffix: job.suffix.clone(),
+        seed: Some(job.opts.seed),
+        rule: Some(job.opts.row_rule()),
+        gen_length: Some(job.opts.gen_length),
+        ..RowStart::default()
     }
 }
 
