@@ -1,6 +1,7 @@
 //! Fast-dLLM decoding (spec §4, §5): what to decode ([`options`]), each step's rule, score and
 //! quota ([`policy`]), the batch's layout and row states ([`batch`]), the engine and its block
-//! loop ([`engine`]), the buffers calls reuse ([`session`]), one step ([`step`]) and what a call returns ([`output`]).
+//! loop ([`engine`]), the buffers calls reuse ([`session`]), one step ([`step`]) and what a
+//! call returns ([`output`]).
 
 pub mod batch;
 pub mod engine;

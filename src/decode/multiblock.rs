@@ -470,6 +470,6 @@ impl<'a, 'b, B: Backend> Row<'a, 'b, B> {
         self.out.tokens =
             self.canvas[self.prompt_len..].iter().map(|&t| if t == sp.mask { sp.eos } else { t }).collect();
         self.out.nfe = self.nfe;
-        std::mem::replace(&mut self.out, RowOutput::empty(vec![]))
+        self.out
     }
 }

@@ -74,12 +74,6 @@ impl Capacity {
         kv + acts + fp8 + block + ids + cands
     }
 
-    /// Whether `plan` (recording `logprobs` alternatives) fits; else the error names the first
-    /// dimension it exceeds.
-    fn check(&self, plan: &BatchPlan, logprobs: Option<usize>) -> Result<()> {
-        self.fits(Capacity::of(plan, logprobs))
-    }
-
     /// Whether a batch needing `need` fits; else the error names the first dimension it exceeds.
     fn fits(&self, need: Capacity) -> Result<()> {
         let alts = |c: &Capacity| c.logprobs.map_or(0, |n| n + 1);
@@ -142,10 +136,6 @@ impl<'e, B: Backend> Session<'e, B> {
         Ok(Session { engine, cap, bufs })
     }
 
-    pub fn capacity(&self) -> Capacity {
-        self.cap
-    }
-
     /// Bytes its buffers take ([`Capacity::bytes`]).
     pub fn bytes(&self) -> u64 {
         let be = &self.engine.backend;
@@ -176,7 +166,7 @@ impl<'e, B: Backend> Session<'e, B> {
             self.cap.fits(multiblock::capacity(longest, opts))?;
             return multiblock::generate_rows(self.engine, &mut self.bufs, starts, opts, mb, run, observer);
         }
-        self.cap.check(&plan, run.logprobs)?;
+        self.cap.fits(Capacity::of(&plan, run.logprobs))?;
         self.run(plan, starts, opts, run, observer, t0)
     }
 
